@@ -1,0 +1,91 @@
+package model
+
+import (
+	memdb "github.com/hashicorp/go-memdb"
+)
+
+// Snapshot is a consistent, read-only view of the store at one moment.
+// It is cheap to take, safe for concurrent use, and never changes: later
+// writes to the store are not visible through it. Objects it returns are
+// shared and must not be modified.
+type Snapshot struct {
+	txn *memdb.Txn
+}
+
+// Mesh returns the mesh-wide configuration.
+func (s *Snapshot) Mesh() Mesh {
+	raw, err := s.txn.First(TableMesh, "id", "mesh")
+	if err != nil || raw == nil {
+		return Mesh{TrustDomain: DefaultTrustDomain}
+	}
+	return raw.(*meshRow).Mesh
+}
+
+func list[T any](s *Snapshot, table, index string, args ...any) []T {
+	it, err := s.txn.Get(table, index, args...)
+	if err != nil {
+		panic("model: " + err.Error()) // only a schema mistake gets here
+	}
+	var out []T
+	for raw := it.Next(); raw != nil; raw = it.Next() {
+		out = append(out, raw.(T))
+	}
+	return out
+}
+
+func first[T any](s *Snapshot, table, key string) T {
+	raw, err := s.txn.First(table, "id", key)
+	if err != nil {
+		panic("model: " + err.Error())
+	}
+	var zero T
+	if raw == nil {
+		return zero
+	}
+	return raw.(T)
+}
+
+// Services returns every service, sorted by key.
+func (s *Snapshot) Services() []*Service { return list[*Service](s, TableServices, "id") }
+
+// Service returns the service namespace/name, or nil.
+func (s *Snapshot) Service(namespace, name string) *Service {
+	return first[*Service](s, TableServices, namespace+"/"+name)
+}
+
+// Workloads returns every workload, sorted by key.
+func (s *Snapshot) Workloads() []*Workload { return list[*Workload](s, TableWorkloads, "id") }
+
+// Workload returns the workload namespace/name, or nil.
+func (s *Snapshot) Workload(namespace, name string) *Workload {
+	return first[*Workload](s, TableWorkloads, namespace+"/"+name)
+}
+
+// Endpoints returns the endpoints of the service namespace/name, sorted by
+// address.
+func (s *Snapshot) Endpoints(namespace, service string) []*Endpoint {
+	return list[*Endpoint](s, TableEndpoints, "service", namespace+"/"+service)
+}
+
+// AllEndpoints returns every endpoint, sorted by key.
+func (s *Snapshot) AllEndpoints() []*Endpoint { return list[*Endpoint](s, TableEndpoints, "id") }
+
+// Proxies returns every connected proxy, sorted by node ID.
+func (s *Snapshot) Proxies() []*Proxy { return list[*Proxy](s, TableProxies, "id") }
+
+// Proxy returns the connected proxy with the node ID, or nil.
+func (s *Snapshot) Proxy(id string) *Proxy { return first[*Proxy](s, TableProxies, id) }
+
+// Watch returns, for each table, a channel that is closed as soon as that
+// table changes after this snapshot was taken.
+func (s *Snapshot) Watch() map[string]<-chan struct{} {
+	out := make(map[string]<-chan struct{}, len(Tables))
+	for _, t := range Tables {
+		it, err := s.txn.Get(t, "id")
+		if err != nil {
+			panic("model: " + err.Error())
+		}
+		out[t] = it.WatchCh()
+	}
+	return out
+}
