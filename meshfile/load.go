@@ -1,0 +1,127 @@
+package meshfile
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/bulwarkmesh/bulwark/model"
+)
+
+// expand turns the configured paths into the list of files to read: a
+// file as it is, a directory as its *.yaml and *.yml files, sorted.
+func expand(paths []string) ([]string, error) {
+	var files []string
+	for _, p := range paths {
+		st, err := os.Stat(p)
+		if err != nil {
+			return nil, err
+		}
+		if !st.IsDir() {
+			files = append(files, p)
+			continue
+		}
+		entries, err := os.ReadDir(p)
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range entries {
+			ext := strings.ToLower(filepath.Ext(e.Name()))
+			if !e.IsDir() && (ext == ".yaml" || ext == ".yml") && !strings.HasPrefix(e.Name(), ".") {
+				files = append(files, filepath.Join(p, e.Name()))
+			}
+		}
+	}
+	slices.Sort(files)
+	return slices.Compact(files), nil
+}
+
+// Load reads the files and directories in paths and returns the state
+// they describe. The error, when not nil, lists every problem found, each
+// an *Error naming file, line, object and field.
+func Load(paths []string) (*model.State, error) {
+	files, err := expand(paths)
+	if err != nil {
+		return nil, err
+	}
+	if len(files) == 0 {
+		return nil, fmt.Errorf("%s: %w (no .yaml files)", strings.Join(paths, ", "), ErrNoMesh)
+	}
+	var docs []*document
+	var errs []error
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		d, err := decodeFile(f, data)
+		docs = append(docs, d...)
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return build(docs, files)
+}
+
+// build validates the decoded documents together and turns them into a
+// model state.
+func build(docs []*document, files []string) (*model.State, error) {
+	var meshDoc *document
+	var errs []error
+	for _, d := range docs {
+		if d.kind != KindMesh {
+			continue
+		}
+		if meshDoc != nil {
+			errs = append(errs, &Error{File: d.file, Line: d.line, Object: d.object(),
+				Detail: fmt.Sprintf("a mesh has one Mesh document; another is %s at %s:%d", meshDoc.object(), meshDoc.file, meshDoc.line)})
+			continue
+		}
+		meshDoc = d
+	}
+	if meshDoc == nil {
+		return nil, fmt.Errorf("%s: %w", strings.Join(files, ", "), ErrNoMesh)
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	spec := meshDoc.spec.(*model.MeshSpec)
+	spec.Default()
+	if err := spec.Validate("spec"); err != nil {
+		return nil, meshDoc.errorAt(err)
+	}
+	return stateOf(meshDoc.name, spec), nil
+}
+
+// stateOf turns a valid mesh spec into model objects. Each workload is an
+// endpoint of every service it backs: the file plays the part that
+// EndpointSlices play in Kubernetes.
+func stateOf(name string, spec *model.MeshSpec) *model.State {
+	st := &model.State{Mesh: model.Mesh{Name: name, TrustDomain: spec.TrustDomain}}
+	services := map[string]*model.Service{}
+	for i := range spec.Services {
+		s := spec.Services[i]
+		st.Services = append(st.Services, &s)
+		services[s.Key()] = &s
+	}
+	for i := range spec.Workloads {
+		w := spec.Workloads[i]
+		st.Workloads = append(st.Workloads, &w)
+		for _, name := range w.Services {
+			svc := services[w.Namespace+"/"+name]
+			ep := &model.Endpoint{Namespace: w.Namespace, Service: name, Address: w.Address, Ready: true, Workload: w.Name}
+			for _, p := range svc.Ports {
+				ep.Ports = append(ep.Ports, model.EndpointPort{Name: p.Name, Port: p.TargetPort})
+			}
+			st.Endpoints = append(st.Endpoints, ep)
+		}
+	}
+	return st
+}
