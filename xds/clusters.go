@@ -1,0 +1,66 @@
+package xds
+
+import (
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+
+	"github.com/bulwarkmesh/bulwark/model"
+)
+
+// staticCluster reaches the app at a fixed local address.
+func staticCluster(name, addr string, port uint32) *clusterv3.Cluster {
+	return &clusterv3.Cluster{
+		Name:                 name,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
+		ConnectTimeout:       duration(connectTimeout),
+		LoadAssignment: &endpointv3.ClusterLoadAssignment{
+			ClusterName: name,
+			Endpoints: []*endpointv3.LocalityLbEndpoints{{
+				LbEndpoints: []*endpointv3.LbEndpoint{lbEndpoint(addr, port)},
+			}},
+		},
+	}
+}
+
+// edsCluster reaches a service port through the endpoints that ADS sends
+// under the same name.
+func edsCluster(name string) *clusterv3.Cluster {
+	return &clusterv3.Cluster{
+		Name:                 name,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
+		EdsClusterConfig: &clusterv3.Cluster_EdsClusterConfig{
+			EdsConfig:   adsSource(),
+			ServiceName: name,
+		},
+		ConnectTimeout: duration(connectTimeout),
+		LbPolicy:       clusterv3.Cluster_ROUND_ROBIN,
+	}
+}
+
+// loadAssignment lists the ready endpoints of a service port. An empty
+// assignment is still sent, so the cluster finishes warming and calls
+// fail fast with 503 instead of hanging.
+func loadAssignment(snap *model.Snapshot, svc *model.Service, port *model.ServicePort) *endpointv3.ClusterLoadAssignment {
+	var lbs []*endpointv3.LbEndpoint
+	for _, ep := range snap.Endpoints(svc.Namespace, svc.Name) {
+		if !ep.Ready {
+			continue
+		}
+		p := ep.PortFor(port.Name)
+		if p == 0 {
+			continue
+		}
+		lbs = append(lbs, lbEndpoint(ep.Address, p))
+	}
+	cla := &endpointv3.ClusterLoadAssignment{ClusterName: OutboundName(svc, port.Port)}
+	if len(lbs) > 0 {
+		cla.Endpoints = []*endpointv3.LocalityLbEndpoints{{LbEndpoints: lbs}}
+	}
+	return cla
+}
+
+func lbEndpoint(addr string, port uint32) *endpointv3.LbEndpoint {
+	return &endpointv3.LbEndpoint{HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
+		Address: socketAddress(addr, port),
+	}}}
+}

@@ -1,0 +1,86 @@
+package xds
+
+import (
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	streamv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stream/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/bulwarkmesh/bulwark/model"
+)
+
+// inboundListener accepts calls from other sidecars on the workload's
+// address and target port and hands them to the app.
+func inboundListener(w *model.Workload, in inbound) *listenerv3.Listener {
+	name := InboundName(in.port.TargetPort)
+	return &listenerv3.Listener{
+		Name:             name,
+		Address:          socketAddress(w.Address, in.port.TargetPort),
+		TrafficDirection: corev3.TrafficDirection_INBOUND,
+		FilterChains:     []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{terminalFilter(name, in.port.Protocol)}}},
+	}
+}
+
+// outboundListener accepts the app's calls to one upstream service port
+// on the workload's local address.
+func outboundListener(w *model.Workload, up upstream) *listenerv3.Listener {
+	name := OutboundName(up.svc, up.port.Port)
+	return &listenerv3.Listener{
+		Name:             name,
+		Address:          socketAddress(w.LocalAddress, up.localPort),
+		TrafficDirection: corev3.TrafficDirection_OUTBOUND,
+		FilterChains:     []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{terminalFilter(name, up.port.Protocol)}}},
+	}
+}
+
+// terminalFilter is the last network filter of a chain: an HTTP
+// connection manager whose routes come from the route configuration
+// called name, or a TCP proxy to the cluster called name.
+func terminalFilter(name string, proto model.Protocol) *listenerv3.Filter {
+	if proto == model.ProtocolHTTP {
+		return &listenerv3.Filter{
+			Name:       "envoy.filters.network.http_connection_manager",
+			ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(httpConnectionManager(name))},
+		}
+	}
+	return &listenerv3.Filter{
+		Name: "envoy.filters.network.tcp_proxy",
+		ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(&tcpproxyv3.TcpProxy{
+			StatPrefix:       statPrefix(name),
+			ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: name},
+			AccessLog:        accessLog(),
+		})},
+	}
+}
+
+func httpConnectionManager(routeName string) *hcmv3.HttpConnectionManager {
+	return &hcmv3.HttpConnectionManager{
+		StatPrefix: statPrefix(routeName),
+		CodecType:  hcmv3.HttpConnectionManager_AUTO,
+		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
+			ConfigSource:    adsSource(),
+			RouteConfigName: routeName,
+		}},
+		// Routes and, later, authorization see the path as the app will:
+		// "." and ".." segments resolved and repeated slashes merged.
+		NormalizePath: wrapperspb.Bool(true),
+		MergeSlashes:  true,
+		HttpFilters: []*hcmv3.HttpFilter{{
+			Name:       "envoy.filters.http.router",
+			ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(&routerv3.Router{})},
+		}},
+		AccessLog: accessLog(),
+	}
+}
+
+// accessLog writes one line per request or connection to Envoy's stdout.
+func accessLog() []*accesslogv3.AccessLog {
+	return []*accesslogv3.AccessLog{{
+		Name:       "envoy.access_loggers.stdout",
+		ConfigType: &accesslogv3.AccessLog_TypedConfig{TypedConfig: mustAny(&streamv3.StdoutAccessLog{})},
+	}}
+}

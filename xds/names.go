@@ -1,0 +1,40 @@
+package xds
+
+import (
+	"fmt"
+
+	"github.com/bulwarkmesh/bulwark/model"
+)
+
+// Resource names. They are stable across releases: dashboards and alerts
+// are built on the stats Envoy names after them.
+//
+//	inbound|<targetPort>                 listener, route configuration and
+//	                                     cluster for traffic arriving at a
+//	                                     workload's port and handed to its app
+//	outbound|<port>|<service>.<namespace> listener, route configuration,
+//	                                     cluster and load assignment for calls
+//	                                     from the app to a service port
+//
+// The Envoy node ID of a sidecar is "<namespace>/<workload>" (see
+// model.NodeID).
+
+// InboundName names the inbound resources for a workload's target port.
+func InboundName(targetPort uint32) string { return fmt.Sprintf("inbound|%d", targetPort) }
+
+// OutboundName names the outbound resources for a service port.
+func OutboundName(svc *model.Service, port uint32) string {
+	return fmt.Sprintf("outbound|%d|%s", port, svc.Host())
+}
+
+// statPrefix turns a resource name into a stat prefix without the '|'
+// that makes stats awkward to query.
+func statPrefix(name string) string {
+	b := []byte(name)
+	for i, c := range b {
+		if c == '|' {
+			b[i] = '_'
+		}
+	}
+	return string(b)
+}

@@ -1,0 +1,175 @@
+package xds
+
+import (
+	"fmt"
+	"sort"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/bulwarkmesh/bulwark/model"
+)
+
+// Resources is the configuration of one proxy, each list sorted by name.
+type Resources struct {
+	Listeners []*listenerv3.Listener
+	Routes    []*routev3.RouteConfiguration
+	Clusters  []*clusterv3.Cluster
+	Endpoints []*endpointv3.ClusterLoadAssignment
+}
+
+// connectTimeout bounds how long a sidecar waits for a TCP connection to
+// an app or another sidecar.
+const connectTimeout = 5 * time.Second
+
+// Translate returns the configuration of the sidecar of workload w as the
+// snapshot describes it. It reads the snapshot only; the result is new and
+// owned by the caller. A service or upstream the snapshot no longer holds
+// is left out rather than failing the whole proxy.
+func Translate(snap *model.Snapshot, w *model.Workload) (*Resources, error) {
+	if w == nil {
+		return nil, fmt.Errorf("xds: no workload")
+	}
+	r := &Resources{}
+	for _, in := range inboundPorts(snap, w) {
+		name := InboundName(in.port.TargetPort)
+		r.Listeners = append(r.Listeners, inboundListener(w, in))
+		r.Clusters = append(r.Clusters, staticCluster(name, w.LocalAddress, in.port.TargetPort))
+		if in.port.Protocol == model.ProtocolHTTP {
+			r.Routes = append(r.Routes, routeConfig(name, name))
+		}
+	}
+	for _, up := range upstreams(snap, w) {
+		name := OutboundName(up.svc, up.port.Port)
+		r.Listeners = append(r.Listeners, outboundListener(w, up))
+		r.Clusters = append(r.Clusters, edsCluster(name))
+		r.Endpoints = append(r.Endpoints, loadAssignment(snap, up.svc, up.port))
+		if up.port.Protocol == model.ProtocolHTTP {
+			r.Routes = append(r.Routes, routeConfig(name, name))
+		}
+	}
+	r.sort()
+	return r, nil
+}
+
+// TranslateEndpoints returns only the load assignments of the sidecar of
+// w: the fast path for a change that touched endpoints and nothing else.
+// It equals Translate(snap, w).Endpoints.
+func TranslateEndpoints(snap *model.Snapshot, w *model.Workload) []*endpointv3.ClusterLoadAssignment {
+	var out []*endpointv3.ClusterLoadAssignment
+	for _, up := range upstreams(snap, w) {
+		out = append(out, loadAssignment(snap, up.svc, up.port))
+	}
+	sortByName(out)
+	return out
+}
+
+// inbound is one target port of a workload with the service port that
+// defines its protocol.
+type inbound struct {
+	port *model.ServicePort
+}
+
+// inboundPorts lists the distinct target ports of the services w backs,
+// ordered by port. Validation guarantees that services sharing a target
+// port agree on its protocol.
+func inboundPorts(snap *model.Snapshot, w *model.Workload) []inbound {
+	seen := map[uint32]bool{}
+	var out []inbound
+	for _, name := range w.Services {
+		svc := snap.Service(w.Namespace, name)
+		if svc == nil {
+			continue
+		}
+		for i := range svc.Ports {
+			p := &svc.Ports[i]
+			if seen[p.TargetPort] {
+				continue
+			}
+			seen[p.TargetPort] = true
+			out = append(out, inbound{port: p})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].port.TargetPort < out[j].port.TargetPort })
+	return out
+}
+
+// upstream is a service port a workload calls, resolved.
+type upstream struct {
+	svc       *model.Service
+	port      *model.ServicePort
+	localPort uint32
+}
+
+func upstreams(snap *model.Snapshot, w *model.Workload) []upstream {
+	var out []upstream
+	for _, u := range w.Upstreams {
+		svc := snap.Service(u.Namespace, u.Service)
+		if svc == nil {
+			continue
+		}
+		p := svc.Port(u.Port)
+		if p == nil {
+			continue
+		}
+		out = append(out, upstream{svc: svc, port: p, localPort: u.LocalPort})
+	}
+	return out
+}
+
+func (r *Resources) sort() {
+	sortByName(r.Listeners)
+	sortByName(r.Routes)
+	sortByName(r.Clusters)
+	sortByName(r.Endpoints)
+}
+
+type named interface{ GetName() string }
+
+func sortByName[T any](s []T) {
+	sort.SliceStable(s, func(i, j int) bool { return name(s[i]) < name(s[j]) })
+}
+
+func name(v any) string {
+	switch m := v.(type) {
+	case named:
+		return m.GetName()
+	case *endpointv3.ClusterLoadAssignment:
+		return m.GetClusterName()
+	}
+	return ""
+}
+
+func socketAddress(addr string, port uint32) *corev3.Address {
+	return &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+		Address:       addr,
+		PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: port},
+	}}}
+}
+
+// adsSource says "ask the same ADS stream".
+func adsSource() *corev3.ConfigSource {
+	return &corev3.ConfigSource{
+		ResourceApiVersion:    corev3.ApiVersion_V3,
+		ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}},
+	}
+}
+
+// mustAny wraps a message we built ourselves. anypb.New fails only for a
+// message that cannot be marshalled, which would be a bug here.
+func mustAny(m proto.Message) *anypb.Any {
+	a, err := anypb.New(m)
+	if err != nil {
+		panic(fmt.Sprintf("xds: marshal %T: %v", m, err))
+	}
+	return a
+}
+
+func duration(d time.Duration) *durationpb.Duration { return durationpb.New(d) }

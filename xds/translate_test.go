@@ -1,0 +1,74 @@
+package xds_test
+
+import (
+	"path/filepath"
+	"testing"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/bulwarkmesh/bulwark/internal/golden"
+	"github.com/bulwarkmesh/bulwark/meshfile"
+	"github.com/bulwarkmesh/bulwark/model"
+	"github.com/bulwarkmesh/bulwark/xds"
+)
+
+func protos[T proto.Message](in []T) []proto.Message {
+	out := make([]proto.Message, len(in))
+	for i, m := range in {
+		out[i] = m
+	}
+	return out
+}
+
+// TestTranslateGolden translates every mesh in testdata/in for each of its
+// workloads and compares each resource type with testdata/out/<mesh>/<ns>.<workload>/.
+func TestTranslateGolden(t *testing.T) {
+	inputs, err := filepath.Glob("testdata/in/*.yaml")
+	if err != nil || len(inputs) == 0 {
+		t.Fatalf("no inputs in testdata/in: %v", err)
+	}
+	out := golden.NewDir(t, "testdata/out")
+	for _, in := range inputs {
+		t.Run(golden.Name(in), func(t *testing.T) {
+			st, err := meshfile.Load([]string{in})
+			if err != nil {
+				t.Fatalf("load %s: %v", in, err)
+			}
+			store := model.NewStore()
+			if _, err := store.ReplaceState(st); err != nil {
+				t.Fatal(err)
+			}
+			snap := store.Snapshot()
+			for _, w := range snap.Workloads() {
+				r, err := xds.Translate(snap, w)
+				if err != nil {
+					t.Fatalf("translate %s: %v", w.Key(), err)
+				}
+				if err := xds.Check(r, nil); err != nil {
+					t.Errorf("check %s: %v", w.Key(), err)
+				}
+				if eds := xds.TranslateEndpoints(snap, w); !sameProtos(eds, r.Endpoints) {
+					t.Errorf("%s: TranslateEndpoints differs from Translate(...).Endpoints", w.Key())
+				}
+				dir := filepath.Join(golden.Name(in), w.Namespace+"."+w.Name)
+				out.Compare(filepath.Join(dir, "listeners.yaml"), golden.ProtoYAML(t, protos(r.Listeners)))
+				out.Compare(filepath.Join(dir, "routes.yaml"), golden.ProtoYAML(t, protos(r.Routes)))
+				out.Compare(filepath.Join(dir, "clusters.yaml"), golden.ProtoYAML(t, protos(r.Clusters)))
+				out.Compare(filepath.Join(dir, "endpoints.yaml"), golden.ProtoYAML(t, protos(r.Endpoints)))
+			}
+		})
+	}
+	out.Finish()
+}
+
+func sameProtos[T proto.Message](a, b []T) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if !proto.Equal(a[i], b[i]) {
+			return false
+		}
+	}
+	return true
+}
