@@ -1,0 +1,246 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/server/config"
+	sotwv3 "github.com/envoyproxy/go-control-plane/pkg/server/sotw/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/bulwarkmesh/bulwark/model"
+)
+
+func sotwOrdered() config.XDSOption { return sotwv3.WithOrderedADS() }
+
+// stream is one open ADS stream. Its fields are guarded by Server.mu.
+type stream struct {
+	id   int64
+	ctx  context.Context
+	node string
+	// sent remembers, per type URL, the nonce and version of the last
+	// response, to tell an ACK from a NACK and which version a NACK
+	// rejects.
+	sent map[string]sent
+}
+
+type sent struct {
+	nonce, version string
+}
+
+// proxyState is what the server knows of one connected proxy. Guarded
+// by Server.mu.
+type proxyState struct {
+	proxy   *model.Proxy
+	streams int
+	types   map[string]*TypeStatus
+}
+
+type callbacks struct{ s *Server }
+
+var _ serverv3.Callbacks = (*callbacks)(nil)
+
+func (c *callbacks) OnStreamOpen(ctx context.Context, id int64, typeURL string) error {
+	if typeURL != "" {
+		c.s.m.rejected.WithLabelValues("not_ads").Inc()
+		return status.Errorf(codes.Unimplemented, "only aggregated discovery (ADS) is served")
+	}
+	c.s.mu.Lock()
+	defer c.s.mu.Unlock()
+	c.s.streams[id] = &stream{id: id, ctx: ctx, sent: map[string]sent{}}
+	return nil
+}
+
+func (c *callbacks) OnStreamClosed(id int64, _ *corev3.Node) {
+	s := c.s
+	s.mu.Lock()
+	st := s.streams[id]
+	delete(s.streams, id)
+	var gone string
+	if st != nil && st.node != "" {
+		if ps := s.proxies[st.node]; ps != nil {
+			ps.streams--
+			if ps.streams == 0 {
+				delete(s.proxies, st.node)
+				gone = st.node
+			}
+		}
+	}
+	s.m.connected.Set(float64(len(s.proxies)))
+	s.mu.Unlock()
+	if gone != "" {
+		s.cache.ClearSnapshot(gone)
+		if err := s.cfg.Store.DeleteProxy(gone); err != nil {
+			s.log.Error("cannot forget proxy", "node", gone, "err", err)
+		}
+		s.log.Info("proxy disconnected", "node", gone)
+	}
+}
+
+// OnStreamRequest identifies the proxy on its first request, and tells
+// ACKs from NACKs. For a NACK it rewrites the request's version to the
+// rejected one, so the cache does not answer with that same version again
+// and again: the proxy gets a new response only when its configuration
+// changes.
+func (c *callbacks) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) error {
+	s := c.s
+	s.mu.Lock()
+	st := s.streams[id]
+	if st == nil {
+		s.mu.Unlock()
+		return status.Error(codes.Internal, "unknown stream")
+	}
+	nodeID := req.GetNode().GetId()
+	if st.node == "" {
+		ns, name, ok := model.ParseNodeID(nodeID)
+		if !ok {
+			s.mu.Unlock()
+			s.m.rejected.WithLabelValues("bad_node_id").Inc()
+			s.log.Warn("stream refused: node ID is not <namespace>/<workload>", "node", nodeID)
+			return status.Errorf(codes.InvalidArgument, "node ID %q is not <namespace>/<workload>", nodeID)
+		}
+		st.node = nodeID
+		ps := s.proxies[nodeID]
+		isNew := ps == nil
+		if isNew {
+			ps = &proxyState{
+				proxy: &model.Proxy{ID: nodeID, Namespace: ns, Workload: name, ConnectedAt: s.cfg.Now()},
+				types: map[string]*TypeStatus{},
+			}
+			s.proxies[nodeID] = ps
+		}
+		ps.streams++
+		s.m.connected.Set(float64(len(s.proxies)))
+		s.mu.Unlock()
+		if isNew {
+			if err := s.cfg.Store.UpsertProxy(ps.proxy); err != nil {
+				return status.Errorf(codes.Internal, "record proxy: %v", err)
+			}
+			s.log.Info("proxy connected", "node", nodeID)
+		}
+		s.mu.Lock()
+	} else if nodeID != st.node {
+		s.mu.Unlock()
+		s.m.rejected.WithLabelValues("node_changed").Inc()
+		return status.Errorf(codes.InvalidArgument, "node ID changed from %q to %q on one stream", st.node, nodeID)
+	}
+	defer s.mu.Unlock()
+
+	typeURL := req.GetTypeUrl()
+	last, ok := st.sent[typeURL]
+	if !ok || req.GetResponseNonce() == "" || req.GetResponseNonce() != last.nonce {
+		return nil // a first request, a new subscription, or a stale nonce the server ignores
+	}
+	ts := s.proxies[st.node].typeStatus(typeURL)
+	now := s.cfg.Now()
+	if detail := req.GetErrorDetail(); detail != nil {
+		s.m.nacks.WithLabelValues(typeName(typeURL)).Inc()
+		if ts.NackedVersion != last.version {
+			s.log.Error("proxy rejected configuration; it will not be sent again until the configuration changes",
+				"node", st.node, "type", typeName(typeURL), "version", last.version, "error", detail.GetMessage())
+		}
+		ts.NackedVersion, ts.NackError, ts.NackedAt = last.version, detail.GetMessage(), now
+		req.VersionInfo = last.version
+		return nil
+	}
+	s.m.acks.WithLabelValues(typeName(typeURL)).Inc()
+	ts.AckedVersion, ts.AckedAt = last.version, now
+	if ts.NackedVersion != "" && ts.NackedVersion != last.version {
+		ts.NackedVersion, ts.NackError = "", ""
+	}
+	return nil
+}
+
+func (c *callbacks) OnStreamResponse(_ context.Context, id int64, _ *discoveryv3.DiscoveryRequest, resp *discoveryv3.DiscoveryResponse) {
+	s := c.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.streams[id]
+	if st == nil {
+		return
+	}
+	st.sent[resp.GetTypeUrl()] = sent{nonce: resp.GetNonce(), version: resp.GetVersionInfo()}
+	s.m.responses.WithLabelValues(typeName(resp.GetTypeUrl())).Inc()
+	if ps := s.proxies[st.node]; ps != nil {
+		ts := ps.typeStatus(resp.GetTypeUrl())
+		ts.SentVersion, ts.SentAt, ts.Resources = resp.GetVersionInfo(), s.cfg.Now(), len(resp.GetResources())
+	}
+}
+
+var errDeltaUnsupported = errors.New("incremental (delta) xDS is not served; configure Envoy's ADS with api_type GRPC")
+
+func (c *callbacks) OnDeltaStreamOpen(context.Context, int64, string) error {
+	c.s.m.rejected.WithLabelValues("delta").Inc()
+	return status.Error(codes.Unimplemented, errDeltaUnsupported.Error())
+}
+func (c *callbacks) OnDeltaStreamClosed(int64, *corev3.Node) {}
+func (c *callbacks) OnStreamDeltaRequest(int64, *discoveryv3.DeltaDiscoveryRequest) error {
+	return status.Error(codes.Unimplemented, errDeltaUnsupported.Error())
+}
+func (c *callbacks) OnStreamDeltaResponse(int64, *discoveryv3.DeltaDiscoveryRequest, *discoveryv3.DeltaDiscoveryResponse) {
+}
+func (c *callbacks) OnFetchRequest(context.Context, *discoveryv3.DiscoveryRequest) error {
+	return status.Error(codes.Unimplemented, "REST xDS is not served")
+}
+func (c *callbacks) OnFetchResponse(*discoveryv3.DiscoveryRequest, *discoveryv3.DiscoveryResponse) {}
+
+func (p *proxyState) typeStatus(typeURL string) *TypeStatus {
+	ts := p.types[typeURL]
+	if ts == nil {
+		ts = &TypeStatus{}
+		p.types[typeURL] = ts
+	}
+	return ts
+}
+
+// TypeStatus is where one proxy stands for one resource type.
+type TypeStatus struct {
+	SentVersion   string    `json:"sentVersion,omitempty"`
+	SentAt        time.Time `json:"sentAt,omitzero"`
+	Resources     int       `json:"resources"`
+	AckedVersion  string    `json:"ackedVersion,omitempty"`
+	AckedAt       time.Time `json:"ackedAt,omitzero"`
+	NackedVersion string    `json:"nackedVersion,omitempty"`
+	NackError     string    `json:"nackError,omitempty"`
+	NackedAt      time.Time `json:"nackedAt,omitzero"`
+}
+
+// ProxyStatus is what the server knows of one connected proxy.
+type ProxyStatus struct {
+	Node        string                `json:"node"`
+	Workload    string                `json:"workload"`
+	Streams     int                   `json:"streams"`
+	ConnectedAt time.Time             `json:"connectedAt"`
+	Types       map[string]TypeStatus `json:"types"`
+	// Synced is true when the proxy has ACKed the last response of every
+	// type it was sent.
+	Synced bool `json:"synced"`
+}
+
+// Proxies returns the status of every connected proxy, sorted by node.
+// The result is a copy owned by the caller.
+func (s *Server) Proxies() []ProxyStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]ProxyStatus, 0, len(s.proxies))
+	for id, ps := range s.proxies {
+		st := ProxyStatus{Node: id, Workload: ps.proxy.WorkloadKey(), Streams: ps.streams,
+			ConnectedAt: ps.proxy.ConnectedAt, Types: map[string]TypeStatus{}, Synced: true}
+		for t, ts := range ps.types {
+			st.Types[typeName(t)] = *ts
+			if ts.SentVersion != ts.AckedVersion {
+				st.Synced = false
+			}
+		}
+		out = append(out, st)
+	}
+	slices.SortFunc(out, func(a, b ProxyStatus) int { return strings.Compare(a.Node, b.Node) })
+	return out
+}
