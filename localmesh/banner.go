@@ -1,0 +1,82 @@
+package localmesh
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/bulwarkmesh/bulwark/model"
+)
+
+// Banner writes what runs where, and a few calls to try, for a person at
+// a terminal.
+func (m *Mesh) Banner(out io.Writer) {
+	snap := m.cp.Store.Snapshot()
+	mesh := snap.Mesh()
+	fmt.Fprintf(out, "\nBulwark local mesh %q (trust domain %s) is up.\n\n", mesh.Name, mesh.TrustDomain)
+	fmt.Fprintf(out, "Control plane: ADS on %s", m.cp.XDSAddr)
+	if m.cp.HTTPAddr != nil {
+		fmt.Fprintf(out, "; status http://%s/debug/proxies, metrics http://%s/metrics", m.cp.HTTPAddr, m.cp.HTTPAddr)
+	}
+	fmt.Fprintln(out)
+	fmt.Fprintln(out)
+
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "WORKLOAD\tIDENTITY\tSIDECAR (peers)\tAPP\tENVOY ADMIN\tUPSTREAMS (app -> sidecar)")
+	var tries []string
+	for _, sc := range m.Sidecars() {
+		w := sc.Workload
+		var inbound, app, ups []string
+		for _, name := range w.Services {
+			svc := snap.Service(w.Namespace, name)
+			if svc == nil {
+				continue
+			}
+			for _, p := range svc.Ports {
+				inbound = append(inbound, net.JoinHostPort(w.Address, strconv.Itoa(int(p.TargetPort))))
+				app = append(app, fmt.Sprintf("%s/%s", net.JoinHostPort(w.LocalAddress, strconv.Itoa(int(p.TargetPort))), p.Protocol))
+			}
+		}
+		for _, u := range w.Upstreams {
+			ups = append(ups, fmt.Sprintf("%s -> %s", UpstreamName(w, u), net.JoinHostPort(w.LocalAddress, strconv.Itoa(int(u.LocalPort)))))
+		}
+		id := fmt.Sprintf("spiffe://%s/ns/%s/sa/%s", mesh.TrustDomain, w.Namespace, w.ServiceAccount)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", w.Key(), id, dash(inbound), dash(app), "http://"+sc.Admin, dash(ups))
+		if len(app) > 0 {
+			if u := firstHTTPUpstream(snap, w); u != nil && len(tries) < 4 {
+				tries = append(tries, fmt.Sprintf("curl -s http://%s/call/%s/hello   # %s -> its sidecar -> %s's sidecar -> %s",
+					strings.TrimSuffix(app[0], "/http"), UpstreamName(w, *u), w.Name, u.Service, u.Service))
+			}
+		}
+	}
+	tw.Flush()
+	if len(tries) > 0 {
+		fmt.Fprintln(out, "\nTry (each app calls its upstreams through its own sidecar):")
+		for _, t := range tries {
+			fmt.Fprintln(out, "  "+t)
+		}
+	}
+	fmt.Fprintf(out, "\nEnvoy logs (with access logs) and bootstraps are in %s\n", m.cfg.WorkDir)
+	fmt.Fprintln(out, "Edit the mesh file and save: sidecars pick the change up without a restart. Ctrl-C stops everything.")
+}
+
+func firstHTTPUpstream(snap *model.Snapshot, w *model.Workload) *model.Upstream {
+	for i, u := range w.Upstreams {
+		if svc := snap.Service(u.Namespace, u.Service); svc != nil {
+			if p := svc.Port(u.Port); p != nil && p.Protocol == model.ProtocolHTTP {
+				return &w.Upstreams[i]
+			}
+		}
+	}
+	return nil
+}
+
+func dash(s []string) string {
+	if len(s) == 0 {
+		return "-"
+	}
+	return strings.Join(s, ", ")
+}
