@@ -12,6 +12,8 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	overloadv3 "github.com/envoyproxy/go-control-plane/envoy/config/overload/v3"
+	downstreamv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/resource_monitors/downstream_connections/v3"
 	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -23,6 +25,9 @@ import (
 // XDSCluster is the name of the static cluster that reaches the control
 // plane.
 const XDSCluster = "bulwark-xds"
+
+// MaxDownstreamConnections caps the connections a sidecar accepts.
+const MaxDownstreamConnections = 50000
 
 // DefaultAdminAddress is where a sidecar's admin interface listens unless
 // told otherwise: loopback only, never the pod's address.
@@ -107,6 +112,16 @@ func Build(cfg Config) (*bootstrapv3.Bootstrap, error) {
 		ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}},
 	}
 	b := &bootstrapv3.Bootstrap{
+		// A sidecar refuses connections beyond this many rather than run
+		// out of file descriptors and fail in less predictable ways.
+		OverloadManager: &overloadv3.OverloadManager{
+			ResourceMonitors: []*overloadv3.ResourceMonitor{{
+				Name: "envoy.resource_monitors.global_downstream_max_connections",
+				ConfigType: &overloadv3.ResourceMonitor_TypedConfig{TypedConfig: mustAny(&downstreamv3.DownstreamConnectionsConfig{
+					MaxActiveDownstreamConnections: MaxDownstreamConnections,
+				})},
+			}},
+		},
 		Node: &corev3.Node{Id: cfg.NodeID, Cluster: cfg.Cluster},
 		Admin: &bootstrapv3.Admin{
 			Address: socketAddress(adminHost, adminPort),

@@ -414,6 +414,7 @@ func (m *Mesh) Wait() error {
 type Sidecar struct {
 	Workload  *model.Workload
 	Admin     string            // admin interface, host:port
+	EnvoyPID  int               // the sidecar's process
 	Log       string            // Envoy's log (access log included)
 	Upstreams map[string]string // app's upstream name -> URL of its sidecar's listener
 }
@@ -425,10 +426,14 @@ func (m *Mesh) Sidecars() []Sidecar {
 	var out []Sidecar
 	for _, k := range sortedKeys(m.workloads) {
 		w := m.workloads[k]
-		out = append(out, Sidecar{
+		sc := Sidecar{
 			Workload: w.w, Admin: net.JoinHostPort(w.w.LocalAddress, strconv.Itoa(AdminPort)),
 			Log: w.logPath, Upstreams: w.upstreams,
-		})
+		}
+		if w.envoy != nil {
+			sc.EnvoyPID = w.envoy.PID()
+		}
+		out = append(out, sc)
 	}
 	return out
 }

@@ -31,6 +31,9 @@ type document struct {
 	line  int            // where the document starts
 	spec  any            // pointer to the decoded spec type
 	lines map[string]int // field path -> line, for locating later errors
+	// problems found while decoding the spec that did not stop it from
+	// being decoded (unknown fields): reported together with validation.
+	problems []error
 }
 
 func (d *document) object() string { return d.kind + " " + d.name }
@@ -114,7 +117,7 @@ func decodeDocument(file string, n *yaml.Node) (*document, error) {
 	d := &document{file: file, line: n.Line, lines: map[string]int{}}
 	fail := func(line int, path, format string, args ...any) error {
 		obj := ""
-		if d.kind != "" {
+		if _, known := specTypes[d.kind]; known {
 			obj = d.object()
 		}
 		return &Error{File: file, Line: line, Object: obj, Path: path, Detail: fmt.Sprintf(format, args...)}
@@ -180,15 +183,27 @@ func decodeDocument(file string, n *yaml.Node) (*document, error) {
 	if spec == nil {
 		return nil, fail(n.Line, "spec", "required")
 	}
-	if errs := d.check(spec, specType, "spec"); len(errs) > 0 {
-		return nil, errors.Join(errs...)
+	errs = d.check(spec, specType, "spec")
+	for _, e := range errs {
+		if !isUnknownField(e) {
+			// A value of the wrong type: the spec cannot be decoded.
+			return nil, errors.Join(errs...)
+		}
 	}
+	// Only unknown fields: decode the rest so validation can report its
+	// problems in the same pass.
 	v := reflect.New(specType)
 	if err := decodeNode(spec, v.Interface()); err != nil {
 		return nil, fail(spec.Line, "spec", "%v", err)
 	}
 	d.spec = v.Interface()
+	d.problems = errs
 	return d, nil
+}
+
+func isUnknownField(err error) bool {
+	var e *Error
+	return errors.As(err, &e) && strings.HasPrefix(e.Detail, "unknown field ")
 }
 
 // decodeNode decodes n into out through JSON, so the json tags of the
@@ -202,9 +217,8 @@ func decodeNode(n *yaml.Node, out any) error {
 	if err != nil {
 		return err
 	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	return dec.Decode(out)
+	// Unknown fields were already reported, with their lines, by check.
+	return json.Unmarshal(b, out)
 }
 
 // check walks n against the Go type t, recording the line of every field

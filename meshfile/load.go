@@ -94,8 +94,12 @@ func build(docs []*document, files []string) (*model.State, error) {
 	}
 	spec := meshDoc.spec.(*model.MeshSpec)
 	spec.Default()
+	errs = append(errs, meshDoc.problems...)
 	if err := spec.Validate("spec"); err != nil {
-		return nil, meshDoc.errorAt(err)
+		errs = append(errs, meshDoc.errorAt(err))
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
 	}
 	return stateOf(meshDoc.name, spec), nil
 }

@@ -148,7 +148,7 @@ func (s *Service) validate(p Path) []error {
 			errs = append(errs, fieldErrorf(pp.Child("port"), "port %d is already used by ports[%d]", port.Port, j))
 		}
 		numbers[port.Port] = i
-		if err := validPort(port.TargetPort); err != nil {
+		if err := validPort(port.TargetPort); err != nil && port.TargetPort != port.Port {
 			errs = append(errs, &FieldError{pp.Child("targetPort"), err.Error()})
 		}
 		switch port.Protocol {

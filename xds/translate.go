@@ -43,7 +43,7 @@ func Translate(snap *model.Snapshot, w *model.Workload) (*Resources, error) {
 		r.Listeners = append(r.Listeners, inboundListener(w, in))
 		r.Clusters = append(r.Clusters, staticCluster(name, w.LocalAddress, in.port.TargetPort))
 		if in.port.Protocol == model.ProtocolHTTP {
-			r.Routes = append(r.Routes, routeConfig(name, name))
+			r.Routes = append(r.Routes, routeConfig(name, name, nil))
 		}
 	}
 	for _, up := range upstreams(snap, w) {
@@ -52,7 +52,7 @@ func Translate(snap *model.Snapshot, w *model.Workload) (*Resources, error) {
 		r.Clusters = append(r.Clusters, edsCluster(name))
 		r.Endpoints = append(r.Endpoints, loadAssignment(snap, up.svc, up.port))
 		if up.port.Protocol == model.ProtocolHTTP {
-			r.Routes = append(r.Routes, routeConfig(name, name))
+			r.Routes = append(r.Routes, routeConfig(name, name, connectRetries()))
 		}
 	}
 	r.sort()

@@ -134,12 +134,24 @@ func (c *callbacks) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest)
 	defer s.mu.Unlock()
 
 	typeURL := req.GetTypeUrl()
-	last, ok := st.sent[typeURL]
-	if !ok || req.GetResponseNonce() == "" || req.GetResponseNonce() != last.nonce {
-		return nil // a first request, a new subscription, or a stale nonce the server ignores
-	}
 	ts := s.proxies[st.node].typeStatus(typeURL)
 	now := s.cfg.Now()
+	last, ok := st.sent[typeURL]
+	if !ok {
+		// The first request of a type on this stream. A proxy that
+		// reconnects reports the version it runs; we answer it anyway, so
+		// every new stream converges the same way whether or not the
+		// control plane (restarted, or another replica) agrees with that
+		// version, and the status shows a response and its ACK.
+		if v := req.GetVersionInfo(); v != "" && req.GetResponseNonce() == "" {
+			ts.AckedVersion, ts.AckedAt = v, now
+			req.VersionInfo = ""
+		}
+		return nil
+	}
+	if req.GetResponseNonce() == "" || req.GetResponseNonce() != last.nonce {
+		return nil // a stale nonce: the xDS server ignores the request
+	}
 	if detail := req.GetErrorDetail(); detail != nil {
 		s.m.nacks.WithLabelValues(typeName(typeURL)).Inc()
 		if ts.NackedVersion != last.version {

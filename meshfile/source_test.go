@@ -1,0 +1,98 @@
+package meshfile
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/bulwarkmesh/bulwark/model"
+)
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestWatchAppliesValidEditsAndKeepsLastGood(t *testing.T) {
+	path := writeFile(t, header+validSpec)
+	store := model.NewStore()
+	var logs syncBuffer
+	src, err := New(Config{Paths: []string{path}, Store: store, Debounce: 20 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- src.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	time.Sleep(50 * time.Millisecond) // let the watch start
+
+	// A valid edit: a second api workload, written the way editors do
+	// (to a temporary file, renamed over the original).
+	added := header + validSpec + "    - {name: api-2, namespace: demo, address: 10.0.0.3, services: [api]}\n"
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(added), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the new endpoint", func() bool { return len(store.Snapshot().Endpoints("demo", "api")) == 2 })
+
+	// An invalid edit is refused: the store keeps both endpoints, and the
+	// log names the file, line and field.
+	broken := strings.Replace(added, "address: 10.0.0.3", "address: 10.0.0.300", 1)
+	if err := os.WriteFile(path, []byte(broken), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the refusal to be logged", func() bool { return strings.Contains(logs.String(), "mesh files refused") })
+	if !strings.Contains(logs.String(), `field=spec.workloads[2].address`) || !strings.Contains(logs.String(), "line=22") {
+		t.Errorf("log does not locate the problem:\n%s", logs.String())
+	}
+	if n := len(store.Snapshot().Endpoints("demo", "api")); n != 2 {
+		t.Errorf("after an invalid edit the store has %d api endpoints, want the last good 2", n)
+	}
+
+	// Fixing the file applies it.
+	if err := os.WriteFile(path, []byte(header+validSpec), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the fix", func() bool { return len(store.Snapshot().Endpoints("demo", "api")) == 1 })
+}
+
+func TestNewRefusesAnInvalidFileAtStart(t *testing.T) {
+	path := writeFile(t, header+strings.Replace(validSpec, "10.0.0.2", "nope", 1))
+	_, err := New(Config{Paths: []string{path}, Store: model.NewStore(), Logger: slog.New(slog.DiscardHandler)})
+	if err == nil || !strings.Contains(err.Error(), `spec.workloads[1].address: "nope" is not an IP address`) {
+		t.Fatalf("New = %v, want the address error", err)
+	}
+}

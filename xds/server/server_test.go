@@ -1,0 +1,472 @@
+package server_test
+
+import (
+	"context"
+	"net"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	statuspb "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/bulwarkmesh/bulwark/internal/testlog"
+	"github.com/bulwarkmesh/bulwark/model"
+	"github.com/bulwarkmesh/bulwark/xds/server"
+)
+
+// testMesh: frontend calls api; api has one workload.
+func testMesh(apiAddrs ...string) *model.State {
+	st := &model.State{
+		Mesh: model.Mesh{Name: "t", TrustDomain: "cluster.local"},
+		Services: []*model.Service{
+			{Namespace: "demo", Name: "api", Ports: []model.ServicePort{{Name: "http", Port: 8080, TargetPort: 8080, Protocol: model.ProtocolHTTP}}},
+			{Namespace: "demo", Name: "frontend", Ports: []model.ServicePort{{Name: "http", Port: 80, TargetPort: 8080, Protocol: model.ProtocolHTTP}}},
+		},
+		Workloads: []*model.Workload{{
+			Namespace: "demo", Name: "frontend-1", ServiceAccount: "frontend", Address: "10.0.0.1",
+			LocalAddress: "127.0.0.1", Services: []string{"frontend"},
+			Upstreams: []model.Upstream{{Service: "api", Namespace: "demo", Port: 8080, LocalPort: 18080}},
+		}},
+	}
+	for i, a := range apiAddrs {
+		name := "api-" + string(rune('1'+i))
+		st.Workloads = append(st.Workloads, &model.Workload{Namespace: "demo", Name: name, ServiceAccount: "api",
+			Address: a, LocalAddress: "127.0.0.1", Services: []string{"api"}})
+		st.Endpoints = append(st.Endpoints, &model.Endpoint{Namespace: "demo", Service: "api", Address: a, Ready: true,
+			Workload: name, Ports: []model.EndpointPort{{Name: "http", Port: 8080}}})
+	}
+	return st
+}
+
+type harness struct {
+	t     *testing.T
+	store *model.Store
+	srv   *server.Server
+	reg   *prometheus.Registry
+	addr  string
+	stop  func()
+}
+
+func startServer(t *testing.T, store *model.Store) *harness {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	srv, err := server.New(server.Config{Store: store, Logger: testlog.New(t), Registerer: reg, Debounce: 10 * time.Millisecond, MaxDelay: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	g := grpc.NewServer()
+	srv.Register(ctx, g)
+	done := make(chan struct{}, 2)
+	go func() { _ = g.Serve(lis); done <- struct{}{} }()
+	go func() { _ = srv.Run(ctx); done <- struct{}{} }()
+	h := &harness{t: t, store: store, srv: srv, reg: reg, addr: lis.Addr().String()}
+	var once sync.Once
+	h.stop = func() {
+		once.Do(func() {
+			cancel()
+			g.Stop()
+			<-done
+			<-done
+		})
+	}
+	t.Cleanup(h.stop)
+	return h
+}
+
+// client is a minimal ADS client that speaks the protocol like Envoy.
+type client struct {
+	t      *testing.T
+	conn   *grpc.ClientConn
+	stream discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient
+	node   *corev3.Node
+	resps  chan *discoveryv3.DiscoveryResponse
+	errs   chan error
+	cancel context.CancelFunc
+}
+
+func dial(t *testing.T, addr, nodeID string) *client {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &client{t: t, conn: conn, stream: stream, node: &corev3.Node{Id: nodeID},
+		resps: make(chan *discoveryv3.DiscoveryResponse, 16), errs: make(chan error, 1), cancel: cancel}
+	go func() {
+		for {
+			r, err := stream.Recv()
+			if err != nil {
+				c.errs <- err
+				return
+			}
+			c.resps <- r
+		}
+	}()
+	t.Cleanup(c.close)
+	return c
+}
+
+func (c *client) close() {
+	c.cancel()
+	_ = c.conn.Close()
+}
+
+func (c *client) send(req *discoveryv3.DiscoveryRequest) {
+	c.t.Helper()
+	req.Node = c.node
+	if err := c.stream.Send(req); err != nil {
+		c.t.Fatalf("send: %v", err)
+	}
+}
+
+func (c *client) subscribe(typeURL string, names ...string) {
+	c.send(&discoveryv3.DiscoveryRequest{TypeUrl: typeURL, ResourceNames: names})
+}
+
+func (c *client) ack(r *discoveryv3.DiscoveryResponse, names ...string) {
+	c.send(&discoveryv3.DiscoveryRequest{TypeUrl: r.GetTypeUrl(), VersionInfo: r.GetVersionInfo(), ResponseNonce: r.GetNonce(), ResourceNames: names})
+}
+
+func (c *client) nack(r *discoveryv3.DiscoveryResponse, lastGood string, names ...string) {
+	c.send(&discoveryv3.DiscoveryRequest{TypeUrl: r.GetTypeUrl(), VersionInfo: lastGood, ResponseNonce: r.GetNonce(),
+		ResourceNames: names, ErrorDetail: &statuspb.Status{Code: int32(codes.InvalidArgument), Message: "test: rejected on purpose"}})
+}
+
+// recv waits for the next response and checks its type.
+func (c *client) recv(typeURL string) *discoveryv3.DiscoveryResponse {
+	c.t.Helper()
+	select {
+	case r := <-c.resps:
+		if r.GetTypeUrl() != typeURL {
+			c.t.Fatalf("got a %s response, want %s", r.GetTypeUrl(), typeURL)
+		}
+		return r
+	case err := <-c.errs:
+		c.t.Fatalf("stream ended: %v", err)
+	case <-time.After(5 * time.Second):
+		c.t.Fatalf("no %s response within 5s", typeURL)
+	}
+	return nil
+}
+
+// quiet asserts that no response arrives for d. The server publishes
+// within its 50ms MaxDelay, so 500ms of silence means none is coming.
+func (c *client) quiet(d time.Duration) {
+	c.t.Helper()
+	select {
+	case r := <-c.resps:
+		c.t.Fatalf("unexpected %s response, version %s", r.GetTypeUrl(), r.GetVersionInfo())
+	case err := <-c.errs:
+		c.t.Fatalf("stream ended: %v", err)
+	case <-time.After(d):
+	}
+}
+
+func names(r *discoveryv3.DiscoveryResponse) []string {
+	var out []string
+	for _, a := range r.GetResources() {
+		m, err := a.UnmarshalNew()
+		if err != nil {
+			panic(err)
+		}
+		switch x := m.(type) {
+		case *endpointv3.ClusterLoadAssignment:
+			out = append(out, x.GetClusterName())
+		case interface{ GetName() string }:
+			out = append(out, x.GetName())
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+const apiCluster = "outbound|8080|api.demo"
+
+// syncAll walks a client through Envoy's ADS order (CDS, EDS, LDS, RDS),
+// ACKing each, and returns the responses by type.
+func syncAll(c *client) map[string]*discoveryv3.DiscoveryResponse {
+	c.t.Helper()
+	out := map[string]*discoveryv3.DiscoveryResponse{}
+	c.subscribe(resourcev3.ClusterType)
+	cds := c.recv(resourcev3.ClusterType)
+	c.ack(cds)
+	var eds []string
+	for _, a := range cds.GetResources() {
+		var cl clusterv3.Cluster
+		if err := a.UnmarshalTo(&cl); err != nil {
+			c.t.Fatal(err)
+		}
+		if cl.GetType() == clusterv3.Cluster_EDS {
+			eds = append(eds, cl.GetName())
+		}
+	}
+	c.subscribe(resourcev3.EndpointType, eds...)
+	e := c.recv(resourcev3.EndpointType)
+	c.ack(e, eds...)
+	c.subscribe(resourcev3.ListenerType)
+	l := c.recv(resourcev3.ListenerType)
+	c.ack(l)
+	c.subscribe(resourcev3.RouteType, "inbound|8080", apiCluster)
+	r := c.recv(resourcev3.RouteType)
+	c.ack(r, "inbound|8080", apiCluster)
+	out["cds"], out["eds"], out["lds"], out["rds"] = cds, e, l, r
+	return out
+}
+
+func newStore(t *testing.T, st *model.State) *model.Store {
+	t.Helper()
+	s := model.NewStore()
+	if _, err := s.ReplaceState(st); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestACKedConfigurationIsNotResent(t *testing.T) {
+	h := startServer(t, newStore(t, testMesh("10.0.0.2")))
+	c := dial(t, h.addr, "demo/frontend-1")
+	got := syncAll(c)
+	if want := []string{"inbound|8080", apiCluster}; !slices.Equal(names(got["cds"]), want) {
+		t.Errorf("clusters = %v, want %v", names(got["cds"]), want)
+	}
+	c.quiet(500 * time.Millisecond)
+	if n := metric(t, h.reg, "bulwark_xds_acks_total", "cds"); n != 1 {
+		t.Errorf("cds ACKs counted = %v, want 1", n)
+	}
+}
+
+func TestEndpointChangeSendsOnlyEndpoints(t *testing.T) {
+	h := startServer(t, newStore(t, testMesh("10.0.0.2")))
+	c := dial(t, h.addr, "demo/frontend-1")
+	syncAll(c)
+	if _, err := h.store.ReplaceState(testMesh("10.0.0.2", "10.0.0.3")); err != nil {
+		t.Fatal(err)
+	}
+	e := c.recv(resourcev3.EndpointType)
+	var cla endpointv3.ClusterLoadAssignment
+	if err := e.GetResources()[0].UnmarshalTo(&cla); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(cla.GetEndpoints()[0].GetLbEndpoints()); n != 2 {
+		t.Errorf("api has %d endpoints, want 2", n)
+	}
+	c.ack(e, apiCluster)
+	c.quiet(500 * time.Millisecond) // no CDS, LDS or RDS: their content did not change
+}
+
+func TestNACKIsNotResentUntilTheConfigurationChanges(t *testing.T) {
+	h := startServer(t, newStore(t, testMesh("10.0.0.2")))
+	c := dial(t, h.addr, "demo/frontend-1")
+	c.subscribe(resourcev3.ClusterType)
+	cds := c.recv(resourcev3.ClusterType)
+	c.nack(cds, "")
+	// go-control-plane on its own answers a NACK with the same version at
+	// once, and Envoy NACKs it again: a hot loop. Bulwark holds it back.
+	c.quiet(500 * time.Millisecond)
+	if n := metric(t, h.reg, "bulwark_xds_nacks_total", "cds"); n != 1 {
+		t.Errorf("NACKs counted = %v, want 1", n)
+	}
+	ps := h.srv.Proxies()
+	if len(ps) != 1 || ps[0].Types["cds"].NackError != "test: rejected on purpose" || ps[0].Types["cds"].NackedVersion != cds.GetVersionInfo() {
+		t.Errorf("status does not show the NACK: %+v", ps)
+	}
+
+	// A change to the clusters is sent: it may fix what was rejected.
+	st := testMesh("10.0.0.2")
+	st.Services = append(st.Services, &model.Service{Namespace: "demo", Name: "db",
+		Ports: []model.ServicePort{{Port: 5432, TargetPort: 5432, Protocol: model.ProtocolTCP}}})
+	st.Workloads[0].Upstreams = append(st.Workloads[0].Upstreams, model.Upstream{Service: "db", Namespace: "demo", Port: 5432, LocalPort: 5432})
+	if _, err := h.store.ReplaceState(st); err != nil {
+		t.Fatal(err)
+	}
+	next := c.recv(resourcev3.ClusterType)
+	if next.GetVersionInfo() == cds.GetVersionInfo() {
+		t.Fatalf("resent the rejected version %s", cds.GetVersionInfo())
+	}
+	if want := []string{"inbound|8080", "outbound|5432|db.demo", apiCluster}; !slices.Equal(names(next), want) {
+		t.Errorf("clusters = %v, want %v", names(next), want)
+	}
+	c.ack(next)
+	c.quiet(300 * time.Millisecond)
+	if ps := h.srv.Proxies(); ps[0].Types["cds"].NackError != "" {
+		t.Errorf("NACK still reported after the new version was ACKed: %+v", ps[0].Types["cds"])
+	}
+}
+
+func TestStaleNonceIsIgnored(t *testing.T) {
+	h := startServer(t, newStore(t, testMesh("10.0.0.2")))
+	c := dial(t, h.addr, "demo/frontend-1")
+	c.subscribe(resourcev3.ClusterType)
+	first := c.recv(resourcev3.ClusterType)
+	c.ack(first)
+	st := testMesh("10.0.0.2")
+	st.Workloads[0].Upstreams = nil
+	if _, err := h.store.ReplaceState(st); err != nil {
+		t.Fatal(err)
+	}
+	second := c.recv(resourcev3.ClusterType)
+	if slices.Equal(names(first), names(second)) {
+		t.Fatalf("test setup: cluster lists should differ: %v", names(second))
+	}
+	// A NACK carrying the first nonce is stale (that response was already
+	// ACKed and superseded): the server must neither count nor answer it.
+	c.nack(first, first.GetVersionInfo())
+	c.quiet(300 * time.Millisecond)
+	if n := metric(t, h.reg, "bulwark_xds_nacks_total", "cds"); n != 0 {
+		t.Errorf("stale NACK was counted: %v", n)
+	}
+	c.ack(second)
+	c.quiet(300 * time.Millisecond)
+	if got := h.srv.Proxies()[0].Types["cds"].AckedVersion; got != second.GetVersionInfo() {
+		t.Errorf("acked version = %q, want %q", got, second.GetVersionInfo())
+	}
+}
+
+func TestReconnectToAFreshControlPlane(t *testing.T) {
+	h := startServer(t, newStore(t, testMesh("10.0.0.2")))
+	c := dial(t, h.addr, "demo/frontend-1")
+	before := syncAll(c)
+	c.close()
+	h.stop()
+
+	// A new control plane knows nothing of this proxy. The proxy comes
+	// back with the versions it holds; it must still get its resources.
+	h2 := startServer(t, newStore(t, testMesh("10.0.0.2")))
+	c2 := dial(t, h2.addr, "demo/frontend-1")
+	c2.send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, VersionInfo: before["cds"].GetVersionInfo()})
+	cds := c2.recv(resourcev3.ClusterType)
+	if !slices.Equal(names(cds), names(before["cds"])) {
+		t.Errorf("clusters after reconnect = %v, want %v", names(cds), names(before["cds"]))
+	}
+	if cds.GetVersionInfo() != before["cds"].GetVersionInfo() {
+		t.Errorf("same model, different version: %s vs %s (versions should be content hashes)", cds.GetVersionInfo(), before["cds"].GetVersionInfo())
+	}
+	c2.ack(cds)
+
+	// The same after a change made while the proxy was away: it gets the
+	// new endpoints on its first EDS request.
+	h2.stop()
+	h3 := startServer(t, newStore(t, testMesh("10.0.0.2", "10.0.0.3")))
+	c3 := dial(t, h3.addr, "demo/frontend-1")
+	c3.send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, VersionInfo: before["eds"].GetVersionInfo(), ResourceNames: []string{apiCluster}})
+	eds := c3.recv(resourcev3.EndpointType)
+	var cla endpointv3.ClusterLoadAssignment
+	if err := eds.GetResources()[0].UnmarshalTo(&cla); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(cla.GetEndpoints()[0].GetLbEndpoints()); n != 2 {
+		t.Errorf("after reconnect api has %d endpoints, want the 2 the new model has", n)
+	}
+}
+
+func TestResourceRequestedBeforeItExists(t *testing.T) {
+	st := testMesh("10.0.0.2")
+	st.Workloads[0].Upstreams = nil
+	h := startServer(t, newStore(t, st))
+	c := dial(t, h.addr, "demo/frontend-1")
+	c.subscribe(resourcev3.EndpointType, apiCluster)
+	// The server may answer at once with what it has, which is nothing.
+	select {
+	case r := <-c.resps:
+		if len(r.GetResources()) != 0 {
+			t.Fatalf("got %v before the service exists", names(r))
+		}
+		c.ack(r, apiCluster)
+	case <-time.After(300 * time.Millisecond):
+	}
+
+	if _, err := h.store.ReplaceState(testMesh("10.0.0.2")); err != nil {
+		t.Fatal(err)
+	}
+	e := c.recv(resourcev3.EndpointType)
+	if want := []string{apiCluster}; !slices.Equal(names(e), want) {
+		t.Errorf("endpoints = %v, want %v", names(e), want)
+	}
+}
+
+func TestBadNodeIDIsRefused(t *testing.T) {
+	h := startServer(t, newStore(t, testMesh("10.0.0.2")))
+	c := dial(t, h.addr, "sidecar~10.0.0.1~frontend")
+	c.subscribe(resourcev3.ClusterType)
+	select {
+	case err := <-c.errs:
+		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "namespace>/<workload") {
+			t.Errorf("stream ended with %v, want InvalidArgument naming the expected form", err)
+		}
+	case r := <-c.resps:
+		t.Fatalf("got a response for a malformed node ID: %v", r)
+	case <-time.After(5 * time.Second):
+		t.Fatal("stream not refused")
+	}
+}
+
+func TestProxyOfUnknownWorkloadGetsNothingUseful(t *testing.T) {
+	h := startServer(t, newStore(t, testMesh("10.0.0.2")))
+	c := dial(t, h.addr, "demo/nobody")
+	c.subscribe(resourcev3.ClusterType)
+	cds := c.recv(resourcev3.ClusterType)
+	if len(cds.GetResources()) != 0 {
+		t.Errorf("unknown workload got clusters %v", names(cds))
+	}
+}
+
+func TestDisconnectForgetsTheProxy(t *testing.T) {
+	h := startServer(t, newStore(t, testMesh("10.0.0.2")))
+	c := dial(t, h.addr, "demo/frontend-1")
+	syncAll(c)
+	if n := len(h.store.Snapshot().Proxies()); n != 1 {
+		t.Fatalf("%d proxies recorded, want 1", n)
+	}
+	c.close()
+	deadline := time.Now().Add(5 * time.Second)
+	for len(h.store.Snapshot().Proxies()) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("proxy still recorded 5s after it disconnected")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// metric returns the value of a counter with one label value, or 0.
+func metric(t *testing.T, reg *prometheus.Registry, name, label string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if lp.GetValue() == label {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
+}
