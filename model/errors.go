@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"strings"
 )
 
 // ErrNotFound is returned by lookups for an object the store does not hold.
@@ -76,13 +75,4 @@ func FieldErrors(err error) []*FieldError {
 	}
 	walk(err)
 	return out
-}
-
-// quoteList renders names for an error message: "a", "b" and "c".
-func quoteList(names []string) string {
-	q := make([]string, len(names))
-	for i, n := range names {
-		q[i] = strconv.Quote(n)
-	}
-	return strings.Join(q, ", ")
 }
