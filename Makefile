@@ -11,7 +11,7 @@ MESH ?= examples/local/mesh.yaml
 # Test packages that run without Envoy or root; run again under -race.
 RACE_PKGS := ./model/... ./meshfile/... ./xds/...
 
-.PHONY: all build run test test-race envoy lint fmt bench clean
+.PHONY: all build run test envoy lint fmt bench clean proto
 
 all: build
 
@@ -48,3 +48,13 @@ bench: envoy
 
 clean:
 	rm -rf bin
+
+# Regenerate api/**/*.pb.go (committed; only needed after editing a .proto).
+# protoc comes from PyPI's grpcio-tools, the Go plugins from go.mod's tools.
+PROTOC_VENV := .venv-protoc
+proto:
+	test -x $(PROTOC_VENV)/bin/python || (python3 -m venv $(PROTOC_VENV) && $(PROTOC_VENV)/bin/pip install --quiet grpcio-tools)
+	$(GO) build -o $(PROTOC_VENV)/bin/protoc-gen-go google.golang.org/protobuf/cmd/protoc-gen-go
+	$(GO) build -o $(PROTOC_VENV)/bin/protoc-gen-go-grpc google.golang.org/grpc/cmd/protoc-gen-go-grpc
+	PATH=$(abspath $(PROTOC_VENV))/bin:$$PATH $(PROTOC_VENV)/bin/python -m grpc_tools.protoc -I . \
+		--go_out=paths=source_relative:. --go-grpc_out=paths=source_relative:. api/ca/v1/ca.proto

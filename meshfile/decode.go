@@ -20,14 +20,16 @@ const APIVersion = "bulwark.dev/v1alpha1"
 
 // Kinds of document a mesh file may hold.
 const (
-	KindMesh = "Mesh"
+	KindMesh       = "Mesh"
+	KindMTLSPolicy = "MTLSPolicy"
 )
 
 // document is one YAML document of a mesh file, decoded and checked.
 type document struct {
 	file  string
-	kind  string
-	name  string
+	kind      string
+	name      string
+	namespace string
 	line  int            // where the document starts
 	spec  any            // pointer to the decoded spec type
 	lines map[string]int // field path -> line, for locating later errors
@@ -36,7 +38,12 @@ type document struct {
 	problems []error
 }
 
-func (d *document) object() string { return d.kind + " " + d.name }
+func (d *document) object() string {
+	if d.namespace != "" {
+		return d.kind + " " + d.namespace + "/" + d.name
+	}
+	return d.kind + " " + d.name
+}
 
 // errorAt locates a model.FieldError (or any error) inside the document.
 func (d *document) errorAt(err error) error {
@@ -67,7 +74,8 @@ func (d *document) lineOf(path string) int {
 
 // specTypes maps a kind to the Go type of its spec.
 var specTypes = map[string]reflect.Type{
-	KindMesh: reflect.TypeFor[model.MeshSpec](),
+	KindMesh:       reflect.TypeFor[model.MeshSpec](),
+	KindMTLSPolicy: reflect.TypeFor[model.MTLSPolicySpec](),
 }
 
 type metadata struct {
@@ -174,7 +182,13 @@ func decodeDocument(file string, n *yaml.Node) (*document, error) {
 			errs = append(errs, fail(m.Line, "metadata.name", "required"))
 		}
 	}
-	d.name = meta.Name
+	d.name, d.namespace = meta.Name, meta.Namespace
+	if d.kind == KindMesh && d.namespace != "" {
+		errs = append(errs, fail(d.lines["metadata"], "metadata.namespace", "a Mesh has no namespace"))
+	}
+	if d.kind != KindMesh && d.namespace == "" {
+		d.namespace = model.DefaultNamespace
+	}
 	if len(errs) > 0 || !known {
 		return nil, errors.Join(errs...)
 	}

@@ -95,20 +95,46 @@ func build(docs []*document, files []string) (*model.State, error) {
 	spec := meshDoc.spec.(*model.MeshSpec)
 	spec.Default()
 	errs = append(errs, meshDoc.problems...)
-	if err := spec.Validate("spec"); err != nil {
-		errs = append(errs, meshDoc.errorAt(err))
+	specErr := spec.Validate("spec")
+	st := &model.State{}
+	if specErr != nil {
+		errs = append(errs, meshDoc.errorAt(specErr))
+	} else {
+		st = stateOf(meshDoc.name, spec)
+	}
+
+	policyDoc := map[string]*document{}
+	for _, d := range docs {
+		if d.kind != KindMTLSPolicy {
+			continue
+		}
+		p := &model.MTLSPolicy{Namespace: d.namespace, Name: d.name, Spec: *d.spec.(*model.MTLSPolicySpec)}
+		if prev := policyDoc[p.Key()]; prev != nil {
+			errs = append(errs, &Error{File: d.file, Line: d.line, Object: d.object(),
+				Detail: fmt.Sprintf("defined twice; the other is at %s:%d", prev.file, prev.line)})
+			continue
+		}
+		policyDoc[p.Key()] = d
+		errs = append(errs, d.problems...)
+		if err := p.Validate("spec"); err != nil {
+			errs = append(errs, d.errorAt(err))
+		}
+		st.MTLS = append(st.MTLS, p)
+	}
+	for key, perrs := range model.CheckMTLSOverlap(st.MTLS, st.Workloads) { // no workloads if the spec is invalid
+		errs = append(errs, policyDoc[key].errorAt(errors.Join(perrs...)))
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
-	return stateOf(meshDoc.name, spec), nil
+	return st, nil
 }
 
 // stateOf turns a valid mesh spec into model objects. Each workload is an
 // endpoint of every service it backs: the file plays the part that
 // EndpointSlices play in Kubernetes.
 func stateOf(name string, spec *model.MeshSpec) *model.State {
-	st := &model.State{Mesh: model.Mesh{Name: name, TrustDomain: spec.TrustDomain}}
+	st := &model.State{Mesh: model.Mesh{Name: name, TrustDomain: spec.TrustDomain, MTLS: spec.MTLS}}
 	services := map[string]*model.Service{}
 	for i := range spec.Services {
 		s := spec.Services[i]

@@ -167,7 +167,7 @@ func TestLoadErrors(t *testing.T) {
 			body: "apiVersion: v1\nkind: Meshh\nmetadata: {name: m}\nspec: {}\n",
 			want: []string{
 				`mesh.yaml:1: apiVersion: "v1" is not supported; use bulwark.dev/v1alpha1`,
-				`mesh.yaml:2: kind: unknown kind "Meshh"; expected one of Mesh`,
+				`mesh.yaml:2: kind: unknown kind "Meshh"; expected one of MTLSPolicy, Mesh`,
 			},
 		},
 		{
@@ -184,6 +184,69 @@ func TestLoadErrors(t *testing.T) {
 			name: "two meshes",
 			body: header + validSpec + "---\n" + strings.Replace(header, "name: m", "name: n", 1) + "  {}\n",
 			want: []string{`mesh.yaml:23: Mesh n: a mesh has one Mesh document; another is Mesh m at mesh.yaml:1`},
+		},
+		{
+			name: "weaker mesh mode without a reason",
+			body: header + "  mtls: {mode: PERMISSIVE}\n" + validSpec,
+			want: []string{`mesh.yaml:6: Mesh m: spec.mtls.exception: required: a mode weaker than STRICT needs an exception with a reason`},
+		},
+		{
+			name: "policy: weaker port mode without a reason, bad port, bad mode",
+			body: header + validSpec + `---
+apiVersion: bulwark.dev/v1alpha1
+kind: MTLSPolicy
+metadata: {name: legacy, namespace: demo}
+spec:
+  portModes: {"9091": DISABLE, "http": PERMISSIVE, "8080": LAX}
+`,
+			want: []string{
+				`mesh.yaml:27: MTLSPolicy demo/legacy: spec.portModes["8080"]: "LAX" is not a mode: use STRICT, PERMISSIVE or DISABLE`,
+				`mesh.yaml:27: MTLSPolicy demo/legacy: spec.portModes["http"]: "http" is not a port number (1-65535)`,
+				`mesh.yaml:27: MTLSPolicy demo/legacy: spec.exception: required: a mode weaker than STRICT needs an exception with a reason`,
+			},
+		},
+		{
+			name: "policy: empty reason and bad date",
+			body: header + validSpec + `---
+apiVersion: bulwark.dev/v1alpha1
+kind: MTLSPolicy
+metadata: {name: legacy, namespace: demo}
+spec:
+  mode: PERMISSIVE
+  exception: {reason: " ", expires: "next year"}
+`,
+			want: []string{
+				`mesh.yaml:28: MTLSPolicy demo/legacy: spec.exception.reason: required: say why this traffic may skip mutual TLS`,
+				`mesh.yaml:28: MTLSPolicy demo/legacy: spec.exception.expires: "next year" is not a date (YYYY-MM-DD)`,
+			},
+		},
+		{
+			name: "policies that overlap",
+			body: header + strings.Replace(validSpec, "      serviceAccount: api\n", "      serviceAccount: api\n      labels: {app: api, tier: back}\n", 1) + `---
+apiVersion: bulwark.dev/v1alpha1
+kind: MTLSPolicy
+metadata: {name: a, namespace: demo}
+spec: {selector: {matchLabels: {app: api}}, mode: STRICT}
+---
+apiVersion: bulwark.dev/v1alpha1
+kind: MTLSPolicy
+metadata: {name: b, namespace: demo}
+spec: {selector: {matchLabels: {tier: back}}, mode: STRICT}
+---
+apiVersion: bulwark.dev/v1alpha1
+kind: MTLSPolicy
+metadata: {name: c, namespace: demo}
+spec: {mode: STRICT}
+---
+apiVersion: bulwark.dev/v1alpha1
+kind: MTLSPolicy
+metadata: {name: d, namespace: demo}
+spec: {mode: STRICT}
+`,
+			want: []string{
+				`mesh.yaml:32: MTLSPolicy demo/b: spec.selector: picks workload demo/api-1, which demo/a also picks; one workload, one policy`,
+				`mesh.yaml:42: MTLSPolicy demo/d: spec.selector: namespace demo already has a policy for all its workloads, demo/c; give this one a selector or merge them`,
+			},
 		},
 		{
 			name: "no mesh",

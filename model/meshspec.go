@@ -9,9 +9,11 @@ import "errors"
 // safe for concurrent mutation.
 type MeshSpec struct {
 	// TrustDomain is the SPIFFE trust domain; empty means cluster.local.
-	TrustDomain string     `json:"trustDomain,omitempty"`
-	Services    []Service  `json:"services,omitempty"`
-	Workloads   []Workload `json:"workloads,omitempty"`
+	TrustDomain string `json:"trustDomain,omitempty"`
+	// MTLS is the mesh-wide mTLS mode; STRICT unless set.
+	MTLS      MeshMTLS   `json:"mtls,omitempty"`
+	Services  []Service  `json:"services,omitempty"`
+	Workloads []Workload `json:"workloads,omitempty"`
 }
 
 // Default fills in every optional field left empty, in place.
@@ -68,6 +70,12 @@ func (m *MeshSpec) Validate(base Path) error {
 	if err := validTrustDomain(m.TrustDomain); err != nil {
 		errs = append(errs, &FieldError{Path: base.Child("trustDomain"), Detail: err.Error()})
 	}
+	if m.MTLS.Mode != "" {
+		if err := validMode(m.MTLS.Mode); err != nil {
+			errs = append(errs, &FieldError{Path: base.Child("mtls").Child("mode"), Detail: err.Error()})
+		}
+	}
+	errs = append(errs, m.MTLS.Exception.validate(base.Child("mtls").Child("exception"), m.MTLS.Mode.Weaker())...)
 
 	services := make(map[string]*Service, len(m.Services))
 	servicePath := make(map[string]Path, len(m.Services))

@@ -1,6 +1,8 @@
 package model
 
 import (
+	"time"
+
 	memdb "github.com/hashicorp/go-memdb"
 )
 
@@ -75,6 +77,15 @@ func (s *Snapshot) Proxies() []*Proxy { return list[*Proxy](s, TableProxies, "id
 
 // Proxy returns the connected proxy with the node ID, or nil.
 func (s *Snapshot) Proxy(id string) *Proxy { return first[*Proxy](s, TableProxies, id) }
+
+// MTLSPolicies returns every mTLS policy, sorted by key.
+func (s *Snapshot) MTLSPolicies() []*MTLSPolicy { return list[*MTLSPolicy](s, TableMTLS, "id") }
+
+// MTLSMode decides the inbound mTLS mode of a target port of w at now;
+// see ResolveMTLS.
+func (s *Snapshot) MTLSMode(w *Workload, port uint32, now time.Time) MTLSDecision {
+	return ResolveMTLS(s.Mesh(), s.MTLSPolicies(), w, port, now)
+}
 
 // Watch returns, for each table, a channel that is closed as soon as that
 // table changes after this snapshot was taken.

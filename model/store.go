@@ -16,10 +16,11 @@ const (
 	TableWorkloads = "workloads"
 	TableEndpoints = "endpoints"
 	TableProxies   = "proxies"
+	TableMTLS      = "mtls_policies"
 )
 
 // Tables lists every table, in a fixed order.
-var Tables = []string{TableMesh, TableServices, TableWorkloads, TableEndpoints, TableProxies}
+var Tables = []string{TableMesh, TableServices, TableWorkloads, TableEndpoints, TableProxies, TableMTLS}
 
 type keyed interface{ Key() string }
 
@@ -94,6 +95,7 @@ func schema() *memdb.DBSchema {
 			Name: "service", Indexer: keyIndex{byServiceKey},
 		}),
 		TableProxies: table(TableProxies),
+		TableMTLS:    table(TableMTLS),
 	}}
 }
 
@@ -133,6 +135,7 @@ type State struct {
 	Services  []*Service
 	Workloads []*Workload
 	Endpoints []*Endpoint
+	MTLS      []*MTLSPolicy
 }
 
 // ReplaceState makes the store hold exactly st (apart from proxies) in one
@@ -160,6 +163,7 @@ func (s *Store) ReplaceState(st *State) ([]string, error) {
 		{TableServices, asKeyed(st.Services)},
 		{TableWorkloads, asKeyed(st.Workloads)},
 		{TableEndpoints, asKeyed(st.Endpoints)},
+		{TableMTLS, asKeyed(st.MTLS)},
 	} {
 		did, err := replaceTable(tx, t.name, t.objs)
 		if err != nil {

@@ -39,6 +39,8 @@ type Mesh struct {
 	Name string
 	// TrustDomain is the SPIFFE trust domain every identity belongs to.
 	TrustDomain string
+	// MTLS is the mesh-wide mTLS mode.
+	MTLS MeshMTLS
 }
 
 // ServicePort is one port of a service.
@@ -198,6 +200,6 @@ func ParseNodeID(id string) (namespace, workload string, ok bool) {
 	return ns, name, true
 }
 
-func sortedKeys(m map[string]string) []string {
+func sortedKeys[V any](m map[string]V) []string {
 	return slices.Sorted(maps.Keys(m))
 }

@@ -1,0 +1,182 @@
+// Package issuer is the CA service: it authenticates the caller, decides
+// which identity the caller is, and has the CA sign the caller's public
+// key for exactly that identity. The identity comes from the credential
+// (a join token bound to a workload, or the caller's current certificate)
+// and the model (that workload's service account), never from the
+// request: a request that asks for anything else is refused.
+package issuer
+
+import (
+	"context"
+	"crypto"
+	"crypto/x509"
+	"errors"
+
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	cav1 "github.com/bulwarkmesh/bulwark/api/ca/v1"
+	"github.com/bulwarkmesh/bulwark/internal/spiffetls"
+	"github.com/bulwarkmesh/bulwark/model"
+)
+
+// Signer is what the issuer needs of a CA.
+type Signer interface {
+	TrustDomain() spiffeid.TrustDomain
+	Roots() []*x509.Certificate
+	SignSVID(pub crypto.PublicKey, id spiffeid.ID, ttl time.Duration) ([]*x509.Certificate, error)
+}
+
+// TokenRedeemer uses up a one-time join token bound to a workload.
+type TokenRedeemer interface {
+	Redeem(token, workload string) error
+}
+
+// Config configures a Server.
+type Config struct {
+	CA    Signer       // required
+	Store *model.Store // required: which workloads exist, and their service accounts
+	// Tokens redeems join tokens; nil refuses them.
+	Tokens     TokenRedeemer
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
+}
+
+// Server implements the CertificateService.
+type Server struct {
+	cav1.UnimplementedCertificateServiceServer
+	cfg      Config
+	log      *slog.Logger
+	requests *prometheus.CounterVec
+}
+
+// New returns a Server.
+func New(cfg Config) (*Server, error) {
+	if cfg.CA == nil || cfg.Store == nil {
+		return nil, errors.New("issuer: CA and Store are required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger.With("component", "issuer"),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bulwark_issuer_requests_total",
+			Help: "Certificate signing requests, by how the caller authenticated and the result.",
+		}, []string{"method", "result"})}
+	if cfg.Registerer != nil {
+		cfg.Registerer.MustRegister(s.requests)
+	}
+	return s, nil
+}
+
+// Register adds the service to g.
+func (s *Server) Register(g grpc.ServiceRegistrar) { cav1.RegisterCertificateServiceServer(g, s) }
+
+// JoinTokenScheme is the authorization scheme of a join token:
+// "authorization: JoinToken <token>".
+const JoinTokenScheme = "JoinToken"
+
+// SignCertificate authenticates the caller and signs its key.
+func (s *Server) SignCertificate(ctx context.Context, req *cav1.SignCertificateRequest) (*cav1.SignCertificateResponse, error) {
+	method := "none"
+	resp, id, err := s.sign(ctx, req, &method)
+	if err != nil {
+		s.requests.WithLabelValues(method, status.Code(err).String()).Inc()
+		s.log.Warn("certificate refused", "workload", req.GetWorkload(), "method", method, "err", status.Convert(err).Message())
+		return nil, err
+	}
+	s.requests.WithLabelValues(method, "OK").Inc()
+	leaf, _ := x509.ParseCertificate(resp.GetCertChain()[0])
+	s.log.Info("certificate issued", "workload", req.GetWorkload(), "id", id, "method", method,
+		"serial", leaf.SerialNumber.Text(16), "expires", leaf.NotAfter.Format(time.RFC3339))
+	return resp, nil
+}
+
+func (s *Server) sign(ctx context.Context, req *cav1.SignCertificateRequest, method *string) (*cav1.SignCertificateResponse, string, error) {
+	csr, err := x509.ParseCertificateRequest(req.GetCsr())
+	if err != nil {
+		return nil, "", status.Errorf(codes.InvalidArgument, "csr: %v", err)
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return nil, "", status.Errorf(codes.InvalidArgument, "csr: signature does not verify, so it proves no key: %v", err)
+	}
+	ns, name, ok := model.ParseNodeID(req.GetWorkload())
+	if !ok {
+		return nil, "", status.Errorf(codes.InvalidArgument, "workload %q is not namespace/name", req.GetWorkload())
+	}
+	td := s.cfg.CA.TrustDomain()
+
+	// Who is calling: a certificate already issued to it, or a join token.
+	var peerID spiffeid.ID
+	switch pid, perr := spiffetls.PeerID(ctx); {
+	case perr == nil:
+		*method = "certificate"
+		peerID = pid
+	case bearer(ctx, JoinTokenScheme) != "":
+		*method = "join_token"
+		if s.cfg.Tokens == nil {
+			return nil, "", status.Error(codes.Unauthenticated, "join tokens are not accepted here")
+		}
+		if err := s.cfg.Tokens.Redeem(bearer(ctx, JoinTokenScheme), req.GetWorkload()); err != nil {
+			return nil, "", status.Errorf(codes.Unauthenticated, "%v", err)
+		}
+	default:
+		return nil, "", status.Errorf(codes.Unauthenticated, "no credential: send %q metadata or present your current certificate", "authorization: "+JoinTokenScheme+" <token>")
+	}
+
+	// Which identity that makes it: the service account of the workload,
+	// as the model has it now.
+	snap := s.cfg.Store.Snapshot()
+	if mtd := snap.Mesh().TrustDomain; mtd != td.String() {
+		return nil, "", status.Errorf(codes.FailedPrecondition, "the mesh's trust domain %s is not the CA's %s", mtd, td)
+	}
+	w := snap.Workload(ns, name)
+	if w == nil {
+		return nil, "", status.Errorf(codes.PermissionDenied, "workload %s is not in the mesh", req.GetWorkload())
+	}
+	id := w.Identity(td.String())
+	if !peerID.IsZero() && peerID != id {
+		return nil, "", status.Errorf(codes.PermissionDenied, "your certificate is %s, but workload %s is %s", peerID, req.GetWorkload(), id)
+	}
+
+	// The CSR may not ask for anything else.
+	switch {
+	case len(csr.URIs) > 1:
+		return nil, "", status.Errorf(codes.PermissionDenied, "csr asks for %d URI SANs; a workload has exactly one identity, %s", len(csr.URIs), id)
+	case len(csr.URIs) == 1 && csr.URIs[0].String() != id.String():
+		return nil, "", status.Errorf(codes.PermissionDenied, "csr asks for %s; you are %s", csr.URIs[0], id)
+	}
+
+	chain, err := s.cfg.CA.SignSVID(csr.PublicKey, id, time.Duration(req.GetTtlSeconds())*time.Second)
+	if err != nil {
+		return nil, "", status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	resp := &cav1.SignCertificateResponse{SpiffeId: id.String()}
+	for _, c := range chain {
+		resp.CertChain = append(resp.CertChain, c.Raw)
+	}
+	for _, r := range s.cfg.CA.Roots() {
+		resp.TrustBundle = append(resp.TrustBundle, r.Raw)
+	}
+	return resp, id.String(), nil
+}
+
+// bearer returns the credential of the given scheme from the
+// authorization metadata, or "".
+func bearer(ctx context.Context, scheme string) string {
+	md, _ := metadata.FromIncomingContext(ctx)
+	for _, v := range md.Get("authorization") {
+		if s, cred, ok := strings.Cut(v, " "); ok && strings.EqualFold(s, scheme) {
+			return strings.TrimSpace(cred)
+		}
+	}
+	return ""
+}

@@ -1,0 +1,42 @@
+package model
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// SPIFFEID returns the identity of a service account:
+// spiffe://<trustDomain>/ns/<namespace>/sa/<serviceAccount>.
+func SPIFFEID(trustDomain, namespace, serviceAccount string) (spiffeid.ID, error) {
+	td, err := spiffeid.TrustDomainFromString(trustDomain)
+	if err != nil {
+		return spiffeid.ID{}, err
+	}
+	return spiffeid.FromSegments(td, "ns", namespace, "sa", serviceAccount)
+}
+
+// Identity returns the SPIFFE ID of workload w in trust domain td. The
+// model's validation guarantees it is well-formed for stored workloads.
+func (w *Workload) Identity(trustDomain string) spiffeid.ID {
+	id, err := SPIFFEID(trustDomain, w.Namespace, w.ServiceAccount)
+	if err != nil {
+		panic(fmt.Sprintf("model: workload %s has no valid identity: %v", w.Key(), err))
+	}
+	return id
+}
+
+// ParseIdentity splits a Bulwark workload identity,
+// /ns/<namespace>/sa/<serviceAccount>, into its parts. It reports false
+// for any other path.
+func ParseIdentity(id spiffeid.ID) (namespace, serviceAccount string, ok bool) {
+	parts := strings.Split(id.Path(), "/")
+	if len(parts) != 5 || parts[0] != "" || parts[1] != "ns" || parts[3] != "sa" {
+		return "", "", false
+	}
+	if validLabel(parts[2]) != nil || validServiceAccount(parts[4]) != nil {
+		return "", "", false
+	}
+	return parts[2], parts[4], true
+}
