@@ -1,11 +1,19 @@
 package xds
 
 import (
+	"time"
+
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/bulwarkmesh/bulwark/model"
 )
+
+// mtlsMetadataKey marks, in an endpoint's transport socket match
+// metadata, an endpoint reached without mutual TLS.
+const mtlsMetadataKey = "bulwark.dev/mtls"
 
 // staticCluster reaches the app at a fixed local address.
 func staticCluster(name, addr string, port uint32) *clusterv3.Cluster {
@@ -23,9 +31,17 @@ func staticCluster(name, addr string, port uint32) *clusterv3.Cluster {
 }
 
 // edsCluster reaches a service port through the endpoints that ADS sends
-// under the same name.
-func edsCluster(name string) *clusterv3.Cluster {
+// under the same name, over mutual TLS that accepts only the identities
+// behind the service. An endpoint whose port has mTLS disabled is marked
+// in its metadata and reached in plaintext.
+func edsCluster(name string, ids []string) *clusterv3.Cluster {
 	return &clusterv3.Cluster{
+		TransportSocket: ClientTLS(ids),
+		TransportSocketMatches: []*clusterv3.Cluster_TransportSocketMatch{{
+			Name:            "plaintext",
+			Match:           &structpb.Struct{Fields: map[string]*structpb.Value{mtlsMetadataKey: structpb.NewStringValue("disabled")}},
+			TransportSocket: plaintext(),
+		}},
 		Name:                 name,
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
 		EdsClusterConfig: &clusterv3.Cluster_EdsClusterConfig{
@@ -40,7 +56,7 @@ func edsCluster(name string) *clusterv3.Cluster {
 // loadAssignment lists the ready endpoints of a service port. An empty
 // assignment is still sent, so the cluster finishes warming and calls
 // fail fast with 503 instead of hanging.
-func loadAssignment(snap *model.Snapshot, svc *model.Service, port *model.ServicePort) *endpointv3.ClusterLoadAssignment {
+func loadAssignment(snap *model.Snapshot, svc *model.Service, port *model.ServicePort, now time.Time) *endpointv3.ClusterLoadAssignment {
 	var lbs []*endpointv3.LbEndpoint
 	for _, ep := range snap.Endpoints(svc.Namespace, svc.Name) {
 		if !ep.Ready {
@@ -50,7 +66,16 @@ func loadAssignment(snap *model.Snapshot, svc *model.Service, port *model.Servic
 		if p == 0 {
 			continue
 		}
-		lbs = append(lbs, lbEndpoint(ep.Address, p))
+		lb := lbEndpoint(ep.Address, p)
+		// Plaintext only toward a known workload whose port says so; an
+		// endpoint we know nothing about gets mutual TLS.
+		if w := snap.Workload(ep.Namespace, ep.Workload); w != nil && ep.Workload != "" &&
+			snap.MTLSMode(w, p, now).Mode == model.MTLSDisable {
+			lb.Metadata = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{
+				"envoy.transport_socket_match": {Fields: map[string]*structpb.Value{mtlsMetadataKey: structpb.NewStringValue("disabled")}},
+			}}
+		}
+		lbs = append(lbs, lb)
 	}
 	cla := &endpointv3.ClusterLoadAssignment{ClusterName: OutboundName(svc, port.Port)}
 	if len(lbs) > 0 {

@@ -6,6 +6,7 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	streamv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stream/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	tlsinspectorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -14,14 +15,66 @@ import (
 )
 
 // inboundListener accepts calls from other sidecars on the workload's
-// address and target port and hands them to the app.
-func inboundListener(w *model.Workload, in inbound) *listenerv3.Listener {
+// address and target port and hands them to the app. Its filter chains
+// follow the port's mTLS mode: STRICT has only the mutual TLS chain,
+// DISABLE only a plaintext one, PERMISSIVE both, told apart by the TLS
+// inspector.
+func inboundListener(w *model.Workload, in inbound, mode model.MTLSMode, td string) *listenerv3.Listener {
 	name := InboundName(in.port.TargetPort)
-	return &listenerv3.Listener{
+	l := &listenerv3.Listener{
 		Name:             name,
 		Address:          socketAddress(w.Address, in.port.TargetPort),
 		TrafficDirection: corev3.TrafficDirection_INBOUND,
-		FilterChains:     []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{terminalFilter(name, in.port.Protocol)}}},
+	}
+	mtls := &listenerv3.FilterChain{
+		Name:            "mtls",
+		TransportSocket: serverTLS(td),
+		Filters:         []*listenerv3.Filter{inboundFilter(name, in.port.Protocol, true)},
+	}
+	plain := &listenerv3.FilterChain{
+		Name:    "plaintext",
+		Filters: []*listenerv3.Filter{inboundFilter(name, in.port.Protocol, false)},
+	}
+	switch mode {
+	case model.MTLSDisable:
+		l.FilterChains = []*listenerv3.FilterChain{plain}
+	case model.MTLSPermissive:
+		mtls.FilterChainMatch = &listenerv3.FilterChainMatch{TransportProtocol: "tls"}
+		plain.FilterChainMatch = &listenerv3.FilterChainMatch{TransportProtocol: "raw_buffer"}
+		l.FilterChains = []*listenerv3.FilterChain{mtls, plain}
+		l.ListenerFilters = []*listenerv3.ListenerFilter{tlsInspector()}
+	default:
+		l.FilterChains = []*listenerv3.FilterChain{mtls}
+	}
+	return l
+}
+
+func tlsInspector() *listenerv3.ListenerFilter {
+	return &listenerv3.ListenerFilter{
+		Name:       "envoy.filters.listener.tls_inspector",
+		ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: mustAny(&tlsinspectorv3.TlsInspector{})},
+	}
+}
+
+// inboundFilter is the terminal filter of an inbound chain. On HTTP it
+// tells the app who called: on the mutual TLS chain it replaces any
+// x-forwarded-client-cert with the verified peer's URI; on plaintext it
+// strips the header, so a caller cannot claim an identity it did not
+// prove.
+func inboundFilter(name string, proto model.Protocol, mtls bool) *listenerv3.Filter {
+	if proto != model.ProtocolHTTP {
+		return terminalFilter(name, proto)
+	}
+	hcm := httpConnectionManager(name)
+	if mtls {
+		hcm.ForwardClientCertDetails = hcmv3.HttpConnectionManager_SANITIZE_SET
+		hcm.SetCurrentClientCertDetails = &hcmv3.HttpConnectionManager_SetCurrentClientCertDetails{Uri: true}
+	} else {
+		hcm.ForwardClientCertDetails = hcmv3.HttpConnectionManager_SANITIZE
+	}
+	return &listenerv3.Filter{
+		Name:       "envoy.filters.network.http_connection_manager",
+		ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(hcm)},
 	}
 }
 

@@ -25,6 +25,12 @@ type Resources struct {
 	Endpoints []*endpointv3.ClusterLoadAssignment
 }
 
+// Options are the inputs of a translation that the model does not hold.
+type Options struct {
+	// Now decides which mTLS exceptions have expired.
+	Now time.Time
+}
+
 // connectTimeout bounds how long a sidecar waits for a TCP connection to
 // an app or another sidecar.
 const connectTimeout = 5 * time.Second
@@ -33,14 +39,16 @@ const connectTimeout = 5 * time.Second
 // snapshot describes it. It reads the snapshot only; the result is new and
 // owned by the caller. A service or upstream the snapshot no longer holds
 // is left out rather than failing the whole proxy.
-func Translate(snap *model.Snapshot, w *model.Workload) (*Resources, error) {
+func Translate(snap *model.Snapshot, w *model.Workload, opts Options) (*Resources, error) {
 	if w == nil {
 		return nil, fmt.Errorf("xds: no workload")
 	}
 	r := &Resources{}
+	td := snap.Mesh().TrustDomain
 	for _, in := range inboundPorts(snap, w) {
 		name := InboundName(in.port.TargetPort)
-		r.Listeners = append(r.Listeners, inboundListener(w, in))
+		mode := snap.MTLSMode(w, in.port.TargetPort, opts.Now).Mode
+		r.Listeners = append(r.Listeners, inboundListener(w, in, mode, td))
 		r.Clusters = append(r.Clusters, staticCluster(name, w.LocalAddress, in.port.TargetPort))
 		if in.port.Protocol == model.ProtocolHTTP {
 			r.Routes = append(r.Routes, routeConfig(name, name, nil))
@@ -49,8 +57,8 @@ func Translate(snap *model.Snapshot, w *model.Workload) (*Resources, error) {
 	for _, up := range upstreams(snap, w) {
 		name := OutboundName(up.svc, up.port.Port)
 		r.Listeners = append(r.Listeners, outboundListener(w, up))
-		r.Clusters = append(r.Clusters, edsCluster(name))
-		r.Endpoints = append(r.Endpoints, loadAssignment(snap, up.svc, up.port))
+		r.Clusters = append(r.Clusters, edsCluster(name, ServiceIdentities(snap, up.svc)))
+		r.Endpoints = append(r.Endpoints, loadAssignment(snap, up.svc, up.port, opts.Now))
 		if up.port.Protocol == model.ProtocolHTTP {
 			r.Routes = append(r.Routes, routeConfig(name, name, connectRetries()))
 		}
@@ -61,13 +69,51 @@ func Translate(snap *model.Snapshot, w *model.Workload) (*Resources, error) {
 
 // TranslateEndpoints returns only the load assignments of the sidecar of
 // w: the fast path for a change that touched endpoints and nothing else.
-// It equals Translate(snap, w).Endpoints.
-func TranslateEndpoints(snap *model.Snapshot, w *model.Workload) []*endpointv3.ClusterLoadAssignment {
+// It equals Translate(snap, w, opts).Endpoints. The clusters depend on
+// endpoints too (the identities a client accepts); callers compare
+// UpstreamIdentities to know when the fast path is not enough.
+func TranslateEndpoints(snap *model.Snapshot, w *model.Workload, opts Options) []*endpointv3.ClusterLoadAssignment {
 	var out []*endpointv3.ClusterLoadAssignment
 	for _, up := range upstreams(snap, w) {
-		out = append(out, loadAssignment(snap, up.svc, up.port))
+		out = append(out, loadAssignment(snap, up.svc, up.port, opts.Now))
 	}
 	sortByName(out)
+	return out
+}
+
+// UpstreamIdentities returns, for each outbound cluster of w, the
+// identities its client side accepts. When they change, the clusters
+// change, not only the load assignments.
+func UpstreamIdentities(snap *model.Snapshot, w *model.Workload) map[string][]string {
+	out := map[string][]string{}
+	for _, up := range upstreams(snap, w) {
+		out[OutboundName(up.svc, up.port.Port)] = ServiceIdentities(snap, up.svc)
+	}
+	return out
+}
+
+// ServiceIdentities returns the SPIFFE IDs of the workloads behind the
+// ready endpoints of svc, sorted: the identities a caller accepts from
+// the other end of a connection to svc.
+func ServiceIdentities(snap *model.Snapshot, svc *model.Service) []string {
+	td := snap.Mesh().TrustDomain
+	seen := map[string]bool{}
+	var out []string
+	for _, ep := range snap.Endpoints(svc.Namespace, svc.Name) {
+		if !ep.Ready || ep.Workload == "" {
+			continue
+		}
+		w := snap.Workload(ep.Namespace, ep.Workload)
+		if w == nil {
+			continue
+		}
+		id := w.Identity(td).String()
+		if !seen[id] {
+			seen[id] = true
+			out = append(out, id)
+		}
+	}
+	sort.Strings(out)
 	return out
 }
 

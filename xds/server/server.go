@@ -68,9 +68,10 @@ type Server struct {
 
 // published is what the cache holds for one proxy.
 type published struct {
-	proxy     *model.Proxy // the connection it was made for
-	resources *xds.Resources
-	versions  [types.UnknownType]string
+	proxy      *model.Proxy // the connection it was made for
+	resources  *xds.Resources
+	identities map[string][]string // xds.UpstreamIdentities when translated
+	versions   [types.UnknownType]string
 }
 
 // New returns a server for cfg. It does nothing until Run.
@@ -128,8 +129,26 @@ func (s *Server) Run(ctx context.Context) error {
 	s.sync(ctx, snap, all)
 	for {
 		watch := snap.Watch()
-		if !waitAny(ctx, watch) {
-			return nil
+		// An mTLS exception that runs out changes modes without any change
+		// to the model: wake up then and translate everything again.
+		var expiry <-chan time.Time
+		var timer *time.Timer
+		if at := model.NextExpiry(snap.Mesh(), snap.MTLSPolicies(), s.cfg.Now()); !at.IsZero() {
+			timer = time.NewTimer(at.Sub(s.cfg.Now()))
+			expiry = timer.C
+		}
+		changedBeforeExpiry := waitAny(ctx, watch, expiry)
+		if timer != nil {
+			timer.Stop()
+		}
+		if !changedBeforeExpiry {
+			if ctx.Err() != nil {
+				return nil
+			}
+			s.log.Info("an mTLS exception expired; its ports are STRICT again")
+			snap = s.cfg.Store.Snapshot()
+			s.sync(ctx, snap, all)
+			continue
 		}
 		// Coalesce: wait until the model has been quiet for Debounce, or
 		// MaxDelay has passed since the first change.
@@ -164,8 +183,9 @@ func (s *Server) Run(ctx context.Context) error {
 // tables affect.
 func (s *Server) sync(ctx context.Context, snap *model.Snapshot, changed map[string]bool) {
 	start := time.Now()
-	full := changed[model.TableMesh] || changed[model.TableServices] || changed[model.TableWorkloads]
+	full := changed[model.TableMesh] || changed[model.TableServices] || changed[model.TableWorkloads] || changed[model.TableMTLS]
 	endpoints := changed[model.TableEndpoints]
+	opts := xds.Options{Now: s.cfg.Now()}
 	live := map[string]bool{}
 	for _, p := range snap.Proxies() {
 		live[p.ID] = true
@@ -173,15 +193,22 @@ func (s *Server) sync(ctx context.Context, snap *model.Snapshot, changed map[str
 		reconnected := prev == nil || prev.proxy != p
 		w := snap.Workload(p.Namespace, p.Workload)
 		var res *xds.Resources
+		var ids map[string][]string
+		if w != nil {
+			ids = xds.UpstreamIdentities(snap, w)
+		}
+		// New identities behind a service change its clusters too, so the
+		// endpoint fast path is not enough.
+		retranslate := reconnected || full || (endpoints && !reflect.DeepEqual(ids, prev.identities))
 		switch {
-		case reconnected || full:
+		case retranslate:
 			if w == nil {
 				s.log.Warn("proxy serves a workload the mesh does not define; it gets no configuration",
 					"node", p.ID, "workload", p.WorkloadKey())
 				res = &xds.Resources{}
 				break
 			}
-			r, err := xds.Translate(snap, w)
+			r, err := xds.Translate(snap, w, opts)
 			if err != nil {
 				s.m.translateErrs.Inc()
 				s.log.Error("translation failed; the proxy keeps its last configuration", "node", p.ID, "err", err)
@@ -190,12 +217,12 @@ func (s *Server) sync(ctx context.Context, snap *model.Snapshot, changed map[str
 			res = r
 		case endpoints && w != nil:
 			r := *prev.resources
-			r.Endpoints = xds.TranslateEndpoints(snap, w)
+			r.Endpoints = xds.TranslateEndpoints(snap, w, opts)
 			res = &r
 		default:
 			continue
 		}
-		s.publish(ctx, p, prev, res)
+		s.publish(ctx, p, prev, res, ids)
 	}
 	for id := range s.published {
 		if !live[id] {
@@ -208,7 +235,7 @@ func (s *Server) sync(ctx context.Context, snap *model.Snapshot, changed map[str
 
 // publish checks res and hands it to the cache if it differs from what
 // the proxy has.
-func (s *Server) publish(ctx context.Context, p *model.Proxy, prev *published, res *xds.Resources) {
+func (s *Server) publish(ctx context.Context, p *model.Proxy, prev *published, res *xds.Resources, ids map[string][]string) {
 	if err := xds.Check(res, s.cfg.Secrets); err != nil {
 		s.m.inconsistent.Inc()
 		s.log.Error("configuration withheld: it failed the consistency check; the proxy keeps its last configuration",
@@ -221,7 +248,7 @@ func (s *Server) publish(ctx context.Context, p *model.Proxy, prev *published, r
 		types.Cluster:  asResources(res.Clusters),
 		types.Endpoint: asResources(res.Endpoints),
 	}
-	next := &published{proxy: p, resources: res}
+	next := &published{proxy: p, resources: res, identities: ids}
 	snapshot := &cachev3.Snapshot{}
 	for t, items := range byType {
 		v, err := version(items)
