@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"strings"
 	"time"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
@@ -20,6 +21,8 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"sigs.k8s.io/yaml"
+
+	"github.com/bulwarkmesh/bulwark/xds"
 )
 
 // XDSCluster is the name of the static cluster that reaches the control
@@ -46,6 +49,12 @@ type Config struct {
 	// AdminAddress is where the admin interface listens, ip:port.
 	// Defaults to DefaultAdminAddress.
 	AdminAddress string
+	// SDSSocket is the agent's SDS Unix socket, which serves the
+	// workload's certificate and the trust bundle. Required.
+	SDSSocket string
+	// ControlPlaneID is the SPIFFE ID the control plane must present;
+	// the proxy talks to nothing else. Required.
+	ControlPlaneID string
 }
 
 // Build returns the bootstrap for cfg, validated against Envoy's field
@@ -56,6 +65,12 @@ func Build(cfg Config) (*bootstrapv3.Bootstrap, error) {
 	}
 	if cfg.AdminAddress == "" {
 		cfg.AdminAddress = DefaultAdminAddress
+	}
+	if cfg.SDSSocket == "" {
+		return nil, errors.New("bootstrap: the SDS socket is required: the proxy gets its certificate from the agent")
+	}
+	if !strings.HasPrefix(cfg.ControlPlaneID, "spiffe://") {
+		return nil, fmt.Errorf("bootstrap: control plane ID %q is not a SPIFFE ID", cfg.ControlPlaneID)
 	}
 	if cfg.Cluster == "" {
 		cfg.Cluster = cfg.NodeID
@@ -78,9 +93,12 @@ func Build(cfg Config) (*bootstrapv3.Bootstrap, error) {
 		return nil, fmt.Errorf("bootstrap: xDS address: %w", err)
 	}
 
+	// ADS is mutual TLS: the proxy presents its own certificate (from the
+	// agent, over SDS) and accepts only the control plane's identity.
 	xdsCluster := &clusterv3.Cluster{
-		Name:           XDSCluster,
-		ConnectTimeout: durationpb.New(5 * time.Second),
+		Name:            XDSCluster,
+		ConnectTimeout:  durationpb.New(5 * time.Second),
+		TransportSocket: xds.ClientTLS([]string{cfg.ControlPlaneID}),
 		LoadAssignment: &endpointv3.ClusterLoadAssignment{
 			ClusterName: XDSCluster,
 			Endpoints: []*endpointv3.LocalityLbEndpoints{{LbEndpoints: []*endpointv3.LbEndpoint{{
@@ -89,17 +107,7 @@ func Build(cfg Config) (*bootstrapv3.Bootstrap, error) {
 				}},
 			}}}},
 		},
-		TypedExtensionProtocolOptions: map[string]*anypb.Any{
-			"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": mustAny(&httpv3.HttpProtocolOptions{
-				UpstreamProtocolOptions: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_{
-					ExplicitHttpConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig{
-						ProtocolConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{
-							Http2ProtocolOptions: &corev3.Http2ProtocolOptions{},
-						},
-					},
-				},
-			}),
-		},
+		TypedExtensionProtocolOptions: http2Only(),
 	}
 	if _, err := netip.ParseAddr(xdsHost); err == nil {
 		xdsCluster.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC}
@@ -127,7 +135,7 @@ func Build(cfg Config) (*bootstrapv3.Bootstrap, error) {
 			Address: socketAddress(adminHost, adminPort),
 		},
 		StaticResources: &bootstrapv3.Bootstrap_StaticResources{
-			Clusters: []*clusterv3.Cluster{xdsCluster},
+			Clusters: []*clusterv3.Cluster{xdsCluster, sdsCluster(cfg.SDSSocket)},
 		},
 		DynamicResources: &bootstrapv3.Bootstrap_DynamicResources{
 			AdsConfig: &corev3.ApiConfigSource{
@@ -157,6 +165,38 @@ func YAML(b *bootstrapv3.Bootstrap) ([]byte, error) {
 	// JSONToYAML re-parses the JSON, which also drops protojson's
 	// deliberately unstable whitespace.
 	return yaml.JSONToYAML(j)
+}
+
+// sdsCluster reaches the agent's SDS server on its Unix socket.
+func sdsCluster(path string) *clusterv3.Cluster {
+	return &clusterv3.Cluster{
+		Name:                 xds.SDSCluster,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
+		ConnectTimeout:       durationpb.New(time.Second),
+		LoadAssignment: &endpointv3.ClusterLoadAssignment{
+			ClusterName: xds.SDSCluster,
+			Endpoints: []*endpointv3.LocalityLbEndpoints{{LbEndpoints: []*endpointv3.LbEndpoint{{
+				HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
+					Address: &corev3.Address{Address: &corev3.Address_Pipe{Pipe: &corev3.Pipe{Path: path}}},
+				}},
+			}}}},
+		},
+		TypedExtensionProtocolOptions: http2Only(),
+	}
+}
+
+func http2Only() map[string]*anypb.Any {
+	return map[string]*anypb.Any{
+		"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": mustAny(&httpv3.HttpProtocolOptions{
+			UpstreamProtocolOptions: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_{
+				ExplicitHttpConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig{
+					ProtocolConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{
+						Http2ProtocolOptions: &corev3.Http2ProtocolOptions{},
+					},
+				},
+			},
+		}),
+	}
 }
 
 func splitHostPort(hp string) (string, uint32, error) {

@@ -9,14 +9,18 @@ import (
 	"github.com/bulwarkmesh/bulwark/internal/golden"
 )
 
+const cpID = "spiffe://cluster.local/ns/bulwark-system/sa/bulwark"
+
 func TestBootstrapGoldenAndEnvoyAcceptsIt(t *testing.T) {
 	out := golden.NewDir(t, "testdata")
 	for _, tc := range []struct {
 		name string
 		cfg  bootstrap.Config
 	}{
-		{"ip", bootstrap.Config{NodeID: "demo/frontend-1", XDSAddress: "127.0.0.1:15010", AdminAddress: "127.0.2.1:15000"}},
-		{"dns", bootstrap.Config{NodeID: "prod/api-7f9c", XDSAddress: "bulwark.bulwark-system.svc:15010"}},
+		{"ip", bootstrap.Config{NodeID: "demo/frontend-1", XDSAddress: "127.0.0.1:15010", AdminAddress: "127.0.2.1:15000",
+			SDSSocket: "/run/bulwark/frontend-1/sds.sock", ControlPlaneID: cpID}},
+		{"dns", bootstrap.Config{NodeID: "prod/api-7f9c", XDSAddress: "bulwark.bulwark-system.svc:15010",
+			SDSSocket: "/var/run/bulwark/sds.sock", ControlPlaneID: cpID}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			b, err := bootstrap.Build(tc.cfg)
@@ -40,10 +44,12 @@ func TestBootstrapErrors(t *testing.T) {
 		cfg  bootstrap.Config
 		want string
 	}{
-		{"no node", bootstrap.Config{XDSAddress: "127.0.0.1:1"}, "node ID is required"},
-		{"no port", bootstrap.Config{NodeID: "a/b", XDSAddress: "127.0.0.1"}, "xDS address"},
-		{"port zero", bootstrap.Config{NodeID: "a/b", XDSAddress: "127.0.0.1:0"}, `"0" is not a port`},
-		{"admin by name", bootstrap.Config{NodeID: "a/b", XDSAddress: "127.0.0.1:1", AdminAddress: "localhost:15000"}, "must be an IP address"},
+		{"no node", bootstrap.Config{XDSAddress: "127.0.0.1:1", SDSSocket: "/s", ControlPlaneID: cpID}, "node ID is required"},
+		{"no port", bootstrap.Config{NodeID: "a/b", XDSAddress: "127.0.0.1", SDSSocket: "/s", ControlPlaneID: cpID}, "xDS address"},
+		{"port zero", bootstrap.Config{NodeID: "a/b", XDSAddress: "127.0.0.1:0", SDSSocket: "/s", ControlPlaneID: cpID}, `"0" is not a port`},
+		{"admin by name", bootstrap.Config{NodeID: "a/b", XDSAddress: "127.0.0.1:1", AdminAddress: "localhost:15000", SDSSocket: "/s", ControlPlaneID: cpID}, "must be an IP address"},
+		{"no SDS", bootstrap.Config{NodeID: "a/b", XDSAddress: "127.0.0.1:1", ControlPlaneID: cpID}, "SDS socket is required"},
+		{"no control plane ID", bootstrap.Config{NodeID: "a/b", XDSAddress: "127.0.0.1:1", SDSSocket: "/s"}, "not a SPIFFE ID"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := bootstrap.Build(tc.cfg)

@@ -1,7 +1,7 @@
 // Package controlplane assembles `bulwark serve`: the model store, the
-// mesh file source, the ADS server on gRPC, and the HTTP endpoint for
-// metrics and status. It is wiring only; each part lives in its own
-// package.
+// mesh file source, the CA and its certificate service, the ADS server
+// on one mutual-TLS gRPC port, and the HTTP endpoint for metrics and
+// status. It is wiring only; each part lives in its own package.
 package controlplane
 
 import (
@@ -12,26 +12,51 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"path/filepath"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/bulwarkmesh/bulwark/attest"
+	"github.com/bulwarkmesh/bulwark/ca"
+	"github.com/bulwarkmesh/bulwark/internal/spiffetls"
+	"github.com/bulwarkmesh/bulwark/issuer"
 	"github.com/bulwarkmesh/bulwark/meshfile"
 	"github.com/bulwarkmesh/bulwark/model"
 	"github.com/bulwarkmesh/bulwark/xds/server"
+)
+
+// DefaultNamespace and DefaultServiceAccount make the control plane's
+// own identity, spiffe://<trust domain>/ns/bulwark-system/sa/bulwark.
+const (
+	DefaultNamespace      = "bulwark-system"
+	DefaultServiceAccount = "bulwark"
 )
 
 // Config configures a control plane.
 type Config struct {
 	// MeshPaths are the mesh files or directories to serve. Required.
 	MeshPaths []string
-	// XDSAddress is where ADS listens, host:port; port 0 picks one.
+	// CADir holds the CA material (ca.Load). Required; a missing or
+	// corrupt CA is an error, never a reason to make a new one.
+	CADir string
+	// TokenDir holds join tokens; defaults to CADir/tokens.
+	TokenDir string
+	// Identity is the control plane's own SPIFFE ID; defaults to
+	// spiffe://<trust domain>/ns/bulwark-system/sa/bulwark.
+	Identity string
+	// MaxCertTTL caps workload certificates; defaults to the CA's 24h.
+	MaxCertTTL time.Duration
+	// XDSAddress is where ADS and the CA service listen, host:port;
+	// port 0 picks one.
 	XDSAddress string
 	// HTTPAddress is where /metrics, /debug/proxies and /healthz listen;
 	// empty disables it.
@@ -50,6 +75,10 @@ type ControlPlane struct {
 	HTTPAddr net.Addr
 	Store    *model.Store
 	Server   *server.Server
+	CA       *ca.CA
+	Tokens   *attest.JoinTokens
+	// Identity is the control plane's SPIFFE ID.
+	Identity spiffeid.ID
 
 	cancel context.CancelFunc
 	ctx    context.Context
@@ -58,52 +87,103 @@ type ControlPlane struct {
 	err    error
 }
 
-// Start loads the mesh, binds the listeners and serves in the background
-// until ctx ends or Stop is called. A mesh that does not load is an error
-// here: there is no last good configuration yet.
+// Start loads the mesh and the CA, binds the listeners and serves in the
+// background until ctx ends or Stop is called. A mesh or CA that does not
+// load is an error here: there is no last good state yet.
 func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	if cfg.XDSAddress == "" {
-		return nil, errors.New("controlplane: XDSAddress is required")
+	if cfg.XDSAddress == "" || cfg.CADir == "" {
+		return nil, errors.New("controlplane: XDSAddress and CADir are required")
+	}
+	if cfg.TokenDir == "" {
+		cfg.TokenDir = filepath.Join(cfg.CADir, "tokens")
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	store := model.NewStore()
-	src, err := meshfile.New(meshfile.Config{Paths: cfg.MeshPaths, Store: store, Logger: cfg.Logger, Registerer: reg})
+	first, err := meshfile.Load(cfg.MeshPaths)
 	if err != nil {
 		return nil, err
 	}
-	srv, err := server.New(server.Config{Store: store, Logger: cfg.Logger, Registerer: reg, Debounce: cfg.Debounce})
+	td, err := spiffeid.TrustDomainFromString(first.Mesh.TrustDomain)
+	if err != nil {
+		return nil, err
+	}
+	authority, err := ca.Load(ca.LoadConfig{Dir: cfg.CADir, Config: ca.Config{TrustDomain: td, MaxTTL: cfg.MaxCertTTL, Registerer: reg}})
+	if err != nil {
+		return nil, err
+	}
+	if got := authority.Roots()[0].URIs; len(got) == 1 && got[0].Host != td.Name() {
+		return nil, fmt.Errorf("controlplane: the CA in %s is for trust domain %s, the mesh for %s", cfg.CADir, got[0].Host, td)
+	}
+	src, err := meshfile.New(meshfile.Config{Paths: cfg.MeshPaths, Store: store, Logger: cfg.Logger, Registerer: reg,
+		Check: func(st *model.State) error {
+			if st.Mesh.TrustDomain != td.String() {
+				return fmt.Errorf("the trust domain cannot change while the control plane runs (%s -> %s): every certificate would stop verifying", td, st.Mesh.TrustDomain)
+			}
+			return nil
+		}})
+	if err != nil {
+		return nil, err
+	}
+	ident := cfg.Identity
+	if ident == "" {
+		ident = "spiffe://" + td.Name() + "/ns/" + DefaultNamespace + "/sa/" + DefaultServiceAccount
+	}
+	id, err := spiffeid.FromString(ident)
+	if err != nil || !id.MemberOf(td) {
+		return nil, fmt.Errorf("controlplane: identity %q is not a SPIFFE ID in %s", ident, td)
+	}
+	tokens, err := attest.NewJoinTokens(cfg.TokenDir, nil)
+	if err != nil {
+		return nil, err
+	}
+	iss, err := issuer.New(issuer.Config{CA: authority, Store: store, Tokens: tokens, Logger: cfg.Logger, Registerer: reg})
+	if err != nil {
+		return nil, err
+	}
+	srv, err := server.New(server.Config{Store: store, Logger: cfg.Logger, Registerer: reg, Debounce: cfg.Debounce,
+		Identify: spiffetls.PeerID})
 	if err != nil {
 		return nil, err
 	}
 
+	ctx, cancel := context.WithCancel(ctx)
+	own, err := authority.NewSource(ctx, id, 0, cfg.Logger)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
 	xdsLis, err := net.Listen("tcp", cfg.XDSAddress)
 	if err != nil {
+		cancel()
 		return nil, fmt.Errorf("xDS listener: %w", err)
 	}
 	var httpLis net.Listener
 	if cfg.HTTPAddress != "" {
 		httpLis, err = net.Listen("tcp", cfg.HTTPAddress)
 		if err != nil {
+			cancel()
 			xdsLis.Close()
 			return nil, fmt.Errorf("HTTP listener: %w", err)
 		}
 	}
 
-	ctx, cancel := context.WithCancel(ctx)
 	g, ctx := errgroup.WithContext(ctx)
-	cp := &ControlPlane{XDSAddr: xdsLis.Addr(), Store: store, Server: srv, cancel: cancel, ctx: ctx, group: g}
+	cp := &ControlPlane{XDSAddr: xdsLis.Addr(), Store: store, Server: srv, CA: authority, Tokens: tokens, Identity: id,
+		cancel: cancel, ctx: ctx, group: g}
 
 	grpcServer := grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(spiffetls.ServerConfig(own, own, td))),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.MaxConcurrentStreams(1<<16),
 	)
 	srv.Register(ctx, grpcServer)
+	iss.Register(grpcServer)
 
 	g.Go(func() error { return src.Run(ctx) })
 	g.Go(func() error { return srv.Run(ctx) })
@@ -138,7 +218,8 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 			return hs.Close()
 		})
 	}
-	cfg.Logger.Info("control plane serving", "xds", cp.XDSAddr.String(), "http", addrString(cp.HTTPAddr))
+	cfg.Logger.Info("control plane serving", "xds", cp.XDSAddr.String(), "http", addrString(cp.HTTPAddr),
+		"identity", id.String(), "trust_domain", td.String())
 	return cp, nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/bulwarkmesh/bulwark/model"
 )
@@ -25,7 +26,7 @@ func (m *Mesh) Banner(out io.Writer) {
 	fmt.Fprintln(out)
 
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "WORKLOAD\tIDENTITY\tSIDECAR (peers)\tAPP\tENVOY ADMIN\tUPSTREAMS (app -> sidecar)")
+	fmt.Fprintln(tw, "WORKLOAD\tIDENTITY\tSIDECAR (peers, mTLS mode)\tAPP\tENVOY ADMIN\tUPSTREAMS (app -> sidecar)")
 	var tries []string
 	for _, sc := range m.Sidecars() {
 		w := sc.Workload
@@ -36,7 +37,8 @@ func (m *Mesh) Banner(out io.Writer) {
 				continue
 			}
 			for _, p := range svc.Ports {
-				inbound = append(inbound, net.JoinHostPort(w.Address, strconv.Itoa(int(p.TargetPort))))
+				mode := snap.MTLSMode(w, p.TargetPort, time.Now()).Mode
+				inbound = append(inbound, net.JoinHostPort(w.Address, strconv.Itoa(int(p.TargetPort)))+" "+string(mode))
 				app = append(app, fmt.Sprintf("%s/%s", net.JoinHostPort(w.LocalAddress, strconv.Itoa(int(p.TargetPort))), p.Protocol))
 			}
 		}
@@ -59,6 +61,8 @@ func (m *Mesh) Banner(out io.Writer) {
 			fmt.Fprintln(out, "  "+t)
 		}
 	}
+	fmt.Fprintln(out, "\nEvery sidecar-to-sidecar call is mutual TLS; the answering app reports the caller's verified")
+	fmt.Fprintln(out, "SPIFFE ID in \"caller\". Certificates come from the demo CA in", m.cfg.CADir)
 	fmt.Fprintf(out, "\nEnvoy logs (with access logs) and bootstraps are in %s\n", m.cfg.WorkDir)
 	fmt.Fprintln(out, "Edit the mesh file and save: sidecars pick the change up without a restart. Ctrl-C stops everything.")
 }

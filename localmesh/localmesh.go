@@ -22,10 +22,14 @@ import (
 	"sync"
 	"time"
 
-	"github.com/bulwarkmesh/bulwark/bootstrap"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/bulwarkmesh/bulwark/agent"
+	"github.com/bulwarkmesh/bulwark/ca"
 	"github.com/bulwarkmesh/bulwark/controlplane"
 	"github.com/bulwarkmesh/bulwark/demoapp"
 	"github.com/bulwarkmesh/bulwark/internal/envoy"
+	"github.com/bulwarkmesh/bulwark/meshfile"
 	"github.com/bulwarkmesh/bulwark/model"
 )
 
@@ -53,6 +57,12 @@ type Config struct {
 	ReadyTimeout time.Duration
 	// Debounce is passed to the control plane.
 	Debounce time.Duration
+	// CADir holds the mesh's CA; empty means WorkDir/ca. A CA missing
+	// there is created: this is a demo mesh. (`bulwark serve` never
+	// creates a CA.)
+	CADir string
+	// CertTTL is the lifetime the agents ask for; zero is the CA default.
+	CertTTL time.Duration
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 }
@@ -63,6 +73,7 @@ type Mesh struct {
 	log     *slog.Logger
 	cp      *controlplane.ControlPlane
 	ownsDir bool
+	sockDir string // short path for SDS sockets (Unix socket paths are short)
 
 	mu        sync.Mutex
 	workloads map[string]*workload
@@ -75,9 +86,30 @@ type workload struct {
 	appShape   string
 	envoyShape string
 	app        *demoapp.App
-	envoy      *envoy.Process
+	sidecar    *sidecar
 	logPath    string
 	upstreams  map[string]string
+}
+
+// sidecar is a workload's agent and the Envoy it runs.
+type sidecar struct {
+	agent  *agent.Agent
+	cancel context.CancelFunc
+	done   chan error
+	logf   *os.File
+}
+
+func (s *sidecar) envoy() *envoy.Process {
+	if s == nil {
+		return nil
+	}
+	return s.agent.Envoy()
+}
+
+func (s *sidecar) stop() {
+	s.cancel()
+	<-s.done
+	s.logf.Close()
 }
 
 // Start brings the mesh up and waits until every sidecar has its
@@ -113,9 +145,22 @@ func Start(ctx context.Context, cfg Config) (*Mesh, error) {
 		return nil, err
 	}
 
+	if m.cfg.CADir == "" {
+		m.cfg.CADir = filepath.Join(m.cfg.WorkDir, "ca")
+	}
+	if err := ensureCA(m.cfg.CADir, cfg.MeshPaths); err != nil {
+		m.cleanup()
+		return nil, err
+	}
+	sock, err := os.MkdirTemp("", "bw-sds-")
+	if err != nil {
+		m.cleanup()
+		return nil, err
+	}
+	m.sockDir = sock
 	cp, err := controlplane.Start(ctx, controlplane.Config{
 		MeshPaths: cfg.MeshPaths, XDSAddress: cfg.XDSAddress, HTTPAddress: cfg.HTTPAddress,
-		Logger: cfg.Logger, Debounce: cfg.Debounce,
+		Logger: cfg.Logger, Debounce: cfg.Debounce, CADir: m.cfg.CADir,
 	})
 	if err != nil {
 		m.cleanup()
@@ -142,19 +187,32 @@ func (m *Mesh) ControlPlane() *controlplane.ControlPlane { return m.cp }
 // WorkDir returns the directory with bootstraps and Envoy logs.
 func (m *Mesh) WorkDir() string { return m.cfg.WorkDir }
 
-// WaitReady waits until every running sidecar reports LIVE.
+// WaitReady waits until every running sidecar has its certificate and
+// its Envoy reports LIVE (which it does once its configuration arrived).
 func (m *Mesh) WaitReady(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, m.cfg.ReadyTimeout)
 	defer cancel()
 	m.mu.Lock()
-	procs := map[string]*envoy.Process{}
+	cars := map[string]*sidecar{}
 	for k, w := range m.workloads {
-		procs[k] = w.envoy
+		if w.sidecar != nil {
+			cars[k] = w.sidecar
+		}
 	}
 	m.mu.Unlock()
 	var errs []error
-	for k, p := range procs {
-		if err := p.WaitReady(ctx); err != nil {
+	for k, sc := range cars {
+		select {
+		case <-sc.agent.Ready():
+		case err := <-sc.done:
+			sc.done <- err
+			errs = append(errs, fmt.Errorf("sidecar of %s: agent stopped: %v (log: %s)", k, err, m.logPath(k)))
+			continue
+		case <-ctx.Done():
+			errs = append(errs, fmt.Errorf("sidecar of %s: no certificate: %w (log: %s)", k, ctx.Err(), m.logPath(k)))
+			continue
+		}
+		if err := sc.envoy().WaitReady(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("sidecar of %s: %w (log: %s)", k, err, m.logPath(k)))
 		}
 	}
@@ -240,59 +298,71 @@ func (m *Mesh) reconcile(snap *model.Snapshot) error {
 		}
 		rw.w = w
 		if rw.envoyShape != env {
-			if rw.envoy != nil {
-				_ = rw.envoy.Stop(5 * time.Second)
-				rw.envoy = nil
+			if rw.sidecar != nil {
+				rw.sidecar.stop()
+				rw.sidecar = nil
 			}
-			p, err := m.startEnvoy(w)
+			sc, err := m.startSidecar(w)
 			if err != nil {
 				errs = append(errs, fmt.Errorf("sidecar of %s: %w", k, err))
 				rw.envoyShape = ""
 			} else {
-				rw.envoy, rw.envoyShape, rw.logPath = p, env, m.logPath(k)
+				rw.sidecar, rw.envoyShape, rw.logPath = sc, env, m.logPath(k)
 			}
 		}
 	}
 	return errors.Join(errs...)
 }
 
-func (m *Mesh) startEnvoy(w *model.Workload) (*envoy.Process, error) {
-	admin := net.JoinHostPort(w.LocalAddress, strconv.Itoa(AdminPort))
-	b, err := bootstrap.Build(bootstrap.Config{
-		NodeID:       model.NodeID(w.Namespace, w.Name),
-		XDSAddress:   m.cp.XDSAddr.String(),
-		AdminAddress: admin,
-	})
-	if err != nil {
-		return nil, err
-	}
-	y, err := bootstrap.YAML(b)
+// startSidecar gives a workload a join token and starts its agent, which
+// gets the workload's certificate, serves it to Envoy over SDS, writes
+// the bootstrap and runs Envoy.
+func (m *Mesh) startSidecar(w *model.Workload) (*sidecar, error) {
+	token, err := m.cp.Tokens.Create(w.Key(), 10*time.Minute)
 	if err != nil {
 		return nil, err
 	}
 	base := filepath.Join(m.cfg.WorkDir, w.Namespace+"."+w.Name)
-	if err := os.WriteFile(base+".bootstrap.yaml", y, 0o644); err != nil {
-		return nil, err
-	}
 	logf, err := os.OpenFile(base+".envoy.log", os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
 	}
-	p, err := envoy.Start(envoy.Config{
-		Bin: m.cfg.EnvoyBin, ConfigPath: base + ".bootstrap.yaml", AdminAddress: admin,
-		LogLevel: m.cfg.EnvoyLogLevel, Stdout: logf, Stderr: logf,
+	a, err := agent.New(agent.Config{
+		Workload:       w.Key(),
+		ControlPlane:   m.cp.XDSAddr.String(),
+		ControlPlaneID: m.cp.Identity,
+		TrustBundle:    m.cp.CA.Roots(),
+		JoinToken:      token,
+		CertTTL:        m.cfg.CertTTL,
+		SDSSocket:      filepath.Join(m.sockDir, w.Namespace+"."+w.Name+".sock"),
+		BootstrapPath:  base + ".bootstrap.yaml",
+		AdminAddress:   net.JoinHostPort(w.LocalAddress, strconv.Itoa(AdminPort)),
+		Envoy:          &agent.EnvoyConfig{Bin: m.cfg.EnvoyBin, LogLevel: m.cfg.EnvoyLogLevel, Stdout: logf, Stderr: logf},
+		Logger:         m.cfg.Logger,
 	})
 	if err != nil {
 		logf.Close()
 		return nil, err
 	}
-	go func() { <-p.Done(); logf.Close() }()
-	return p, nil
+	ctx, cancel := context.WithCancel(context.Background())
+	sc := &sidecar{agent: a, cancel: cancel, done: make(chan error, 1), logf: logf}
+	go func() { sc.done <- a.Run(ctx) }()
+	return sc, nil
+}
+
+// Agent returns the agent of a running workload, or nil.
+func (m *Mesh) Agent(key string) *agent.Agent {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if w := m.workloads[key]; w != nil && w.sidecar != nil {
+		return w.sidecar.agent
+	}
+	return nil
 }
 
 func (w *workload) stop() {
-	if w.envoy != nil {
-		_ = w.envoy.Stop(5 * time.Second)
+	if w.sidecar != nil {
+		w.sidecar.stop()
 	}
 	if w.app != nil {
 		w.app.Close()
@@ -398,6 +468,26 @@ func (m *Mesh) cleanup() {
 	if m.ownsDir {
 		_ = os.RemoveAll(m.cfg.WorkDir)
 	}
+	if m.sockDir != "" {
+		_ = os.RemoveAll(m.sockDir)
+	}
+}
+
+// ensureCA creates a demo CA in dir for the mesh's trust domain unless
+// dir already holds one.
+func ensureCA(dir string, meshPaths []string) error {
+	if _, err := os.Stat(filepath.Join(dir, ca.CertFile)); err == nil {
+		return nil
+	}
+	st, err := meshfile.Load(meshPaths)
+	if err != nil {
+		return err
+	}
+	td, err := spiffeid.TrustDomainFromString(st.Mesh.TrustDomain)
+	if err != nil {
+		return err
+	}
+	return ca.Init(ca.InitConfig{Dir: dir, TrustDomain: td})
 }
 
 // Wait blocks until the control plane stops (ctx ended, or it failed).
@@ -430,8 +520,8 @@ func (m *Mesh) Sidecars() []Sidecar {
 			Workload: w.w, Admin: net.JoinHostPort(w.w.LocalAddress, strconv.Itoa(AdminPort)),
 			Log: w.logPath, Upstreams: w.upstreams,
 		}
-		if w.envoy != nil {
-			sc.EnvoyPID = w.envoy.PID()
+		if p := w.sidecar.envoy(); p != nil {
+			sc.EnvoyPID = p.PID()
 		}
 		out = append(out, sc)
 	}

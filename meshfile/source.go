@@ -28,6 +28,10 @@ type Config struct {
 	Debounce time.Duration
 	// Now is the clock; defaults to time.Now.
 	Now func() time.Time
+	// Check, when set, may refuse a valid state for reasons outside the
+	// files (a trust domain other than the CA's); a refused state is
+	// handled like an invalid file.
+	Check func(*model.State) error
 }
 
 // Source keeps the store in line with the mesh files.
@@ -63,6 +67,9 @@ func New(cfg Config) (*Source, error) {
 // state with theirs. On error the store is left as it was.
 func (s *Source) reload() error {
 	st, err := Load(s.cfg.Paths)
+	if err == nil && s.cfg.Check != nil {
+		err = s.cfg.Check(st)
+	}
 	if err != nil {
 		s.metrics.reloads.WithLabelValues("failure").Inc()
 		s.metrics.lastOK.Set(0)

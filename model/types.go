@@ -176,6 +176,8 @@ type Proxy struct {
 	// Namespace and Workload name the workload the proxy serves.
 	Namespace string
 	Workload  string
+	// Identity is the SPIFFE ID the proxy authenticated with.
+	Identity string
 	// ConnectedAt is when its first stream opened.
 	ConnectedAt time.Time
 }

@@ -9,6 +9,7 @@ import (
 	"strconv"
 
 	"github.com/bulwarkmesh/bulwark/bootstrap"
+	"github.com/bulwarkmesh/bulwark/controlplane"
 	"github.com/bulwarkmesh/bulwark/localmesh"
 	"github.com/bulwarkmesh/bulwark/meshfile"
 	"github.com/bulwarkmesh/bulwark/model"
@@ -23,6 +24,9 @@ func runBootstrap(_ context.Context, args []string, stdout, stderr io.Writer) er
 	xdsAddr := fs.String("xds-address", "127.0.0.1:15010", "the control plane's ADS address")
 	admin := fs.String("admin-address", "", "Envoy admin address (default: <localAddress>:15000 with --mesh, else "+bootstrap.DefaultAdminAddress+")")
 	out := fs.String("out", "", "write to this file instead of standard output")
+	sdsSocket := fs.String("sds-socket", "/var/run/bulwark/sds.sock", "the agent's SDS socket")
+	cpID := fs.String("control-plane-id", "", "the control plane's SPIFFE ID (default spiffe://<trust domain>/ns/bulwark-system/sa/bulwark)")
+	trustDomain := fs.String("trust-domain", "", "trust domain for the default control plane ID (default: the mesh file's, else cluster.local)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -49,11 +53,21 @@ func runBootstrap(_ context.Context, args []string, stdout, stderr io.Writer) er
 		if *admin == "" {
 			*admin = net.JoinHostPort(w.LocalAddress, strconv.Itoa(localmesh.AdminPort))
 		}
+		if *trustDomain == "" {
+			*trustDomain = st.Mesh.TrustDomain
+		}
+	}
+	if *trustDomain == "" {
+		*trustDomain = model.DefaultTrustDomain
+	}
+	if *cpID == "" {
+		*cpID = "spiffe://" + *trustDomain + "/ns/" + controlplane.DefaultNamespace + "/sa/" + controlplane.DefaultServiceAccount
 	}
 	if *node == "" {
 		*node = model.NodeID(ns, name)
 	}
-	b, err := bootstrap.Build(bootstrap.Config{NodeID: *node, XDSAddress: *xdsAddr, AdminAddress: *admin})
+	b, err := bootstrap.Build(bootstrap.Config{NodeID: *node, XDSAddress: *xdsAddr, AdminAddress: *admin,
+		SDSSocket: *sdsSocket, ControlPlaneID: *cpID})
 	if err != nil {
 		return err
 	}

@@ -29,6 +29,10 @@ func commands() []command {
 	return []command{
 		{"serve", "run the control plane: ADS for sidecars from a mesh file", runServe},
 		{"up", "run a local mesh: control plane, demo apps and real Envoy sidecars on loopback", runUp},
+		{"agent", "run beside Envoy: get the workload's certificate, serve it over SDS, renew it, run Envoy", runAgent},
+		{"ca", "manage the CA: init, issue", runCA},
+		{"token", "create a one-time join token for a workload", runToken},
+		{"mtls", "list the mTLS exceptions: everything weaker than STRICT", runMTLS},
 		{"bootstrap", "print the Envoy bootstrap for a workload's sidecar", runBootstrap},
 		{"validate", "check mesh files and report every problem", runValidate},
 		{"demo-app", "run the demo app (HTTP echo, /call/<upstream>, TCP line echo)", runDemoApp},

@@ -20,6 +20,8 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&cfg.EnvoyBin, "envoy", "", "Envoy binary (default: $ENVOY_BIN, .venv/bin/envoy, then PATH)")
 	fs.StringVar(&cfg.WorkDir, "work-dir", "", "directory for bootstraps and Envoy logs (default: a temporary one, removed on exit)")
 	fs.StringVar(&cfg.EnvoyLogLevel, "envoy-log-level", "warning", "Envoy's --log-level")
+	fs.StringVar(&cfg.CADir, "ca-dir", "", "the demo mesh's CA (default: <work-dir>/ca, created if missing)")
+	fs.DurationVar(&cfg.CertTTL, "cert-ttl", 0, "lifetime of workload certificates (default 24h; try 2m to watch rotation)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := parse(fs, args); err != nil {
 		return err

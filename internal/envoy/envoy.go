@@ -68,6 +68,9 @@ type Config struct {
 	ExtraArgs []string
 	// Wrap, when set, prefixes the command (e.g. ip netns exec NS).
 	Wrap []string
+	// Credential, when set, runs Envoy as that user and group: the
+	// proxy's own group is what iptables capture exempts.
+	Credential *syscall.Credential
 }
 
 // Process is a running Envoy.
@@ -99,7 +102,7 @@ func Start(cfg Config) (*Process, error) {
 	cmd.Stdout, cmd.Stderr = cfg.Stdout, cfg.Stderr
 	// Its own process group, so a Ctrl-C aimed at the parent does not
 	// race the orderly shutdown, and Stop reaches the whole group.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM, Credential: cfg.Credential}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start envoy: %w", err)
 	}

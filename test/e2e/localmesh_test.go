@@ -169,6 +169,11 @@ func TestLocalMeshTrafficFollowsMeshFileEdits(t *testing.T) {
 	if rep.Headers["x-envoy-expected-rq-timeout-ms"] == "" || rep.RequestID == "" {
 		t.Errorf("the request did not pass through Envoy: headers %v", rep.Headers)
 	}
+	// Sidecar to sidecar is mutual TLS: api's sidecar verified frontend's
+	// certificate and told the app who called.
+	if rep.Caller != "spiffe://cluster.local/ns/demo/sa/frontend" {
+		t.Errorf("caller = %q, want frontend's SPIFFE ID (x-forwarded-client-cert: %q)", rep.Caller, rep.Headers["x-forwarded-client-cert"])
+	}
 	if n := stat(t, "127.0.82.1:15000", "cluster.outbound|8080|api.demo.upstream_rq_200"); n < 1 {
 		t.Errorf("frontend's sidecar counted %d requests to api, want at least 1", n)
 	}

@@ -22,9 +22,10 @@ func sotwOrdered() config.XDSOption { return sotwv3.WithOrderedADS() }
 
 // stream is one open ADS stream. Its fields are guarded by Server.mu.
 type stream struct {
-	id   int64
-	ctx  context.Context
-	node string
+	id       int64
+	ctx      context.Context
+	identity string // the peer's verified SPIFFE ID
+	node     string
 	// sent remembers, per type URL, the nonce and version of the last
 	// response, to tell an ACK from a NACK and which version a NACK
 	// rejects.
@@ -52,9 +53,15 @@ func (c *callbacks) OnStreamOpen(ctx context.Context, id int64, typeURL string) 
 		c.s.m.rejected.WithLabelValues("not_ads").Inc()
 		return status.Errorf(codes.Unimplemented, "only aggregated discovery (ADS) is served")
 	}
+	peer, err := c.s.cfg.Identify(ctx)
+	if err != nil {
+		c.s.m.rejected.WithLabelValues("unauthenticated").Inc()
+		c.s.log.Warn("stream refused: no verified client certificate", "err", err)
+		return status.Errorf(codes.Unauthenticated, "ADS needs a client certificate of the trust domain: %v", err)
+	}
 	c.s.mu.Lock()
 	defer c.s.mu.Unlock()
-	c.s.streams[id] = &stream{id: id, ctx: ctx, sent: map[string]sent{}}
+	c.s.streams[id] = &stream{id: id, ctx: ctx, identity: peer.String(), sent: map[string]sent{}}
 	return nil
 }
 
@@ -106,12 +113,27 @@ func (c *callbacks) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest)
 			s.log.Warn("stream refused: node ID is not <namespace>/<workload>", "node", nodeID)
 			return status.Errorf(codes.InvalidArgument, "node ID %q is not <namespace>/<workload>", nodeID)
 		}
+		// The node ID must name a workload whose identity is the one the
+		// peer proved; otherwise the stream gets nothing at all.
+		snap := s.cfg.Store.Snapshot()
+		w := snap.Workload(ns, name)
+		if w == nil || w.Identity(snap.Mesh().TrustDomain).String() != st.identity {
+			s.mu.Unlock()
+			reason, want := "unknown_workload", "no such workload"
+			if w != nil {
+				reason, want = "identity_mismatch", w.Identity(snap.Mesh().TrustDomain).String()
+			}
+			s.m.rejected.WithLabelValues(reason).Inc()
+			s.log.Warn("stream refused: the node ID names a workload the peer is not", "node", nodeID,
+				"peer", st.identity, "workload_identity", want)
+			return status.Errorf(codes.PermissionDenied, "node %s: your certificate is %s, which is not this workload", nodeID, st.identity)
+		}
 		st.node = nodeID
 		ps := s.proxies[nodeID]
 		isNew := ps == nil
 		if isNew {
 			ps = &proxyState{
-				proxy: &model.Proxy{ID: nodeID, Namespace: ns, Workload: name, ConnectedAt: s.cfg.Now()},
+				proxy: &model.Proxy{ID: nodeID, Namespace: ns, Workload: name, Identity: st.identity, ConnectedAt: s.cfg.Now()},
 				types: map[string]*TypeStatus{},
 			}
 			s.proxies[nodeID] = ps
@@ -228,6 +250,7 @@ type TypeStatus struct {
 type ProxyStatus struct {
 	Node        string                `json:"node"`
 	Workload    string                `json:"workload"`
+	Identity    string                `json:"identity"`
 	Streams     int                   `json:"streams"`
 	ConnectedAt time.Time             `json:"connectedAt"`
 	Types       map[string]TypeStatus `json:"types"`
@@ -243,7 +266,7 @@ func (s *Server) Proxies() []ProxyStatus {
 	defer s.mu.Unlock()
 	out := make([]ProxyStatus, 0, len(s.proxies))
 	for id, ps := range s.proxies {
-		st := ProxyStatus{Node: id, Workload: ps.proxy.WorkloadKey(), Streams: ps.streams,
+		st := ProxyStatus{Node: id, Workload: ps.proxy.WorkloadKey(), Identity: ps.proxy.Identity, Streams: ps.streams,
 			ConnectedAt: ps.proxy.ConnectedAt, Types: map[string]TypeStatus{}, Synced: true}
 		for t, ts := range ps.types {
 			st.Types[typeName(t)] = *ts

@@ -18,6 +18,7 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 
@@ -44,7 +45,13 @@ type Config struct {
 	MaxDelay time.Duration
 	// Secrets are the SDS secret names every proxy's local SDS server
 	// provides; a listener or cluster naming another is withheld.
+	// Defaults to xds.Secrets.
 	Secrets []string
+	// Identify returns the SPIFFE ID a stream's peer authenticated with
+	// (its verified client certificate). Required: a stream without an
+	// identity is refused, and a proxy only ever gets the configuration
+	// of a workload with that identity.
+	Identify func(ctx context.Context) (spiffeid.ID, error)
 	// Now is the clock; defaults to time.Now.
 	Now func() time.Time
 }
@@ -76,8 +83,11 @@ type published struct {
 
 // New returns a server for cfg. It does nothing until Run.
 func New(cfg Config) (*Server, error) {
-	if cfg.Store == nil {
-		return nil, errors.New("server: Store is required")
+	if cfg.Store == nil || cfg.Identify == nil {
+		return nil, errors.New("server: Store and Identify are required")
+	}
+	if cfg.Secrets == nil {
+		cfg.Secrets = xds.Secrets
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -186,6 +196,7 @@ func (s *Server) sync(ctx context.Context, snap *model.Snapshot, changed map[str
 	full := changed[model.TableMesh] || changed[model.TableServices] || changed[model.TableWorkloads] || changed[model.TableMTLS]
 	endpoints := changed[model.TableEndpoints]
 	opts := xds.Options{Now: s.cfg.Now()}
+	td := snap.Mesh().TrustDomain
 	live := map[string]bool{}
 	for _, p := range snap.Proxies() {
 		live[p.ID] = true
@@ -200,11 +211,16 @@ func (s *Server) sync(ctx context.Context, snap *model.Snapshot, changed map[str
 		// New identities behind a service change its clusters too, so the
 		// endpoint fast path is not enough.
 		retranslate := reconnected || full || (endpoints && !reflect.DeepEqual(ids, prev.identities))
+		if w != nil && w.Identity(td).String() != p.Identity {
+			// The workload's identity changed under a connected proxy: the
+			// proxy no longer proves it is that workload.
+			w = nil
+		}
 		switch {
-		case retranslate:
+		case retranslate || (w == nil && prev != nil && prev.resources != nil && !empty(prev.resources)):
 			if w == nil {
-				s.log.Warn("proxy serves a workload the mesh does not define; it gets no configuration",
-					"node", p.ID, "workload", p.WorkloadKey())
+				s.log.Warn("proxy's workload is gone from the mesh or has another identity now; it gets no configuration",
+					"node", p.ID, "workload", p.WorkloadKey(), "identity", p.Identity)
 				res = &xds.Resources{}
 				break
 			}
@@ -270,6 +286,10 @@ func (s *Server) publish(ctx context.Context, p *model.Proxy, prev *published, r
 	s.published[p.ID] = next
 	s.m.snapshotsSet.Inc()
 	s.log.Debug("published", "node", p.ID, "listeners", len(res.Listeners), "clusters", len(res.Clusters))
+}
+
+func empty(r *xds.Resources) bool {
+	return len(r.Listeners)+len(r.Clusters)+len(r.Routes)+len(r.Endpoints) == 0
 }
 
 func asResources[T types.Resource](in []T) []types.Resource {

@@ -2,6 +2,10 @@ package server_test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
 	"net"
 	"slices"
 	"strings"
@@ -18,9 +22,14 @@ import (
 	statuspb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/bulwarkmesh/bulwark/ca"
+	"github.com/bulwarkmesh/bulwark/internal/spiffetls"
 	"github.com/bulwarkmesh/bulwark/internal/testlog"
 	"github.com/bulwarkmesh/bulwark/model"
 	"github.com/bulwarkmesh/bulwark/xds/server"
@@ -50,8 +59,53 @@ func testMesh(apiAddrs ...string) *model.State {
 	return st
 }
 
+// pki is a CA for the tests and the control plane's certificate.
+type pki struct {
+	ca   *ca.CA
+	cp   *ca.Source
+	cpID spiffeid.ID
+}
+
+var td = spiffeid.RequireTrustDomainFromString("cluster.local")
+
+func newPKI(t *testing.T) *pki {
+	t.Helper()
+	dir := t.TempDir()
+	if err := ca.Init(ca.InitConfig{Dir: dir, TrustDomain: td}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := ca.Load(ca.LoadConfig{Dir: dir, Config: ca.Config{TrustDomain: td}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cpID := spiffeid.RequireFromString("spiffe://cluster.local/ns/bulwark-system/sa/bulwark")
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	src, err := c.NewSource(ctx, cpID, time.Hour, testlog.New(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &pki{ca: c, cp: src, cpID: cpID}
+}
+
+// svid issues a certificate for a service account of namespace demo.
+func (p *pki) svid(t *testing.T, sa string) *x509svid.SVID {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := spiffeid.RequireFromString("spiffe://cluster.local/ns/demo/sa/" + sa)
+	chain, err := p.ca.SignSVID(key.Public(), id, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &x509svid.SVID{ID: id, Certificates: chain, PrivateKey: key}
+}
+
 type harness struct {
 	t     *testing.T
+	pki   *pki
 	store *model.Store
 	srv   *server.Server
 	reg   *prometheus.Registry
@@ -59,10 +113,13 @@ type harness struct {
 	stop  func()
 }
 
+// startServer serves ADS over mutual TLS, as the control plane does.
 func startServer(t *testing.T, store *model.Store) *harness {
 	t.Helper()
+	p := newPKI(t)
 	reg := prometheus.NewRegistry()
-	srv, err := server.New(server.Config{Store: store, Logger: testlog.New(t), Registerer: reg, Debounce: 10 * time.Millisecond, MaxDelay: 50 * time.Millisecond})
+	srv, err := server.New(server.Config{Store: store, Logger: testlog.New(t), Registerer: reg, Debounce: 10 * time.Millisecond,
+		MaxDelay: 50 * time.Millisecond, Identify: spiffetls.PeerID})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,12 +128,12 @@ func startServer(t *testing.T, store *model.Store) *harness {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	g := grpc.NewServer()
+	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(spiffetls.ServerConfig(p.cp, p.cp, td))))
 	srv.Register(ctx, g)
 	done := make(chan struct{}, 2)
 	go func() { _ = g.Serve(lis); done <- struct{}{} }()
 	go func() { _ = srv.Run(ctx); done <- struct{}{} }()
-	h := &harness{t: t, store: store, srv: srv, reg: reg, addr: lis.Addr().String()}
+	h := &harness{t: t, pki: p, store: store, srv: srv, reg: reg, addr: lis.Addr().String()}
 	var once sync.Once
 	h.stop = func() {
 		once.Do(func() {
@@ -101,19 +158,45 @@ type client struct {
 	cancel context.CancelFunc
 }
 
-func dial(t *testing.T, addr, nodeID string) *client {
+// dial opens an ADS stream as nodeID with a certificate for the service
+// account of that workload (frontend-1 -> frontend, api-N -> api).
+func (h *harness) dial(t *testing.T, nodeID string) *client {
 	t.Helper()
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	sa := "frontend"
+	if strings.Contains(nodeID, "api") {
+		sa = "api"
+	}
+	return h.dialAs(t, nodeID, h.pki.svid(t, sa))
+}
+
+// dialAs opens an ADS stream as nodeID presenting svid (nil: none).
+func (h *harness) dialAs(t *testing.T, nodeID string, svid *x509svid.SVID) *client {
+	t.Helper()
+	var tc *tls.Config
+	if svid != nil {
+		tc = spiffetls.ClientConfig(svid, h.pki.cp, h.pki.cpID)
+	} else {
+		tc = spiffetls.ClientConfig(nil, h.pki.cp, h.pki.cpID)
+	}
+	return dialTLS(t, h.addr, nodeID, tc)
+}
+
+func dialTLS(t *testing.T, addr, nodeID string, tc *tls.Config) *client {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
+	c := &client{t: t, conn: conn, node: &corev3.Node{Id: nodeID},
+		resps: make(chan *discoveryv3.DiscoveryResponse, 16), errs: make(chan error, 1), cancel: cancel}
+	t.Cleanup(c.close)
 	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
 	if err != nil {
-		t.Fatal(err)
+		c.errs <- err // e.g. a refused handshake; the test reads it
+		return c
 	}
-	c := &client{t: t, conn: conn, stream: stream, node: &corev3.Node{Id: nodeID},
-		resps: make(chan *discoveryv3.DiscoveryResponse, 16), errs: make(chan error, 1), cancel: cancel}
+	c.stream = stream
 	go func() {
 		for {
 			r, err := stream.Recv()
@@ -124,7 +207,6 @@ func dial(t *testing.T, addr, nodeID string) *client {
 			c.resps <- r
 		}
 	}()
-	t.Cleanup(c.close)
 	return c
 }
 
@@ -136,8 +218,26 @@ func (c *client) close() {
 func (c *client) send(req *discoveryv3.DiscoveryRequest) {
 	c.t.Helper()
 	req.Node = c.node
-	if err := c.stream.Send(req); err != nil {
-		c.t.Fatalf("send: %v", err)
+	if c.stream == nil {
+		return // the stream never opened; the error is in c.errs
+	}
+	// A failed send means the server ended the stream; Recv reports why.
+	_ = c.stream.Send(req)
+}
+
+// refused waits for the server to end the stream with code, without a
+// single response before.
+func (c *client) refused(code codes.Code, msg string) {
+	c.t.Helper()
+	select {
+	case err := <-c.errs:
+		if status.Code(err) != code || !strings.Contains(err.Error(), msg) {
+			c.t.Errorf("stream ended with %v, want %s mentioning %q", err, code, msg)
+		}
+	case r := <-c.resps:
+		c.t.Fatalf("got a response: %s with %v", r.GetTypeUrl(), names(r))
+	case <-time.After(5 * time.Second):
+		c.t.Fatal("stream not refused within 5s")
 	}
 }
 
@@ -246,7 +346,7 @@ func newStore(t *testing.T, st *model.State) *model.Store {
 
 func TestACKedConfigurationIsNotResent(t *testing.T) {
 	h := startServer(t, newStore(t, testMesh("10.0.0.2")))
-	c := dial(t, h.addr, "demo/frontend-1")
+	c := h.dial(t, "demo/frontend-1")
 	got := syncAll(c)
 	if want := []string{"inbound|8080", apiCluster}; !slices.Equal(names(got["cds"]), want) {
 		t.Errorf("clusters = %v, want %v", names(got["cds"]), want)
@@ -259,7 +359,7 @@ func TestACKedConfigurationIsNotResent(t *testing.T) {
 
 func TestEndpointChangeSendsOnlyEndpoints(t *testing.T) {
 	h := startServer(t, newStore(t, testMesh("10.0.0.2")))
-	c := dial(t, h.addr, "demo/frontend-1")
+	c := h.dial(t, "demo/frontend-1")
 	syncAll(c)
 	if _, err := h.store.ReplaceState(testMesh("10.0.0.2", "10.0.0.3")); err != nil {
 		t.Fatal(err)
@@ -278,7 +378,7 @@ func TestEndpointChangeSendsOnlyEndpoints(t *testing.T) {
 
 func TestNACKIsNotResentUntilTheConfigurationChanges(t *testing.T) {
 	h := startServer(t, newStore(t, testMesh("10.0.0.2")))
-	c := dial(t, h.addr, "demo/frontend-1")
+	c := h.dial(t, "demo/frontend-1")
 	c.subscribe(resourcev3.ClusterType)
 	cds := c.recv(resourcev3.ClusterType)
 	c.nack(cds, "")
@@ -317,7 +417,7 @@ func TestNACKIsNotResentUntilTheConfigurationChanges(t *testing.T) {
 
 func TestStaleNonceIsIgnored(t *testing.T) {
 	h := startServer(t, newStore(t, testMesh("10.0.0.2")))
-	c := dial(t, h.addr, "demo/frontend-1")
+	c := h.dial(t, "demo/frontend-1")
 	c.subscribe(resourcev3.ClusterType)
 	first := c.recv(resourcev3.ClusterType)
 	c.ack(first)
@@ -346,7 +446,7 @@ func TestStaleNonceIsIgnored(t *testing.T) {
 
 func TestReconnectToAFreshControlPlane(t *testing.T) {
 	h := startServer(t, newStore(t, testMesh("10.0.0.2")))
-	c := dial(t, h.addr, "demo/frontend-1")
+	c := h.dial(t, "demo/frontend-1")
 	before := syncAll(c)
 	c.close()
 	h.stop()
@@ -354,7 +454,7 @@ func TestReconnectToAFreshControlPlane(t *testing.T) {
 	// A new control plane knows nothing of this proxy. The proxy comes
 	// back with the versions it holds; it must still get its resources.
 	h2 := startServer(t, newStore(t, testMesh("10.0.0.2")))
-	c2 := dial(t, h2.addr, "demo/frontend-1")
+	c2 := h2.dial(t, "demo/frontend-1")
 	c2.send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, VersionInfo: before["cds"].GetVersionInfo()})
 	cds := c2.recv(resourcev3.ClusterType)
 	if !slices.Equal(names(cds), names(before["cds"])) {
@@ -369,7 +469,7 @@ func TestReconnectToAFreshControlPlane(t *testing.T) {
 	// new endpoints on its first EDS request.
 	h2.stop()
 	h3 := startServer(t, newStore(t, testMesh("10.0.0.2", "10.0.0.3")))
-	c3 := dial(t, h3.addr, "demo/frontend-1")
+	c3 := h3.dial(t, "demo/frontend-1")
 	c3.send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, VersionInfo: before["eds"].GetVersionInfo(), ResourceNames: []string{apiCluster}})
 	eds := c3.recv(resourcev3.EndpointType)
 	var cla endpointv3.ClusterLoadAssignment
@@ -385,7 +485,7 @@ func TestResourceRequestedBeforeItExists(t *testing.T) {
 	st := testMesh("10.0.0.2")
 	st.Workloads[0].Upstreams = nil
 	h := startServer(t, newStore(t, st))
-	c := dial(t, h.addr, "demo/frontend-1")
+	c := h.dial(t, "demo/frontend-1")
 	c.subscribe(resourcev3.EndpointType, apiCluster)
 	// The server may answer at once with what it has, which is nothing.
 	select {
@@ -408,33 +508,68 @@ func TestResourceRequestedBeforeItExists(t *testing.T) {
 
 func TestBadNodeIDIsRefused(t *testing.T) {
 	h := startServer(t, newStore(t, testMesh("10.0.0.2")))
-	c := dial(t, h.addr, "sidecar~10.0.0.1~frontend")
+	c := h.dial(t, "sidecar~10.0.0.1~frontend")
 	c.subscribe(resourcev3.ClusterType)
-	select {
-	case err := <-c.errs:
-		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "namespace>/<workload") {
-			t.Errorf("stream ended with %v, want InvalidArgument naming the expected form", err)
-		}
-	case r := <-c.resps:
-		t.Fatalf("got a response for a malformed node ID: %v", r)
-	case <-time.After(5 * time.Second):
-		t.Fatal("stream not refused")
+	c.refused(codes.InvalidArgument, "namespace>/<workload")
+}
+
+func TestUnknownWorkloadIsRefused(t *testing.T) {
+	h := startServer(t, newStore(t, testMesh("10.0.0.2")))
+	c := h.dial(t, "demo/nobody")
+	c.subscribe(resourcev3.ClusterType)
+	c.refused(codes.PermissionDenied, "not this workload")
+	if n := metric(t, h.reg, "bulwark_xds_rejected_streams_total", "unknown_workload"); n != 1 {
+		t.Errorf("rejections counted = %v, want 1", n)
 	}
 }
 
-func TestProxyOfUnknownWorkloadGetsNothingUseful(t *testing.T) {
+// TestSpoofedNodeIDGetsNothing: a proxy with a valid certificate for api
+// that claims frontend's node ID gets none of frontend's resources.
+func TestSpoofedNodeIDGetsNothing(t *testing.T) {
 	h := startServer(t, newStore(t, testMesh("10.0.0.2")))
-	c := dial(t, h.addr, "demo/nobody")
+	c := h.dialAs(t, "demo/frontend-1", h.pki.svid(t, "api"))
 	c.subscribe(resourcev3.ClusterType)
-	cds := c.recv(resourcev3.ClusterType)
-	if len(cds.GetResources()) != 0 {
-		t.Errorf("unknown workload got clusters %v", names(cds))
+	c.refused(codes.PermissionDenied, "your certificate is spiffe://cluster.local/ns/demo/sa/api")
+	if n := metric(t, h.reg, "bulwark_xds_rejected_streams_total", "identity_mismatch"); n != 1 {
+		t.Errorf("spoofing attempts counted = %v, want 1", n)
+	}
+	if ps := h.srv.Proxies(); len(ps) != 0 {
+		t.Errorf("the spoofing proxy was recorded: %+v", ps)
+	}
+	// The real frontend is not disturbed.
+	real := h.dial(t, "demo/frontend-1")
+	if got := syncAll(real); len(got["cds"].GetResources()) != 2 {
+		t.Errorf("frontend got %v", names(got["cds"]))
+	}
+}
+
+func TestNoClientCertificateIsRefused(t *testing.T) {
+	h := startServer(t, newStore(t, testMesh("10.0.0.2")))
+	c := h.dialAs(t, "demo/frontend-1", nil)
+	c.subscribe(resourcev3.ClusterType)
+	c.refused(codes.Unauthenticated, "client certificate")
+}
+
+func TestCertificateOfAnotherCAIsRefused(t *testing.T) {
+	h := startServer(t, newStore(t, testMesh("10.0.0.2")))
+	stranger := newPKI(t).svid(t, "frontend") // same trust domain name, another CA
+	c := h.dialAs(t, "demo/frontend-1", stranger)
+	c.subscribe(resourcev3.ClusterType)
+	select {
+	case err := <-c.errs:
+		if status.Code(err) != codes.Unavailable {
+			t.Errorf("stream ended with %v, want the handshake to fail (Unavailable)", err)
+		}
+	case r := <-c.resps:
+		t.Fatalf("a certificate of another CA got %v", names(r))
+	case <-time.After(5 * time.Second):
+		t.Fatal("not refused")
 	}
 }
 
 func TestDisconnectForgetsTheProxy(t *testing.T) {
 	h := startServer(t, newStore(t, testMesh("10.0.0.2")))
-	c := dial(t, h.addr, "demo/frontend-1")
+	c := h.dial(t, "demo/frontend-1")
 	syncAll(c)
 	if n := len(h.store.Snapshot().Proxies()); n != 1 {
 		t.Fatalf("%d proxies recorded, want 1", n)

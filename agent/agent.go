@@ -1,0 +1,388 @@
+package agent
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	mrand "math/rand/v2"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	cav1 "github.com/bulwarkmesh/bulwark/api/ca/v1"
+	"github.com/bulwarkmesh/bulwark/bootstrap"
+	"github.com/bulwarkmesh/bulwark/internal/envoy"
+	"github.com/bulwarkmesh/bulwark/internal/spiffetls"
+	"github.com/bulwarkmesh/bulwark/issuer"
+	"github.com/bulwarkmesh/bulwark/sds"
+	"github.com/bulwarkmesh/bulwark/xds"
+)
+
+// Config configures an Agent.
+type Config struct {
+	// Workload is the workload beside which the agent runs,
+	// "namespace/name"; it is also the Envoy node ID. Required.
+	Workload string
+	// ControlPlane is the control plane's address (CA service and ADS),
+	// host:port. Required.
+	ControlPlane string
+	// ControlPlaneID is the only identity the agent and Envoy accept from
+	// the control plane. Required.
+	ControlPlaneID spiffeid.ID
+	// TrustBundle holds the trust anchors used to verify the control
+	// plane before the CA sends its own. Required.
+	TrustBundle []*x509.Certificate
+	// JoinToken proves the workload's identity for the first certificate.
+	JoinToken string
+	// CertTTL is the lifetime asked for; zero means the CA's default.
+	CertTTL time.Duration
+	// SDSSocket is the Unix socket to serve SDS on. Required.
+	SDSSocket string
+	// BootstrapPath, when set, receives the Envoy bootstrap.
+	BootstrapPath string
+	// AdminAddress is Envoy's admin address; defaults to 127.0.0.1:15000.
+	AdminAddress string
+	// Envoy, when set, is run as the agent's child once the first
+	// certificate is in place; the agent exits when it does.
+	Envoy *EnvoyConfig
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// Now is the clock; defaults to time.Now.
+	Now func() time.Time
+}
+
+// EnvoyConfig describes the Envoy the agent runs.
+type EnvoyConfig struct {
+	Bin            string // empty: envoy.Find
+	LogLevel       string
+	Stdout, Stderr io.Writer
+	// UID and GID, when set, are the user and group Envoy runs as.
+	UID, GID  *uint32
+	ExtraArgs []string
+}
+
+// Agent is a running agent.
+type Agent struct {
+	cfg  Config
+	log  *slog.Logger
+	sds  *sds.Server
+	td   spiffeid.TrustDomain
+	rand *mrand.Rand
+
+	mu     sync.Mutex
+	svid   *x509svid.SVID
+	bundle []*x509.Certificate
+	envoy  *envoy.Process
+
+	ready   chan struct{}
+	renewed chan struct{}
+}
+
+// New checks cfg and returns an agent; it does nothing until Run.
+func New(cfg Config) (*Agent, error) {
+	if cfg.Workload == "" || cfg.ControlPlane == "" || cfg.ControlPlaneID.IsZero() || len(cfg.TrustBundle) == 0 || cfg.SDSSocket == "" {
+		return nil, errors.New("agent: Workload, ControlPlane, ControlPlaneID, TrustBundle and SDSSocket are required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.AdminAddress == "" {
+		cfg.AdminAddress = bootstrap.DefaultAdminAddress
+	}
+	s, err := sds.New(sds.Config{CertName: xds.SecretCertificate, RootsName: xds.SecretRoots, Logger: cfg.Logger})
+	if err != nil {
+		return nil, err
+	}
+	return &Agent{
+		cfg: cfg, log: cfg.Logger.With("component", "agent", "workload", cfg.Workload), sds: s,
+		td: cfg.ControlPlaneID.TrustDomain(), bundle: cfg.TrustBundle,
+		rand:  mrand.New(mrand.NewPCG(uint64(time.Now().UnixNano()), 0)),
+		ready: make(chan struct{}), renewed: make(chan struct{}, 1),
+	}, nil
+}
+
+// Ready is closed once the first certificate is served over SDS, the
+// bootstrap is written and Envoy (if any) has been started.
+func (a *Agent) Ready() <-chan struct{} { return a.ready }
+
+// SVID returns the current certificate, or nil before the first.
+func (a *Agent) SVID() *x509svid.SVID {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.svid
+}
+
+// Run obtains the first certificate, serves SDS, writes the bootstrap,
+// starts Envoy if configured, and renews until ctx ends or Envoy exits.
+func (a *Agent) Run(ctx context.Context) error {
+	svid, bundle, err := a.firstCertificate(ctx)
+	if err != nil {
+		return err
+	}
+	if err := a.install(svid, bundle); err != nil {
+		return err
+	}
+	lis, err := sds.Listen(a.cfg.SDSSocket)
+	if err != nil {
+		return fmt.Errorf("agent: SDS socket: %w", err)
+	}
+	if a.cfg.Envoy != nil && a.cfg.Envoy.GID != nil {
+		// Envoy may run as another user; its group reaches the socket.
+		_ = os.Chown(a.cfg.SDSSocket, -1, int(*a.cfg.Envoy.GID))
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	sdsDone := make(chan error, 1)
+	go func() { sdsDone <- a.sds.Serve(ctx, lis) }()
+
+	if a.cfg.BootstrapPath != "" {
+		if err := a.writeBootstrap(); err != nil {
+			return err
+		}
+	}
+	var envoyDone <-chan struct{}
+	if a.cfg.Envoy != nil {
+		p, err := a.startEnvoy()
+		if err != nil {
+			return err
+		}
+		a.mu.Lock()
+		a.envoy = p
+		a.mu.Unlock()
+		envoyDone = p.Done()
+		defer func() { _ = p.Stop(10 * time.Second) }()
+	}
+	close(a.ready)
+
+	for {
+		wait := a.renewAt(svid.Certificates[0], a.rand.Float64()).Sub(a.cfg.Now())
+		timer := time.NewTimer(max(wait, 0))
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return nil
+		case <-envoyDone:
+			timer.Stop()
+			return errors.New("agent: envoy exited")
+		case err := <-sdsDone:
+			timer.Stop()
+			return fmt.Errorf("agent: SDS server stopped: %w", err)
+		case <-timer.C:
+		}
+		next, nbundle, err := a.fetch(ctx, svid)
+		if err != nil {
+			left := svid.Certificates[0].NotAfter.Sub(a.cfg.Now())
+			a.log.Error("certificate renewal failed; retrying", "err", err, "expires_in", left.Round(time.Second))
+			if !sleep(ctx, min(5*time.Second, max(left/10, time.Second))) {
+				return nil
+			}
+			continue
+		}
+		if err := a.install(next, nbundle); err != nil {
+			return err
+		}
+		svid = next
+	}
+}
+
+// renewAt is when to renew a leaf: at half its lifetime, moved by up to a
+// tenth of the lifetime either way (r in [0,1)), so a fleet started
+// together does not renew together.
+func (a *Agent) renewAt(leaf *x509.Certificate, r float64) time.Time {
+	return RenewAt(leaf.NotBefore, leaf.NotAfter, r)
+}
+
+// RenewAt returns when a certificate valid from notBefore to notAfter is
+// renewed, for r in [0,1): between 40% and 60% of its lifetime.
+func RenewAt(notBefore, notAfter time.Time, r float64) time.Time {
+	life := notAfter.Sub(notBefore)
+	frac := 0.5 + (r-0.5)*0.2
+	return notBefore.Add(time.Duration(math.Round(float64(life) * frac)))
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// firstCertificate fetches with the join token, waiting for a control
+// plane that is not up yet but giving up at once on a refused credential:
+// a join token works once, and retrying cannot fix it.
+func (a *Agent) firstCertificate(ctx context.Context) (*x509svid.SVID, []*x509.Certificate, error) {
+	if a.cfg.JoinToken == "" {
+		return nil, nil, errors.New("agent: no credential for the first certificate: give it a join token")
+	}
+	backoff := 200 * time.Millisecond
+	for {
+		svid, bundle, err := a.fetch(ctx, nil)
+		if err == nil {
+			return svid, bundle, nil
+		}
+		switch status.Code(err) {
+		case codes.Unauthenticated, codes.PermissionDenied, codes.InvalidArgument, codes.FailedPrecondition:
+			return nil, nil, fmt.Errorf("agent: the control plane refused the first certificate: %w", err)
+		}
+		a.log.Warn("control plane not reachable yet; retrying", "err", err, "in", backoff)
+		if !sleep(ctx, backoff) {
+			return nil, nil, ctx.Err()
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+}
+
+// fetch generates a new key and has the CA sign it. With current set it
+// authenticates with that certificate, otherwise with the join token.
+func (a *Agent) fetch(ctx context.Context, current *x509svid.SVID) (*x509svid.SVID, []*x509.Certificate, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	if err != nil {
+		return nil, nil, err
+	}
+	a.mu.Lock()
+	anchors := x509bundle.FromX509Authorities(a.td, a.bundle)
+	a.mu.Unlock()
+	var tlsCfg = spiffetls.ClientConfig(nil, anchors, a.cfg.ControlPlaneID)
+	if current != nil {
+		tlsCfg = spiffetls.ClientConfig(current, anchors, a.cfg.ControlPlaneID)
+	}
+	conn, err := grpc.NewClient(a.cfg.ControlPlane, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
+	if err != nil {
+		return nil, nil, err
+	}
+	defer conn.Close()
+	if current == nil {
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", issuer.JoinTokenScheme+" "+a.cfg.JoinToken)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	resp, err := cav1.NewCertificateServiceClient(conn).SignCertificate(ctx, &cav1.SignCertificateRequest{
+		Csr: csr, Workload: a.cfg.Workload, TtlSeconds: int64(a.cfg.CertTTL / time.Second),
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	svid, err := x509svid.ParseRaw(concat(resp.GetCertChain()), mustPKCS8(key))
+	if err != nil {
+		return nil, nil, fmt.Errorf("agent: the CA's answer is not an X.509-SVID: %w", err)
+	}
+	var bundle []*x509.Certificate
+	for _, der := range resp.GetTrustBundle() {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return nil, nil, fmt.Errorf("agent: trust bundle: %w", err)
+		}
+		bundle = append(bundle, c)
+	}
+	// Trust but verify: the chain must verify against the bundle it came
+	// with and the anchors this agent started from.
+	if _, _, err := x509svid.Verify(svid.Certificates, anchors); err != nil {
+		return nil, nil, fmt.Errorf("agent: the certificate does not verify against the trust anchors: %w", err)
+	}
+	return svid, bundle, nil
+}
+
+// install serves a new certificate over SDS.
+func (a *Agent) install(svid *x509svid.SVID, bundle []*x509.Certificate) error {
+	if err := a.sds.Update(svid.Certificates, svid.PrivateKey, bundle); err != nil {
+		return fmt.Errorf("agent: SDS: %w", err)
+	}
+	a.mu.Lock()
+	a.svid, a.bundle = svid, bundle
+	a.mu.Unlock()
+	leaf := svid.Certificates[0]
+	a.log.Info("certificate installed", "id", svid.ID, "serial", leaf.SerialNumber.Text(16),
+		"expires", leaf.NotAfter.Format(time.RFC3339))
+	select {
+	case a.renewed <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+func (a *Agent) writeBootstrap() error {
+	b, err := bootstrap.Build(bootstrap.Config{
+		NodeID: a.cfg.Workload, XDSAddress: a.cfg.ControlPlane, AdminAddress: a.cfg.AdminAddress,
+		SDSSocket: a.cfg.SDSSocket, ControlPlaneID: a.cfg.ControlPlaneID.String(),
+	})
+	if err != nil {
+		return err
+	}
+	y, err := bootstrap.YAML(b)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(a.cfg.BootstrapPath, y, 0o644)
+}
+
+func (a *Agent) startEnvoy() (*envoy.Process, error) {
+	e := a.cfg.Envoy
+	if a.cfg.BootstrapPath == "" {
+		return nil, errors.New("agent: running Envoy needs a bootstrap path")
+	}
+	cfg := envoy.Config{Bin: e.Bin, ConfigPath: a.cfg.BootstrapPath, AdminAddress: a.cfg.AdminAddress,
+		LogLevel: e.LogLevel, Stdout: e.Stdout, Stderr: e.Stderr, ExtraArgs: e.ExtraArgs}
+	if e.UID != nil || e.GID != nil {
+		cred := &syscall.Credential{Uid: uint32(os.Getuid()), Gid: uint32(os.Getgid())}
+		if e.UID != nil {
+			cred.Uid = *e.UID
+		}
+		if e.GID != nil {
+			cred.Gid = *e.GID
+		}
+		cfg.Credential = cred
+	}
+	return envoy.Start(cfg)
+}
+
+// Envoy returns the Envoy the agent runs, or nil.
+func (a *Agent) Envoy() *envoy.Process {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.envoy
+}
+
+func concat(ders [][]byte) []byte {
+	var out []byte
+	for _, d := range ders {
+		out = append(out, d...)
+	}
+	return out
+}
+
+func mustPKCS8(key *ecdsa.PrivateKey) []byte {
+	b, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		panic(fmt.Sprintf("agent: marshal key: %v", err))
+	}
+	return b
+}
+

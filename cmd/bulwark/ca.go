@@ -1,0 +1,113 @@
+package main
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/bulwarkmesh/bulwark/ca"
+)
+
+func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprintln(stderr, "Usage: bulwark ca init|issue [flags]")
+		return errUsage
+	}
+	switch args[0] {
+	case "init":
+		return runCAInit(args[1:], stdout, stderr)
+	case "issue":
+		return runCAIssue(args[1:], stdout, stderr)
+	}
+	fmt.Fprintf(stderr, "bulwark ca: unknown subcommand %q (init, issue)\n", args[0])
+	return errUsage
+}
+
+func runCAInit(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("ca init", "--dir DIR [--trust-domain cluster.local]", stderr)
+	dir := fs.String("dir", "", "directory for the CA material (required)")
+	tdName := fs.String("trust-domain", "cluster.local", "SPIFFE trust domain")
+	rootTTL := fs.Duration("root-ttl", ca.DefaultRootTTL, "root lifetime")
+	intTTL := fs.Duration("intermediate-ttl", ca.DefaultIntermediateTTL, "intermediate lifetime")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *dir == "" {
+		fs.Usage()
+		return errUsage
+	}
+	td, err := spiffeid.TrustDomainFromString(*tdName)
+	if err != nil {
+		return err
+	}
+	if err := ca.Init(ca.InitConfig{Dir: *dir, TrustDomain: td, RootTTL: *rootTTL, IntermediateTTL: *intTTL}); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "CA for %s created in %s: %s (trust anchor), %s and %s (signing), %s (keep it offline if you can)\n",
+		td, *dir, ca.RootCertFile, ca.CertFile, ca.KeyFile, ca.RootKeyFile)
+	return nil
+}
+
+// runCAIssue issues a certificate offline, for a gateway or a person
+// without an agent. The key is generated here and written next to it.
+func runCAIssue(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("ca issue", "--dir DIR --id SPIFFE-ID --out DIR [--ttl 24h]", stderr)
+	dir := fs.String("dir", "", "CA directory (required)")
+	idStr := fs.String("id", "", "SPIFFE ID, spiffe://<trust domain>/ns/<ns>/sa/<sa> (required)")
+	out := fs.String("out", "", "directory for cert.pem (with chain), key.pem and bundle.pem (required)")
+	ttl := fs.Duration("ttl", ca.DefaultLeafTTL, "lifetime (at most 24h)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *dir == "" || *idStr == "" || *out == "" {
+		fs.Usage()
+		return errUsage
+	}
+	id, err := spiffeid.FromString(*idStr)
+	if err != nil {
+		return fmt.Errorf("--id: %w", err)
+	}
+	c, err := ca.Load(ca.LoadConfig{Dir: *dir, Config: ca.Config{TrustDomain: id.TrustDomain()}})
+	if err != nil {
+		return err
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	chain, err := c.SignSVID(key.Public(), id, *ttl)
+	if err != nil {
+		return err
+	}
+	keyPEM, err := ca.EncodeKey(key)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(*out, 0o700); err != nil {
+		return err
+	}
+	for _, f := range []struct {
+		name string
+		data []byte
+		mode os.FileMode
+	}{
+		{"key.pem", keyPEM, 0o600},
+		{"cert.pem", ca.EncodeCerts(chain), 0o644},
+		{"bundle.pem", ca.EncodeCerts(c.Roots()), 0o644},
+	} {
+		if err := os.WriteFile(filepath.Join(*out, f.name), f.data, f.mode); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(stdout, "issued %s, serial %s, valid until %s, in %s\n", id, chain[0].SerialNumber.Text(16),
+		chain[0].NotAfter.Format(time.RFC3339), *out)
+	return nil
+}
