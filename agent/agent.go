@@ -385,4 +385,3 @@ func mustPKCS8(key *ecdsa.PrivateKey) []byte {
 	}
 	return b
 }
-

@@ -17,10 +17,10 @@ import (
 // plug-in CA (an organisation's own PKI) has no RootKeyFile, and has a
 // ChainFile when there are intermediates between CertFile and the root.
 const (
-	RootCertFile = "root-cert.pem" // trust anchors: one or more roots
-	RootKeyFile  = "root-key.pem"  // the root's key, only for a CA Bulwark made
-	CertFile     = "ca-cert.pem"   // the signing (intermediate) certificate
-	KeyFile      = "ca-key.pem"    // its private key
+	RootCertFile = "root-cert.pem"  // trust anchors: one or more roots
+	RootKeyFile  = "root-key.pem"   // the root's key, only for a CA Bulwark made
+	CertFile     = "ca-cert.pem"    // the signing (intermediate) certificate
+	KeyFile      = "ca-key.pem"     // its private key
 	ChainFile    = "cert-chain.pem" // optional: certificates from CertFile's issuer up to the root
 )
 

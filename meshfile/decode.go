@@ -26,13 +26,13 @@ const (
 
 // document is one YAML document of a mesh file, decoded and checked.
 type document struct {
-	file  string
+	file      string
 	kind      string
 	name      string
 	namespace string
-	line  int            // where the document starts
-	spec  any            // pointer to the decoded spec type
-	lines map[string]int // field path -> line, for locating later errors
+	line      int            // where the document starts
+	spec      any            // pointer to the decoded spec type
+	lines     map[string]int // field path -> line, for locating later errors
 	// problems found while decoding the spec that did not stop it from
 	// being decoded (unknown fields): reported together with validation.
 	problems []error

@@ -2,8 +2,8 @@ package xds_test
 
 import (
 	"path/filepath"
-	"time"
 	"testing"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
