@@ -91,8 +91,7 @@ type Agent struct {
 	bundle []*x509.Certificate
 	envoy  *envoy.Process
 
-	ready   chan struct{}
-	renewed chan struct{}
+	ready chan struct{}
 }
 
 // New checks cfg and returns an agent; it does nothing until Run.
@@ -117,7 +116,7 @@ func New(cfg Config) (*Agent, error) {
 		cfg: cfg, log: cfg.Logger.With("component", "agent", "workload", cfg.Workload), sds: s,
 		td: cfg.ControlPlaneID.TrustDomain(), bundle: cfg.TrustBundle,
 		rand:  mrand.New(mrand.NewPCG(uint64(time.Now().UnixNano()), 0)),
-		ready: make(chan struct{}), renewed: make(chan struct{}, 1),
+		ready: make(chan struct{}),
 	}, nil
 }
 
@@ -321,10 +320,6 @@ func (a *Agent) install(svid *x509svid.SVID, bundle []*x509.Certificate) error {
 	leaf := svid.Certificates[0]
 	a.log.Info("certificate installed", "id", svid.ID, "serial", leaf.SerialNumber.Text(16),
 		"expires", leaf.NotAfter.Format(time.RFC3339))
-	select {
-	case a.renewed <- struct{}{}:
-	default:
-	}
 	return nil
 }
 

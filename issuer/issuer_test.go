@@ -1,0 +1,304 @@
+package issuer_test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
+	"net"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	cav1 "github.com/bulwarkmesh/bulwark/api/ca/v1"
+	"github.com/bulwarkmesh/bulwark/attest"
+	"github.com/bulwarkmesh/bulwark/ca"
+	"github.com/bulwarkmesh/bulwark/internal/spiffetls"
+	"github.com/bulwarkmesh/bulwark/internal/testlog"
+	"github.com/bulwarkmesh/bulwark/issuer"
+	"github.com/bulwarkmesh/bulwark/model"
+)
+
+var (
+	td         = spiffeid.RequireTrustDomainFromString("cluster.local")
+	cpID       = spiffeid.RequireFromString("spiffe://cluster.local/ns/bulwark-system/sa/bulwark")
+	frontendID = "spiffe://cluster.local/ns/demo/sa/frontend"
+	apiID      = "spiffe://cluster.local/ns/demo/sa/api"
+)
+
+// fakeClock is a clock the test moves by hand.
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) Add(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}
+
+type env struct {
+	addr   string
+	ca     *ca.CA
+	cp     *ca.Source
+	tokens *attest.JoinTokens
+	clock  *fakeClock
+}
+
+func setup(t *testing.T) *env {
+	t.Helper()
+	dir := t.TempDir()
+	if err := ca.Init(ca.InitConfig{Dir: dir, TrustDomain: td}); err != nil {
+		t.Fatal(err)
+	}
+	authority, err := ca.Load(ca.LoadConfig{Dir: dir, Config: ca.Config{TrustDomain: td}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	own, err := authority.NewSource(ctx, cpID, time.Hour, testlog.New(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock := &fakeClock{now: time.Now()}
+	tokens, err := attest.NewJoinTokens(t.TempDir(), clock.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := model.NewStore()
+	st := &model.State{Mesh: model.Mesh{TrustDomain: "cluster.local"}}
+	for _, w := range []struct{ name, sa string }{{"frontend-1", "frontend"}, {"api-1", "api"}} {
+		st.Workloads = append(st.Workloads, &model.Workload{Namespace: "demo", Name: w.name, ServiceAccount: w.sa, Address: "10.0.0.1", LocalAddress: "127.0.0.1"})
+	}
+	if _, err := store.ReplaceState(st); err != nil {
+		t.Fatal(err)
+	}
+	iss, err := issuer.New(issuer.Config{CA: authority, Store: store, Tokens: tokens, Logger: testlog.New(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(spiffetls.ServerConfig(own, own, td))))
+	iss.Register(g)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = g.Serve(lis) }()
+	t.Cleanup(g.Stop)
+	return &env{addr: lis.Addr().String(), ca: authority, cp: own, tokens: tokens, clock: clock}
+}
+
+type request struct {
+	token    string
+	svid     *x509svid.SVID // present this certificate
+	workload string
+	csr      *x509.CertificateRequest
+	ttl      time.Duration
+}
+
+func (e *env) sign(t *testing.T, r request) (*x509.Certificate, error) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := r.csr
+	if tmpl == nil {
+		tmpl = &x509.CertificateRequest{}
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tc *tls.Config
+	if r.svid != nil {
+		tc = spiffetls.ClientConfig(r.svid, e.cp, cpID)
+	} else {
+		tc = spiffetls.ClientConfig(nil, e.cp, cpID)
+	}
+	conn, err := grpc.NewClient(e.addr, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx := context.Background()
+	if r.token != "" {
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "JoinToken "+r.token)
+	}
+	resp, err := cav1.NewCertificateServiceClient(conn).SignCertificate(ctx, &cav1.SignCertificateRequest{
+		Csr: der, Workload: r.workload, TtlSeconds: int64(r.ttl / time.Second)})
+	if err != nil {
+		return nil, err
+	}
+	leaf, err := x509.ParseCertificate(resp.GetCertChain()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Whatever was asked, what comes back is the caller's own, valid SVID.
+	var chain []*x509.Certificate
+	for _, d := range resp.GetCertChain() {
+		c, _ := x509.ParseCertificate(d)
+		chain = append(chain, c)
+	}
+	if err := ca.CheckSVID(chain, e.ca.Roots(), td, time.Now()); err != nil {
+		t.Errorf("issued certificate breaks the profile: %v", err)
+	}
+	if resp.GetSpiffeId() != leaf.URIs[0].String() {
+		t.Errorf("response says %s, certificate says %s", resp.GetSpiffeId(), leaf.URIs[0])
+	}
+	return leaf, nil
+}
+
+func (e *env) token(t *testing.T, workload string) string {
+	t.Helper()
+	tok, err := e.tokens.Create(workload, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+func wantRefused(t *testing.T, err error, code codes.Code, msg string) {
+	t.Helper()
+	if status.Code(err) != code || !strings.Contains(status.Convert(err).Message(), msg) {
+		t.Errorf("got %v, want %s mentioning %q", err, code, msg)
+	}
+}
+
+func TestJoinTokenGetsTheWorkloadsOwnIdentity(t *testing.T) {
+	e := setup(t)
+	leaf, err := e.sign(t, request{token: e.token(t, "demo/frontend-1"), workload: "demo/frontend-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if leaf.URIs[0].String() != frontendID {
+		t.Errorf("issued %s, want %s", leaf.URIs[0], frontendID)
+	}
+	if life := leaf.NotAfter.Sub(leaf.NotBefore); life > 24*time.Hour+time.Minute {
+		t.Errorf("lifetime %s above 24h", life)
+	}
+}
+
+func TestRefusals(t *testing.T) {
+	e := setup(t)
+	apiSVID := func() *x509svid.SVID {
+		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		chain, err := e.ca.SignSVID(key.Public(), spiffeid.RequireFromString(apiID), time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &x509svid.SVID{ID: spiffeid.RequireFromString(apiID), Certificates: chain, PrivateKey: key}
+	}
+
+	t.Run("no credential", func(t *testing.T) {
+		_, err := e.sign(t, request{workload: "demo/frontend-1"})
+		wantRefused(t, err, codes.Unauthenticated, "no credential")
+	})
+	t.Run("unknown token", func(t *testing.T) {
+		_, err := e.sign(t, request{token: "bwjt_not-a-token", workload: "demo/frontend-1"})
+		wantRefused(t, err, codes.Unauthenticated, "unknown join token")
+	})
+	t.Run("reused token", func(t *testing.T) {
+		tok := e.token(t, "demo/frontend-1")
+		if _, err := e.sign(t, request{token: tok, workload: "demo/frontend-1"}); err != nil {
+			t.Fatal(err)
+		}
+		_, err := e.sign(t, request{token: tok, workload: "demo/frontend-1"})
+		wantRefused(t, err, codes.Unauthenticated, "already used")
+	})
+	t.Run("expired token", func(t *testing.T) {
+		tok := e.token(t, "demo/frontend-1")
+		e.clock.Add(2 * time.Hour)
+		_, err := e.sign(t, request{token: tok, workload: "demo/frontend-1"})
+		wantRefused(t, err, codes.Unauthenticated, "expired")
+	})
+	t.Run("token of another workload", func(t *testing.T) {
+		_, err := e.sign(t, request{token: e.token(t, "demo/frontend-1"), workload: "demo/api-1"})
+		wantRefused(t, err, codes.Unauthenticated, "bound to another workload")
+	})
+	t.Run("token for a workload not in the mesh", func(t *testing.T) {
+		_, err := e.sign(t, request{token: e.token(t, "demo/ghost"), workload: "demo/ghost"})
+		wantRefused(t, err, codes.PermissionDenied, "not in the mesh")
+	})
+	t.Run("CSR asks for another identity", func(t *testing.T) {
+		_, err := e.sign(t, request{token: e.token(t, "demo/frontend-1"), workload: "demo/frontend-1",
+			csr: &x509.CertificateRequest{URIs: []*url.URL{mustURL(apiID)}}})
+		wantRefused(t, err, codes.PermissionDenied, "csr asks for "+apiID)
+	})
+	t.Run("CSR asks for several URI SANs", func(t *testing.T) {
+		_, err := e.sign(t, request{token: e.token(t, "demo/frontend-1"), workload: "demo/frontend-1",
+			csr: &x509.CertificateRequest{URIs: []*url.URL{mustURL(frontendID), mustURL(apiID)}}})
+		wantRefused(t, err, codes.PermissionDenied, "2 URI SANs")
+	})
+	t.Run("CSR asks for CA:true: overridden", func(t *testing.T) {
+		bc, _ := asn1.Marshal(struct {
+			IsCA bool `asn1:"optional"`
+		}{true})
+		leaf, err := e.sign(t, request{token: e.token(t, "demo/frontend-1"), workload: "demo/frontend-1",
+			csr: &x509.CertificateRequest{Subject: pkix.Name{CommonName: "root"}, ExtraExtensions: []pkix.Extension{
+				{Id: asn1.ObjectIdentifier{2, 5, 29, 19}, Critical: true, Value: bc}}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if leaf.IsCA || leaf.Subject.CommonName != "" || leaf.URIs[0].String() != frontendID {
+			t.Errorf("the CSR's wishes leaked into the certificate: CA=%v CN=%q URI=%s", leaf.IsCA, leaf.Subject.CommonName, leaf.URIs[0])
+		}
+	})
+	t.Run("lifetime over the cap: shortened", func(t *testing.T) {
+		leaf, err := e.sign(t, request{token: e.token(t, "demo/frontend-1"), workload: "demo/frontend-1", ttl: 30 * 24 * time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if life := leaf.NotAfter.Sub(leaf.NotBefore); life > 24*time.Hour+time.Minute {
+			t.Errorf("lifetime %s, want at most 24h", life)
+		}
+	})
+	t.Run("renewal with the caller's own certificate", func(t *testing.T) {
+		svid := apiSVID()
+		leaf, err := e.sign(t, request{svid: svid, workload: "demo/api-1", ttl: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if leaf.URIs[0].String() != apiID {
+			t.Errorf("renewed as %s", leaf.URIs[0])
+		}
+	})
+	t.Run("certificate of one workload renewing another", func(t *testing.T) {
+		_, err := e.sign(t, request{svid: apiSVID(), workload: "demo/frontend-1"})
+		wantRefused(t, err, codes.PermissionDenied, "your certificate is "+apiID)
+	})
+	t.Run("a certificate outranks a token: no identity mixing", func(t *testing.T) {
+		_, err := e.sign(t, request{svid: apiSVID(), token: e.token(t, "demo/frontend-1"), workload: "demo/frontend-1"})
+		wantRefused(t, err, codes.PermissionDenied, "your certificate is "+apiID)
+	})
+}
+
+func mustURL(s string) *url.URL {
+	u, err := url.Parse(s)
+	if err != nil {
+		panic(err)
+	}
+	return u
+}
