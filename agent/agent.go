@@ -173,8 +173,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	close(a.ready)
 
+	obtained := a.cfg.Now()
 	for {
-		wait := a.renewAt(svid.Certificates[0], a.rand.Float64()).Sub(a.cfg.Now())
+		wait := RenewAt(obtained, svid.Certificates[0].NotAfter, a.rand.Float64()).Sub(a.cfg.Now())
 		timer := time.NewTimer(max(wait, 0))
 		select {
 		case <-ctx.Done():
@@ -200,23 +201,19 @@ func (a *Agent) Run(ctx context.Context) error {
 		if err := a.install(next, nbundle); err != nil {
 			return err
 		}
-		svid = next
+		svid, obtained = next, a.cfg.Now()
 	}
 }
 
-// renewAt is when to renew a leaf: at half its lifetime, moved by up to a
-// tenth of the lifetime either way (r in [0,1)), so a fleet started
-// together does not renew together.
-func (a *Agent) renewAt(leaf *x509.Certificate, r float64) time.Time {
-	return RenewAt(leaf.NotBefore, leaf.NotAfter, r)
-}
-
-// RenewAt returns when a certificate valid from notBefore to notAfter is
-// renewed, for r in [0,1): between 40% and 60% of its lifetime.
-func RenewAt(notBefore, notAfter time.Time, r float64) time.Time {
-	life := notAfter.Sub(notBefore)
+// RenewAt returns when to renew a certificate obtained at obtained and
+// valid until notAfter: at half its remaining lifetime, moved by up to a
+// tenth of it either way (r in [0,1)), so a fleet started together does
+// not renew together. (Counting from when it was obtained, not from its
+// NotBefore, which the CA backdates for clock skew.)
+func RenewAt(obtained, notAfter time.Time, r float64) time.Time {
+	life := notAfter.Sub(obtained)
 	frac := 0.5 + (r-0.5)*0.2
-	return notBefore.Add(time.Duration(math.Round(float64(life) * frac)))
+	return obtained.Add(time.Duration(math.Round(float64(life) * frac)))
 }
 
 func sleep(ctx context.Context, d time.Duration) bool {

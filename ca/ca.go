@@ -203,6 +203,15 @@ func New(cfg Config) (*CA, error) {
 	if cfg.DefaultTTL > cfg.MaxTTL {
 		return nil, fmt.Errorf("ca: default leaf lifetime %s exceeds the maximum %s", cfg.DefaultTTL, cfg.MaxTTL)
 	}
+	// A CA made for one trust domain names it in its certificates; it
+	// must not be talked into issuing for another.
+	for _, c := range append(append([]*x509.Certificate{}, cfg.Roots...), cfg.Chain...) {
+		for _, u := range c.URIs {
+			if u.Scheme == "spiffe" && u.Host != cfg.TrustDomain.Name() {
+				return nil, fmt.Errorf("ca: %w: %q is a CA for trust domain %s, not %s", ErrInvalidCA, c.Subject.CommonName, u.Host, cfg.TrustDomain)
+			}
+		}
+	}
 	signing := cfg.Chain[0]
 	if !signing.IsCA || !signing.BasicConstraintsValid || signing.KeyUsage&x509.KeyUsageCertSign == 0 {
 		return nil, fmt.Errorf("ca: %w: the signing certificate %q is not a CA certificate with certSign", ErrInvalidCA, signing.Subject)

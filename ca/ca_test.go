@@ -301,6 +301,13 @@ func TestLoadErrors(t *testing.T) {
 			t.Errorf("Load = %v", err)
 		}
 	})
+	t.Run("CA of another trust domain", func(t *testing.T) {
+		_, dir := newTestCA(t, t0)
+		_, err := Load(LoadConfig{Dir: dir, Config: Config{TrustDomain: spiffeid.RequireTrustDomainFromString("evil.org"), Now: fixedAt(t0)}})
+		if !errors.Is(err, ErrInvalidCA) || !strings.Contains(err.Error(), "for trust domain example.org, not evil.org") {
+			t.Errorf("Load = %v", err)
+		}
+	})
 	t.Run("expired intermediate", func(t *testing.T) {
 		_, dir := newTestCA(t, t0)
 		_, err := Load(LoadConfig{Dir: dir, Config: Config{TrustDomain: td, Now: fixedAt(t0.Add(DefaultIntermediateTTL + time.Hour))}})

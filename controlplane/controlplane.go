@@ -116,9 +116,6 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	if err != nil {
 		return nil, err
 	}
-	if got := authority.Roots()[0].URIs; len(got) == 1 && got[0].Host != td.Name() {
-		return nil, fmt.Errorf("controlplane: the CA in %s is for trust domain %s, the mesh for %s", cfg.CADir, got[0].Host, td)
-	}
 	src, err := meshfile.New(meshfile.Config{Paths: cfg.MeshPaths, Store: store, Logger: cfg.Logger, Registerer: reg,
 		Check: func(st *model.State) error {
 			if st.Mesh.TrustDomain != td.String() {

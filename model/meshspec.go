@@ -47,6 +47,9 @@ func (m *MeshSpec) Default() {
 		if w.LocalAddress == "" {
 			w.LocalAddress = DefaultLocalAddress
 		}
+		if w.Capture == "" {
+			w.Capture = CaptureExplicit
+		}
 		for j := range w.Upstreams {
 			u := &w.Upstreams[j]
 			if u.Namespace == "" {
@@ -79,10 +82,20 @@ func (m *MeshSpec) Validate(base Path) error {
 
 	services := make(map[string]*Service, len(m.Services))
 	servicePath := make(map[string]Path, len(m.Services))
+	vipOwner := map[string]string{}
 	for i := range m.Services {
 		s := &m.Services[i]
 		p := base.Child("services").Index(i)
 		errs = append(errs, s.validate(p)...)
+		if s.Address != "" {
+			if err := validIP(s.Address); err != nil {
+				errs = append(errs, &FieldError{p.Child("address"), err.Error()})
+			} else if owner, dup := vipOwner[s.Address]; dup {
+				errs = append(errs, fieldErrorf(p.Child("address"), "address %s is already the address of service %s", s.Address, owner))
+			} else {
+				vipOwner[s.Address] = s.Key()
+			}
+		}
 		if prev, dup := servicePath[s.Key()]; dup {
 			errs = append(errs, fieldErrorf(p.Child("name"), "service %s is already defined at %s", s.Key(), prev))
 			continue
@@ -101,6 +114,9 @@ func (m *MeshSpec) Validate(base Path) error {
 			errs = append(errs, fieldErrorf(p.Child("name"), "workload %s is already defined at %s", w.Key(), prev))
 		} else {
 			workloadPath[w.Key()] = p
+		}
+		if owner, dup := vipOwner[w.Address]; dup {
+			errs = append(errs, fieldErrorf(p.Child("address"), "address %s is the address of service %s", w.Address, owner))
 		}
 		if owner, dup := addressOwner[w.Address]; dup && w.Address != "" {
 			errs = append(errs, fieldErrorf(p.Child("address"), "address %s is already the address of workload %s", w.Address, owner))

@@ -59,9 +59,13 @@ type ServicePort struct {
 
 // Service is a named set of ports served by the workloads that back it.
 type Service struct {
-	Namespace string        `json:"namespace,omitempty"`
-	Name      string        `json:"name"`
-	Ports     []ServicePort `json:"ports"`
+	Namespace string `json:"namespace,omitempty"`
+	Name      string `json:"name"`
+	// Address is the service's virtual IP (a ClusterIP): what apps call
+	// under transparent capture. Optional; a service without one is
+	// reachable only through explicit upstreams.
+	Address string        `json:"address,omitempty"`
+	Ports   []ServicePort `json:"ports"`
 }
 
 // Key returns "namespace/name".
@@ -99,6 +103,28 @@ type Upstream struct {
 // ServiceKey returns the "namespace/name" of the called service.
 func (u *Upstream) ServiceKey() string { return u.Namespace + "/" + u.Service }
 
+// Capture is how a workload's traffic reaches its sidecar.
+type Capture string
+
+// Capture modes.
+const (
+	// CaptureExplicit: the app calls its upstreams at
+	// LocalAddress:localPort, and peers reach the sidecar's inbound
+	// listeners at Address:targetPort. Needs no privileges.
+	CaptureExplicit Capture = "explicit"
+	// CaptureTransparent: iptables in the workload's network namespace
+	// redirects inbound traffic to InboundCapturePort and outbound
+	// traffic to OutboundCapturePort; apps call services by their
+	// addresses, as in a pod.
+	CaptureTransparent Capture = "transparent"
+)
+
+// Ports of a sidecar under transparent capture.
+const (
+	OutboundCapturePort = 15001
+	InboundCapturePort  = 15006
+)
+
 // Workload is one instance of an application with its sidecar: a pod in
 // Kubernetes, a process on a host elsewhere.
 type Workload struct {
@@ -119,9 +145,16 @@ type Workload struct {
 	// sidecar's outbound listeners bind LocalAddress:localPort. In a pod
 	// it is 127.0.0.1; several workloads on one host each need their own.
 	LocalAddress string `json:"localAddress,omitempty"`
-	// Upstreams lists the service ports the app calls through its sidecar.
+	// Capture is explicit (the default) or transparent.
+	Capture Capture `json:"capture,omitempty"`
+	// Upstreams lists the service ports the app calls through its
+	// sidecar, under explicit capture. Under transparent capture the app
+	// calls any service that has an address.
 	Upstreams []Upstream `json:"upstreams,omitempty"`
 }
+
+// Transparent reports whether the workload's traffic is captured.
+func (w *Workload) Transparent() bool { return w.Capture == CaptureTransparent }
 
 // Key returns "namespace/name".
 func (w *Workload) Key() string { return w.Namespace + "/" + w.Name }

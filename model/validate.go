@@ -201,6 +201,11 @@ func (w *Workload) validate(p Path, services map[string]*Service) []error {
 		}
 		for _, port := range svc.Ports {
 			use := fmt.Sprintf("service %s port %d", svc.Name, port.Port)
+			if port.TargetPort >= reservedPortMin && port.TargetPort <= reservedPortMax {
+				errs = append(errs, fieldErrorf(sp, "%s targets port %d, but ports %d-%d are the sidecar's own",
+					use, port.TargetPort, reservedPortMin, reservedPortMax))
+				continue
+			}
 			if proto, taken := appProto[port.TargetPort]; taken && proto != port.Protocol {
 				errs = append(errs, fieldErrorf(sp, "%s sends %s to target port %d, which %s uses for %s",
 					use, port.Protocol, port.TargetPort, appPorts[port.TargetPort], proto))
@@ -245,6 +250,17 @@ func (w *Workload) validate(p Path, services map[string]*Service) []error {
 			errs = append(errs, fieldErrorf(up.Child("localPort"), "local port %d is already used by upstreams[%d]", u.LocalPort, j))
 		}
 		localPorts[u.LocalPort] = i
+	}
+	switch w.Capture {
+	case CaptureExplicit, CaptureTransparent:
+	default:
+		errs = append(errs, fieldErrorf(p.Child("capture"), "%q is not a capture mode: use explicit or transparent", w.Capture))
+	}
+	if w.Transparent() && len(w.Upstreams) > 0 {
+		errs = append(errs, fieldErrorf(p.Child("upstreams"), "upstreams are for explicit capture; under transparent capture the app calls services by their address"))
+	}
+	if w.Transparent() {
+		return errs
 	}
 	if w.Address != "" && w.Address == w.LocalAddress {
 		errs = append(errs, fieldErrorf(p.Child("localAddress"), "must differ from address %s: the sidecar's inbound listeners bind the address and the app binds the local address, on the same ports", w.Address))

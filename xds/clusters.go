@@ -30,6 +30,16 @@ func staticCluster(name, addr string, port uint32) *clusterv3.Cluster {
 	}
 }
 
+// passthroughCluster reaches whatever address a connection was bound for.
+func passthroughCluster() *clusterv3.Cluster {
+	return &clusterv3.Cluster{
+		Name:                 PassthroughCluster,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_ORIGINAL_DST},
+		LbPolicy:             clusterv3.Cluster_CLUSTER_PROVIDED,
+		ConnectTimeout:       duration(connectTimeout),
+	}
+}
+
 // edsCluster reaches a service port through the endpoints that ADS sends
 // under the same name, over mutual TLS that accepts only the identities
 // behind the service. An endpoint whose port has mTLS disabled is marked

@@ -6,6 +6,7 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	streamv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/stream/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	originaldstv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
 	tlsinspectorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
@@ -80,13 +81,63 @@ func inboundFilter(name string, proto model.Protocol, mtls bool) *listenerv3.Fil
 
 // outboundListener accepts the app's calls to one upstream service port
 // on the workload's local address.
+// Under transparent capture it binds nothing: it stands for the service's
+// address and port, and virtualOutbound hands it the connections whose
+// original destination that is.
 func outboundListener(w *model.Workload, up upstream) *listenerv3.Listener {
 	name := OutboundName(up.svc, up.port.Port)
-	return &listenerv3.Listener{
+	l := &listenerv3.Listener{
 		Name:             name,
 		Address:          socketAddress(w.LocalAddress, up.localPort),
 		TrafficDirection: corev3.TrafficDirection_OUTBOUND,
 		FilterChains:     []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{terminalFilter(name, up.port.Protocol)}}},
+	}
+	if w.Transparent() {
+		l.Address = socketAddress(up.svc.Address, up.port.Port)
+		l.BindToPort = wrapperspb.Bool(false)
+	}
+	return l
+}
+
+// virtualInbound takes every redirected inbound connection. A connection
+// to a port no service declares matches no chain and is closed.
+func virtualInbound(chains []*listenerv3.FilterChain, inspectTLS bool) *listenerv3.Listener {
+	l := &listenerv3.Listener{
+		Name:             VirtualInbound,
+		Address:          socketAddress("0.0.0.0", model.InboundCapturePort),
+		TrafficDirection: corev3.TrafficDirection_INBOUND,
+		ListenerFilters: []*listenerv3.ListenerFilter{{
+			Name:       "envoy.filters.listener.original_dst",
+			ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: mustAny(&originaldstv3.OriginalDst{})},
+		}},
+		FilterChains: chains,
+	}
+	if inspectTLS {
+		l.ListenerFilters = append(l.ListenerFilters, tlsInspector())
+	}
+	return l
+}
+
+// virtualOutbound takes every redirected outbound connection and hands it
+// to the listener of its original destination; a destination outside the
+// mesh is passed through unchanged.
+func virtualOutbound() *listenerv3.Listener {
+	return &listenerv3.Listener{
+		Name:             VirtualOutbound,
+		Address:          socketAddress("0.0.0.0", model.OutboundCapturePort),
+		TrafficDirection: corev3.TrafficDirection_OUTBOUND,
+		UseOriginalDst:   wrapperspb.Bool(true),
+		DefaultFilterChain: &listenerv3.FilterChain{
+			Name: PassthroughCluster,
+			Filters: []*listenerv3.Filter{{
+				Name: "envoy.filters.network.tcp_proxy",
+				ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(&tcpproxyv3.TcpProxy{
+					StatPrefix:       PassthroughCluster,
+					ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: PassthroughCluster},
+					AccessLog:        accessLog(),
+				})},
+			}},
+		},
 	}
 }
 

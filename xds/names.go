@@ -16,8 +16,26 @@ import (
 //	                                     cluster and load assignment for calls
 //	                                     from the app to a service port
 //
+// Under transparent capture a sidecar also has:
+//
+//	virtualInbound                       listener on 0.0.0.0:15006 that takes all
+//	                                     redirected inbound traffic and picks a
+//	                                     filter chain by original destination port
+//	virtualOutbound                      listener on 0.0.0.0:15001 that takes all
+//	                                     redirected outbound traffic and hands it to
+//	                                     the listener of the service address called
+//	PassthroughCluster                   cluster to the original destination, for
+//	                                     outbound calls to anything not in the mesh
+//
 // The Envoy node ID of a sidecar is "<namespace>/<workload>" (see
 // model.NodeID).
+
+// Names of the transparent capture resources.
+const (
+	VirtualInbound     = "virtualInbound"
+	VirtualOutbound    = "virtualOutbound"
+	PassthroughCluster = "PassthroughCluster"
+)
 
 // InboundName names the inbound resources for a workload's target port.
 func InboundName(targetPort uint32) string { return fmt.Sprintf("inbound|%d", targetPort) }

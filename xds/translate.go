@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/bulwarkmesh/bulwark/model"
 )
@@ -45,14 +46,35 @@ func Translate(snap *model.Snapshot, w *model.Workload, opts Options) (*Resource
 	}
 	r := &Resources{}
 	td := snap.Mesh().TrustDomain
+	var virtualChains []*listenerv3.FilterChain
+	inspect := false
 	for _, in := range inboundPorts(snap, w) {
 		name := InboundName(in.port.TargetPort)
 		mode := snap.MTLSMode(w, in.port.TargetPort, opts.Now).Mode
-		r.Listeners = append(r.Listeners, inboundListener(w, in, mode, td))
+		l := inboundListener(w, in, mode, td)
+		if w.Transparent() {
+			// One listener takes all redirected traffic; each port is a
+			// filter chain matched by the original destination port.
+			for _, fc := range l.FilterChains {
+				if fc.FilterChainMatch == nil {
+					fc.FilterChainMatch = &listenerv3.FilterChainMatch{}
+				}
+				fc.FilterChainMatch.DestinationPort = wrapperspb.UInt32(in.port.TargetPort)
+				fc.Name = name + "|" + fc.Name
+				virtualChains = append(virtualChains, fc)
+			}
+			inspect = inspect || len(l.ListenerFilters) > 0
+		} else {
+			r.Listeners = append(r.Listeners, l)
+		}
 		r.Clusters = append(r.Clusters, staticCluster(name, w.LocalAddress, in.port.TargetPort))
 		if in.port.Protocol == model.ProtocolHTTP {
 			r.Routes = append(r.Routes, routeConfig(name, name, nil))
 		}
+	}
+	if w.Transparent() {
+		r.Listeners = append(r.Listeners, virtualInbound(virtualChains, inspect), virtualOutbound())
+		r.Clusters = append(r.Clusters, passthroughCluster())
 	}
 	for _, up := range upstreams(snap, w) {
 		name := OutboundName(up.svc, up.port.Port)
@@ -154,8 +176,21 @@ type upstream struct {
 	localPort uint32
 }
 
+// upstreams lists the service ports w calls: its explicit upstreams, or,
+// under transparent capture, every port of every service with an address.
 func upstreams(snap *model.Snapshot, w *model.Workload) []upstream {
 	var out []upstream
+	if w.Transparent() {
+		for _, svc := range snap.Services() {
+			if svc.Address == "" {
+				continue
+			}
+			for i := range svc.Ports {
+				out = append(out, upstream{svc: svc, port: &svc.Ports[i]})
+			}
+		}
+		return out
+	}
 	for _, u := range w.Upstreams {
 		svc := snap.Service(u.Namespace, u.Service)
 		if svc == nil {

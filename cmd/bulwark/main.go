@@ -33,6 +33,7 @@ func commands() []command {
 		{"ca", "manage the CA: init, issue", runCA},
 		{"token", "create a one-time join token for a workload", runToken},
 		{"mtls", "list the mTLS exceptions: everything weaker than STRICT", runMTLS},
+		{"iptables", "set up transparent capture in this network namespace (what an init container runs)", runIPTables},
 		{"bootstrap", "print the Envoy bootstrap for a workload's sidecar", runBootstrap},
 		{"validate", "check mesh files and report every problem", runValidate},
 		{"demo-app", "run the demo app (HTTP echo, /call/<upstream>, TCP line echo)", runDemoApp},

@@ -22,11 +22,12 @@ func runCLI(t *testing.T, args ...string) (code int, stdout, stderr string) {
 const exampleMesh = "../../examples/local/mesh.yaml"
 
 func TestBootstrapCommandPrintsWhatEnvoyAccepts(t *testing.T) {
-	code, out, errOut := runCLI(t, "bootstrap", "--mesh", exampleMesh, "--workload", "demo/frontend-1")
+	code, out, errOut := runCLI(t, "bootstrap", "--mesh", exampleMesh, "--workload", "demo/frontend-1", "--sds-socket", "/run/bw/sds.sock")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
-	for _, want := range []string{"id: demo/frontend-1", "address: 127.0.2.1", "portValue: 15000", "clusterName: bulwark-xds"} {
+	for _, want := range []string{"id: demo/frontend-1", "address: 127.0.2.1", "portValue: 15000", "clusterName: bulwark-xds",
+		"path: /run/bw/sds.sock", "exact: spiffe://cluster.local/ns/bulwark-system/sa/bulwark"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("bootstrap lacks %q:\n%s", want, out)
 		}
