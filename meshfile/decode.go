@@ -20,8 +20,9 @@ const APIVersion = "bulwark.dev/v1alpha1"
 
 // Kinds of document a mesh file may hold.
 const (
-	KindMesh       = "Mesh"
-	KindMTLSPolicy = "MTLSPolicy"
+	KindMesh         = "Mesh"
+	KindMTLSPolicy   = "MTLSPolicy"
+	KindAccessPolicy = "AccessPolicy"
 )
 
 // document is one YAML document of a mesh file, decoded and checked.
@@ -74,8 +75,9 @@ func (d *document) lineOf(path string) int {
 
 // specTypes maps a kind to the Go type of its spec.
 var specTypes = map[string]reflect.Type{
-	KindMesh:       reflect.TypeFor[model.MeshSpec](),
-	KindMTLSPolicy: reflect.TypeFor[model.MTLSPolicySpec](),
+	KindMesh:         reflect.TypeFor[model.MeshSpec](),
+	KindMTLSPolicy:   reflect.TypeFor[model.MTLSPolicySpec](),
+	KindAccessPolicy: reflect.TypeFor[model.AccessPolicySpec](),
 }
 
 type metadata struct {

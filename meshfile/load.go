@@ -121,6 +121,24 @@ func build(docs []*document, files []string) (*model.State, error) {
 		}
 		st.MTLS = append(st.MTLS, p)
 	}
+	accessDoc := map[string]*document{}
+	for _, d := range docs {
+		if d.kind != KindAccessPolicy {
+			continue
+		}
+		p := &model.AccessPolicy{Namespace: d.namespace, Name: d.name, Spec: *d.spec.(*model.AccessPolicySpec)}
+		if prev := accessDoc[p.Key()]; prev != nil {
+			errs = append(errs, &Error{File: d.file, Line: d.line, Object: d.object(),
+				Detail: fmt.Sprintf("defined twice; the other is at %s:%d", prev.file, prev.line)})
+			continue
+		}
+		accessDoc[p.Key()] = d
+		errs = append(errs, d.problems...)
+		if err := p.Validate("spec", spec.TrustDomain); err != nil {
+			errs = append(errs, d.errorAt(err))
+		}
+		st.Access = append(st.Access, p)
+	}
 	for key, perrs := range model.CheckMTLSOverlap(st.MTLS, st.Workloads) { // no workloads if the spec is invalid
 		errs = append(errs, policyDoc[key].errorAt(errors.Join(perrs...)))
 	}
@@ -134,7 +152,7 @@ func build(docs []*document, files []string) (*model.State, error) {
 // endpoint of every service it backs: the file plays the part that
 // EndpointSlices play in Kubernetes.
 func stateOf(name string, spec *model.MeshSpec) *model.State {
-	st := &model.State{Mesh: model.Mesh{Name: name, TrustDomain: spec.TrustDomain, MTLS: spec.MTLS}}
+	st := &model.State{Mesh: model.Mesh{Name: name, TrustDomain: spec.TrustDomain, MTLS: spec.MTLS, Authorization: spec.Authorization}}
 	services := map[string]*model.Service{}
 	for i := range spec.Services {
 		s := spec.Services[i]

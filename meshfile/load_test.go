@@ -167,7 +167,7 @@ func TestLoadErrors(t *testing.T) {
 			body: "apiVersion: v1\nkind: Meshh\nmetadata: {name: m}\nspec: {}\n",
 			want: []string{
 				`mesh.yaml:1: apiVersion: "v1" is not supported; use bulwark.dev/v1alpha1`,
-				`mesh.yaml:2: kind: unknown kind "Meshh"; expected one of MTLSPolicy, Mesh`,
+				`mesh.yaml:2: kind: unknown kind "Meshh"; expected one of AccessPolicy, MTLSPolicy, Mesh`,
 			},
 		},
 		{

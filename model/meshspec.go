@@ -11,15 +11,21 @@ type MeshSpec struct {
 	// TrustDomain is the SPIFFE trust domain; empty means cluster.local.
 	TrustDomain string `json:"trustDomain,omitempty"`
 	// MTLS is the mesh-wide mTLS mode; STRICT unless set.
-	MTLS      MeshMTLS   `json:"mtls,omitempty"`
-	Services  []Service  `json:"services,omitempty"`
-	Workloads []Workload `json:"workloads,omitempty"`
+	MTLS MeshMTLS `json:"mtls,omitempty"`
+	// Authorization sets what workloads no ALLOW policy selects accept,
+	// and whether sidecars get only what their identity may call.
+	Authorization Authorization `json:"authorization,omitempty"`
+	Services      []Service     `json:"services,omitempty"`
+	Workloads     []Workload    `json:"workloads,omitempty"`
 }
 
 // Default fills in every optional field left empty, in place.
 func (m *MeshSpec) Default() {
 	if m.TrustDomain == "" {
 		m.TrustDomain = DefaultTrustDomain
+	}
+	if m.Authorization.Default == "" {
+		m.Authorization.Default = DefaultDeny
 	}
 	for i := range m.Services {
 		s := &m.Services[i]
@@ -77,6 +83,11 @@ func (m *MeshSpec) Validate(base Path) error {
 		if err := validMode(m.MTLS.Mode); err != nil {
 			errs = append(errs, &FieldError{Path: base.Child("mtls").Child("mode"), Detail: err.Error()})
 		}
+	}
+	switch m.Authorization.Default {
+	case DefaultDeny, DefaultAllowMesh:
+	default:
+		errs = append(errs, fieldErrorf(base.Child("authorization").Child("default"), "%q is not a default: use deny or allow-mesh", m.Authorization.Default))
 	}
 	errs = append(errs, m.MTLS.Exception.validate(base.Child("mtls").Child("exception"), m.MTLS.Mode.Weaker())...)
 

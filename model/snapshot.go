@@ -81,6 +81,9 @@ func (s *Snapshot) Proxy(id string) *Proxy { return first[*Proxy](s, TableProxie
 // MTLSPolicies returns every mTLS policy, sorted by key.
 func (s *Snapshot) MTLSPolicies() []*MTLSPolicy { return list[*MTLSPolicy](s, TableMTLS, "id") }
 
+// AccessPolicies returns every access policy, sorted by key.
+func (s *Snapshot) AccessPolicies() []*AccessPolicy { return list[*AccessPolicy](s, TableAccess, "id") }
+
 // MTLSMode decides the inbound mTLS mode of a target port of w at now;
 // see ResolveMTLS.
 func (s *Snapshot) MTLSMode(w *Workload, port uint32, now time.Time) MTLSDecision {

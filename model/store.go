@@ -17,10 +17,11 @@ const (
 	TableEndpoints = "endpoints"
 	TableProxies   = "proxies"
 	TableMTLS      = "mtls_policies"
+	TableAccess    = "access_policies"
 )
 
 // Tables lists every table, in a fixed order.
-var Tables = []string{TableMesh, TableServices, TableWorkloads, TableEndpoints, TableProxies, TableMTLS}
+var Tables = []string{TableMesh, TableServices, TableWorkloads, TableEndpoints, TableProxies, TableMTLS, TableAccess}
 
 type keyed interface{ Key() string }
 
@@ -96,6 +97,7 @@ func schema() *memdb.DBSchema {
 		}),
 		TableProxies: table(TableProxies),
 		TableMTLS:    table(TableMTLS),
+		TableAccess:  table(TableAccess),
 	}}
 }
 
@@ -136,6 +138,7 @@ type State struct {
 	Workloads []*Workload
 	Endpoints []*Endpoint
 	MTLS      []*MTLSPolicy
+	Access    []*AccessPolicy
 }
 
 // ReplaceState makes the store hold exactly st (apart from proxies) in one
@@ -164,6 +167,7 @@ func (s *Store) ReplaceState(st *State) ([]string, error) {
 		{TableWorkloads, asKeyed(st.Workloads)},
 		{TableEndpoints, asKeyed(st.Endpoints)},
 		{TableMTLS, asKeyed(st.MTLS)},
+		{TableAccess, asKeyed(st.Access)},
 	} {
 		did, err := replaceTable(tx, t.name, t.objs)
 		if err != nil {

@@ -41,6 +41,8 @@ type Mesh struct {
 	TrustDomain string
 	// MTLS is the mesh-wide mTLS mode.
 	MTLS MeshMTLS
+	// Authorization holds the mesh-wide authorization settings.
+	Authorization Authorization
 }
 
 // ServicePort is one port of a service.

@@ -10,8 +10,10 @@ import (
 	tlsinspectorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/bulwarkmesh/bulwark/authz"
 	"github.com/bulwarkmesh/bulwark/model"
 )
 
@@ -20,8 +22,9 @@ import (
 // follow the port's mTLS mode: STRICT has only the mutual TLS chain,
 // DISABLE only a plaintext one, PERMISSIVE both, told apart by the TLS
 // inspector.
-func inboundListener(w *model.Workload, in inbound, mode model.MTLSMode, td string) *listenerv3.Listener {
+func inboundListener(w *model.Workload, in inbound, table *authz.Table, td string) *listenerv3.Listener {
 	name := InboundName(in.port.TargetPort)
+	mode := table.Mode
 	l := &listenerv3.Listener{
 		Name:             name,
 		Address:          socketAddress(w.Address, in.port.TargetPort),
@@ -30,11 +33,11 @@ func inboundListener(w *model.Workload, in inbound, mode model.MTLSMode, td stri
 	mtls := &listenerv3.FilterChain{
 		Name:            "mtls",
 		TransportSocket: serverTLS(td),
-		Filters:         []*listenerv3.Filter{inboundFilter(name, in.port.Protocol, true)},
+		Filters:         inboundFilters(name, in.port.Protocol, true, table),
 	}
 	plain := &listenerv3.FilterChain{
 		Name:    "plaintext",
-		Filters: []*listenerv3.Filter{inboundFilter(name, in.port.Protocol, false)},
+		Filters: inboundFilters(name, in.port.Protocol, false, table),
 	}
 	switch mode {
 	case model.MTLSDisable:
@@ -57,26 +60,40 @@ func tlsInspector() *listenerv3.ListenerFilter {
 	}
 }
 
-// inboundFilter is the terminal filter of an inbound chain. On HTTP it
-// tells the app who called: on the mutual TLS chain it replaces any
-// x-forwarded-client-cert with the verified peer's URI; on plaintext it
-// strips the header, so a caller cannot claim an identity it did not
-// prove.
-func inboundFilter(name string, proto model.Protocol, mtls bool) *listenerv3.Filter {
+// inboundFilters are the network filters of an inbound chain: on TCP,
+// the RBAC filter and the TCP proxy; on HTTP, the connection manager with
+// the RBAC and router HTTP filters. On HTTP the app learns who called:
+// on the mutual TLS chain any x-forwarded-client-cert is replaced with the
+// verified peer's URI; on plaintext it is stripped, so a caller cannot
+// claim an identity it did not prove.
+func inboundFilters(name string, proto model.Protocol, mtls bool, table *authz.Table) []*listenerv3.Filter {
 	if proto != model.ProtocolHTTP {
-		return terminalFilter(name, proto)
+		return []*listenerv3.Filter{
+			{
+				Name:       authz.NetworkFilterName,
+				ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(table.NetworkConfig(statPrefix(name) + "."))},
+			},
+			terminalFilter(name, proto),
+		}
 	}
 	hcm := httpConnectionManager(name)
+	// A percent-encoded slash could smuggle "/admin" past a path rule;
+	// reject such requests before authorization sees them.
+	hcm.PathWithEscapedSlashesAction = hcmv3.HttpConnectionManager_REJECT_REQUEST
+	hcm.HttpFilters = append([]*hcmv3.HttpFilter{{
+		Name:       authz.HTTPFilterName,
+		ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(table.HTTPConfig())},
+	}}, hcm.HttpFilters...)
 	if mtls {
 		hcm.ForwardClientCertDetails = hcmv3.HttpConnectionManager_SANITIZE_SET
 		hcm.SetCurrentClientCertDetails = &hcmv3.HttpConnectionManager_SetCurrentClientCertDetails{Uri: true}
 	} else {
 		hcm.ForwardClientCertDetails = hcmv3.HttpConnectionManager_SANITIZE
 	}
-	return &listenerv3.Filter{
+	return []*listenerv3.Filter{{
 		Name:       "envoy.filters.network.http_connection_manager",
 		ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(hcm)},
-	}
+	}}
 }
 
 // outboundListener accepts the app's calls to one upstream service port
@@ -181,10 +198,38 @@ func httpConnectionManager(routeName string) *hcmv3.HttpConnectionManager {
 	}
 }
 
-// accessLog writes one line per request or connection to Envoy's stdout.
+// accessLog writes one JSON line per request or connection to Envoy's
+// stdout. A denial names its rule: "details" (HTTP) or "termination"
+// (TCP) read rbac_access_denied_matched_policy[<rule>], and "dry_run"
+// names the rule a dry-run policy would have applied.
 func accessLog() []*accesslogv3.AccessLog {
+	fields := map[string]string{
+		"start":       "%START_TIME%",
+		"method":      "%REQ(:METHOD)%",
+		"path":        "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+		"status":      "%RESPONSE_CODE%",
+		"flags":       "%RESPONSE_FLAGS%",
+		"details":     "%RESPONSE_CODE_DETAILS%",
+		"termination": "%CONNECTION_TERMINATION_DETAILS%",
+		"peer":        "%DOWNSTREAM_PEER_URI_SAN%",
+		"downstream":  "%DOWNSTREAM_REMOTE_ADDRESS%",
+		"upstream":    "%UPSTREAM_HOST%",
+		"cluster":     "%UPSTREAM_CLUSTER%",
+		"duration_ms": "%DURATION%",
+		"request_id":  "%REQ(X-REQUEST-ID)%",
+		"dry_run":     "%DYNAMIC_METADATA(envoy.filters.http.rbac:" + authz.DryRunStatPrefix + "shadow_effective_policy_id)%",
+		"dry_run_tcp": "%DYNAMIC_METADATA(envoy.filters.network.rbac:" + authz.DryRunStatPrefix + "shadow_effective_policy_id)%",
+	}
+	st := &structpb.Struct{Fields: map[string]*structpb.Value{}}
+	for k, v := range fields {
+		st.Fields[k] = structpb.NewStringValue(v)
+	}
 	return []*accesslogv3.AccessLog{{
-		Name:       "envoy.access_loggers.stdout",
-		ConfigType: &accesslogv3.AccessLog_TypedConfig{TypedConfig: mustAny(&streamv3.StdoutAccessLog{})},
+		Name: "envoy.access_loggers.stdout",
+		ConfigType: &accesslogv3.AccessLog_TypedConfig{TypedConfig: mustAny(&streamv3.StdoutAccessLog{
+			AccessLogFormat: &streamv3.StdoutAccessLog_LogFormat{LogFormat: &corev3.SubstitutionFormatString{
+				Format: &corev3.SubstitutionFormatString_JsonFormat{JsonFormat: st},
+			}},
+		})},
 	}}
 }

@@ -82,6 +82,12 @@ func serverTLS(td string) *corev3.TransportSocket {
 		ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: mustAny(&tlsv3.DownstreamTlsContext{
 			RequireClientCertificate: wrapperspb.Bool(true),
 			CommonTlsContext:         commonTLS([]*matcherv3.StringMatcher{trustDomainSAN(td)}, nil),
+			// On a resumed TLS session Envoy does not mark the peer
+			// certificate as validated, so authorization by identity would
+			// deny the caller (envoyproxy/envoy#42668). Every connection
+			// does a full handshake instead.
+			SessionTicketKeysType:            &tlsv3.DownstreamTlsContext_DisableStatelessSessionResumption{DisableStatelessSessionResumption: true},
+			DisableStatefulSessionResumption: true,
 		})},
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/bulwarkmesh/bulwark/authz"
 	"github.com/bulwarkmesh/bulwark/model"
 )
 
@@ -30,6 +31,17 @@ type Resources struct {
 type Options struct {
 	// Now decides which mTLS exceptions have expired.
 	Now time.Time
+	// Authz, when set, is shared by the translations of one pass so each
+	// workload port's authorization is compiled once. It must have been
+	// built from the same snapshot and Now.
+	Authz *authz.Index
+}
+
+func (o Options) index(snap *model.Snapshot) *authz.Index {
+	if o.Authz != nil {
+		return o.Authz
+	}
+	return authz.NewIndex(snap, o.Now)
 }
 
 // connectTimeout bounds how long a sidecar waits for a TCP connection to
@@ -46,12 +58,13 @@ func Translate(snap *model.Snapshot, w *model.Workload, opts Options) (*Resource
 	}
 	r := &Resources{}
 	td := snap.Mesh().TrustDomain
+	idx := opts.index(snap)
 	var virtualChains []*listenerv3.FilterChain
 	inspect := false
 	for _, in := range inboundPorts(snap, w) {
 		name := InboundName(in.port.TargetPort)
-		mode := snap.MTLSMode(w, in.port.TargetPort, opts.Now).Mode
-		l := inboundListener(w, in, mode, td)
+		table := idx.Table(w, in.port.TargetPort, in.port.Protocol)
+		l := inboundListener(w, in, table, td)
 		if w.Transparent() {
 			// One listener takes all redirected traffic; each port is a
 			// filter chain matched by the original destination port.
@@ -76,7 +89,7 @@ func Translate(snap *model.Snapshot, w *model.Workload, opts Options) (*Resource
 		r.Listeners = append(r.Listeners, virtualInbound(virtualChains, inspect), virtualOutbound())
 		r.Clusters = append(r.Clusters, passthroughCluster())
 	}
-	for _, up := range upstreams(snap, w) {
+	for _, up := range upstreams(snap, w, idx) {
 		name := OutboundName(up.svc, up.port.Port)
 		r.Listeners = append(r.Listeners, outboundListener(w, up))
 		r.Clusters = append(r.Clusters, edsCluster(name, ServiceIdentities(snap, up.svc)))
@@ -96,7 +109,7 @@ func Translate(snap *model.Snapshot, w *model.Workload, opts Options) (*Resource
 // UpstreamIdentities to know when the fast path is not enough.
 func TranslateEndpoints(snap *model.Snapshot, w *model.Workload, opts Options) []*endpointv3.ClusterLoadAssignment {
 	var out []*endpointv3.ClusterLoadAssignment
-	for _, up := range upstreams(snap, w) {
+	for _, up := range upstreams(snap, w, opts.index(snap)) {
 		out = append(out, loadAssignment(snap, up.svc, up.port, opts.Now))
 	}
 	sortByName(out)
@@ -106,9 +119,9 @@ func TranslateEndpoints(snap *model.Snapshot, w *model.Workload, opts Options) [
 // UpstreamIdentities returns, for each outbound cluster of w, the
 // identities its client side accepts. When they change, the clusters
 // change, not only the load assignments.
-func UpstreamIdentities(snap *model.Snapshot, w *model.Workload) map[string][]string {
+func UpstreamIdentities(snap *model.Snapshot, w *model.Workload, opts Options) map[string][]string {
 	out := map[string][]string{}
-	for _, up := range upstreams(snap, w) {
+	for _, up := range upstreams(snap, w, opts.index(snap)) {
 		out[OutboundName(up.svc, up.port.Port)] = ServiceIdentities(snap, up.svc)
 	}
 	return out
@@ -177,15 +190,21 @@ type upstream struct {
 }
 
 // upstreams lists the service ports w calls: its explicit upstreams, or,
-// under transparent capture, every port of every service with an address.
-func upstreams(snap *model.Snapshot, w *model.Workload) []upstream {
+// under transparent capture, every port of every service with an address
+// that w's identity may call at all (unless the mesh turns scoping off).
+func upstreams(snap *model.Snapshot, w *model.Workload, idx *authz.Index) []upstream {
 	var out []upstream
 	if w.Transparent() {
+		mesh := snap.Mesh()
+		me := w.Identity(mesh.TrustDomain).String()
 		for _, svc := range snap.Services() {
 			if svc.Address == "" {
 				continue
 			}
 			for i := range svc.Ports {
+				if mesh.Authorization.Scoped() && !idx.MayCall(me, svc, &svc.Ports[i]) {
+					continue
+				}
 				out = append(out, upstream{svc: svc, port: &svc.Ports[i]})
 			}
 		}

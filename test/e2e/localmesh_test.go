@@ -60,6 +60,18 @@ func apiWorkload(n int) string {
 `, n, 10+n, 10+n)
 }
 
+// allowFrontend lets frontend call api; without it the mesh default
+// (deny) refuses the call.
+const allowFrontend = `---
+apiVersion: bulwark.dev/v1alpha1
+kind: AccessPolicy
+metadata: {name: api-from-frontend, namespace: demo}
+spec:
+  selector: {service: api}
+  action: ALLOW
+  rules: [{from: [{serviceAccounts: [frontend]}]}]
+`
+
 func writeMesh(t *testing.T, path, body string) {
 	t.Helper()
 	tmp := path + ".tmp"
@@ -137,7 +149,7 @@ func TestLocalMeshTrafficFollowsMeshFileEdits(t *testing.T) {
 	bin := envoytest.Bin(t)
 	dir := t.TempDir()
 	path := filepath.Join(dir, "mesh.yaml")
-	writeMesh(t, path, meshHead+apiService+frontendService+frontend(true)+apiWorkload(1))
+	writeMesh(t, path, meshHead+apiService+frontendService+frontend(true)+apiWorkload(1)+allowFrontend)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -183,14 +195,14 @@ func TestLocalMeshTrafficFollowsMeshFileEdits(t *testing.T) {
 	before := pids(m)
 
 	// A new endpoint: api-2 joins; frontend's sidecar learns it over EDS.
-	writeMesh(t, path, meshHead+apiService+frontendService+frontend(true)+apiWorkload(1)+apiWorkload(2))
+	writeMesh(t, path, meshHead+apiService+frontendService+frontend(true)+apiWorkload(1)+apiWorkload(2)+allowFrontend)
 	eventually(t, "a call answered by api-2", 20*time.Second, func() bool {
 		r := call(t)
 		return r.Status == http.StatusOK && served(t, r).Workload == "api-2"
 	})
 
 	// An invalid edit is refused and traffic keeps flowing.
-	writeMesh(t, path, meshHead+apiService+frontendService+frontend(true)+apiWorkload(1)+strings.Replace(apiWorkload(2), "127.0.81.12", "not-an-ip", 1))
+	writeMesh(t, path, meshHead+apiService+frontendService+frontend(true)+apiWorkload(1)+strings.Replace(apiWorkload(2), "127.0.81.12", "not-an-ip", 1)+allowFrontend)
 	time.Sleep(500 * time.Millisecond)
 	if r := call(t); r.Status != http.StatusOK {
 		t.Fatalf("after an invalid edit the call failed: %+v", r)

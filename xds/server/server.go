@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/bulwarkmesh/bulwark/authz"
 	"github.com/bulwarkmesh/bulwark/model"
 	"github.com/bulwarkmesh/bulwark/xds"
 )
@@ -193,9 +194,11 @@ func (s *Server) Run(ctx context.Context) error {
 // tables affect.
 func (s *Server) sync(ctx context.Context, snap *model.Snapshot, changed map[string]bool) {
 	start := time.Now()
-	full := changed[model.TableMesh] || changed[model.TableServices] || changed[model.TableWorkloads] || changed[model.TableMTLS]
+	full := changed[model.TableMesh] || changed[model.TableServices] || changed[model.TableWorkloads] ||
+		changed[model.TableMTLS] || changed[model.TableAccess]
 	endpoints := changed[model.TableEndpoints]
-	opts := xds.Options{Now: s.cfg.Now()}
+	now := s.cfg.Now()
+	opts := xds.Options{Now: now, Authz: authz.NewIndex(snap, now)}
 	td := snap.Mesh().TrustDomain
 	live := map[string]bool{}
 	for _, p := range snap.Proxies() {
@@ -206,7 +209,7 @@ func (s *Server) sync(ctx context.Context, snap *model.Snapshot, changed map[str
 		var res *xds.Resources
 		var ids map[string][]string
 		if w != nil {
-			ids = xds.UpstreamIdentities(snap, w)
+			ids = xds.UpstreamIdentities(snap, w, opts)
 		}
 		// New identities behind a service change its clusters too, so the
 		// endpoint fast path is not enough.
