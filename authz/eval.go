@@ -3,6 +3,7 @@ package authz
 import (
 	"fmt"
 	"path"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -43,7 +44,7 @@ func (t *Table) Evaluate(req Request) Decision {
 	d := decide(req, t.Deny, t.Allow, t.Selectors, t.Default, false)
 	d.Peer = req.Peer
 	if t.HasDryRun() {
-		dry := decide(req, append(append([]Rule{}, t.Deny...), t.DryDeny...), append(append([]Rule{}, t.Allow...), t.DryAllow...),
+		dry := decide(req, byName(t.Deny, t.DryDeny), byName(t.Allow, t.DryAllow),
 			append(append([]string{}, t.Selectors...), t.DrySelectors...), t.Default, true)
 		if dry.Allowed != d.Allowed || dry.Rule != d.Rule {
 			d.DryRun = &dry
@@ -74,6 +75,14 @@ func decide(req Request, deny, allow []Rule, selectors []string, def model.Defau
 		return Decision{Rule: DefaultDenyRule, Reason: "no ALLOW policy selects this workload; the mesh default allow-mesh admits no caller without a certificate"}
 	}
 	return Decision{Rule: DefaultDenyRule, Reason: "no ALLOW policy selects this workload and the mesh default is deny"}
+}
+
+// byName merges rule lists in name order, the order Envoy evaluates
+// policies in (and so the first match it reports).
+func byName(a, b []Rule) []Rule {
+	out := append(append([]Rule{}, a...), b...)
+	slices.SortFunc(out, func(x, y Rule) int { return strings.Compare(x.Name, y.Name) })
+	return out
 }
 
 func dryNote(r Rule) string {

@@ -40,3 +40,13 @@ func ParseIdentity(id spiffeid.ID) (namespace, serviceAccount string, ok bool) {
 	}
 	return parts[2], parts[4], true
 }
+
+// ParseIdentityString is ParseIdentity for a string, accepting only
+// identities of trust domain td.
+func ParseIdentityString(s, td string) (namespace, serviceAccount string, ok bool) {
+	id, err := spiffeid.FromString(s)
+	if err != nil || id.TrustDomain().Name() != td {
+		return "", "", false
+	}
+	return ParseIdentity(id)
+}

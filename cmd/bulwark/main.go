@@ -32,6 +32,7 @@ func commands() []command {
 		{"agent", "run beside Envoy: get the workload's certificate, serve it over SDS, renew it, run Envoy", runAgent},
 		{"ca", "manage the CA: init, issue", runCA},
 		{"token", "create a one-time join token for a workload", runToken},
+		{"policy", "check access policies, explain a decision, print who can call whom", runPolicy},
 		{"mtls", "list the mTLS exceptions: everything weaker than STRICT", runMTLS},
 		{"iptables", "set up transparent capture in this network namespace (what an init container runs)", runIPTables},
 		{"bootstrap", "print the Envoy bootstrap for a workload's sidecar", runBootstrap},

@@ -1,0 +1,283 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/bulwarkmesh/bulwark/authz"
+	"github.com/bulwarkmesh/bulwark/meshfile"
+	"github.com/bulwarkmesh/bulwark/model"
+)
+
+func runPolicy(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprintln(stderr, "Usage: bulwark policy check|explain|matrix [flags]")
+		return errUsage
+	}
+	switch args[0] {
+	case "check":
+		return runPolicyCheck(args[1:], stdout, stderr)
+	case "explain":
+		return runPolicyExplain(args[1:], stdout, stderr)
+	case "matrix":
+		return runPolicyMatrix(args[1:], stdout, stderr)
+	}
+	fmt.Fprintf(stderr, "bulwark policy: unknown subcommand %q (check, explain, matrix)\n", args[0])
+	return errUsage
+}
+
+// loadSnapshot loads mesh files into a store, printing every problem.
+func loadSnapshot(paths []string, stderr io.Writer) (*model.Snapshot, error) {
+	st, err := meshfile.Load(paths)
+	if err != nil {
+		problems := meshfile.Errors(err)
+		for _, p := range problems {
+			fmt.Fprintln(stderr, p.Error())
+		}
+		return nil, fmt.Errorf("%d problem(s)", len(problems))
+	}
+	store := model.NewStore()
+	if _, err := store.ReplaceState(st); err != nil {
+		return nil, err
+	}
+	return store.Snapshot(), nil
+}
+
+func atFlag(s string) (time.Time, error) {
+	if s == "" {
+		return time.Now(), nil
+	}
+	return time.Parse(time.DateOnly, s)
+}
+
+func runPolicyCheck(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("policy check", "FILE|DIR ... [--strict]", stderr)
+	strict := fs.Bool("strict", false, "fail (exit 1) on warnings too")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() == 0 {
+		fs.Usage()
+		return errUsage
+	}
+	snap, err := loadSnapshot(fs.Args(), stderr)
+	if err != nil {
+		return err
+	}
+	findings := authz.Lint(snap, time.Now())
+	for _, f := range findings {
+		fmt.Fprintln(stdout, "warning: "+f.String())
+	}
+	fmt.Fprintf(stdout, "%d access policies valid, %d warning(s)\n", len(snap.AccessPolicies()), len(findings))
+	if *strict && len(findings) > 0 {
+		return errors.New("warnings with --strict")
+	}
+	return nil
+}
+
+// resolvePeer reads "spiffe://...", "namespace/serviceaccount" or
+// "unauthenticated".
+func resolvePeer(s, td string) (string, error) {
+	switch {
+	case s == "unauthenticated" || s == "none":
+		return "", nil
+	case strings.HasPrefix(s, "spiffe://"):
+		return s, nil
+	}
+	ns, sa, ok := strings.Cut(s, "/")
+	if !ok {
+		return "", fmt.Errorf("--from %q: want a SPIFFE ID, namespace/serviceaccount or unauthenticated", s)
+	}
+	id, err := model.SPIFFEID(td, ns, sa)
+	if err != nil {
+		return "", fmt.Errorf("--from %q: %w", s, err)
+	}
+	return id.String(), nil
+}
+
+// resolveService reads "namespace/name", "name.namespace" or a name
+// unique in the mesh.
+func resolveService(snap *model.Snapshot, s string) (*model.Service, error) {
+	if ns, name, ok := strings.Cut(s, "/"); ok {
+		if svc := snap.Service(ns, name); svc != nil {
+			return svc, nil
+		}
+		return nil, fmt.Errorf("no service %s", s)
+	}
+	if name, ns, ok := strings.Cut(s, "."); ok {
+		if svc := snap.Service(ns, name); svc != nil {
+			return svc, nil
+		}
+		return nil, fmt.Errorf("no service %s", s)
+	}
+	var found []*model.Service
+	for _, svc := range snap.Services() {
+		if svc.Name == s {
+			found = append(found, svc)
+		}
+	}
+	switch len(found) {
+	case 1:
+		return found[0], nil
+	case 0:
+		return nil, fmt.Errorf("no service %q", s)
+	}
+	return nil, fmt.Errorf("service %q is in several namespaces; write namespace/%s", s, s)
+}
+
+func runPolicyExplain(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("policy explain", "--mesh FILE --from ID|NS/SA|unauthenticated --to SERVICE [--port N] [--method M] [--path P]", stderr)
+	var mesh listFlag
+	fs.Var(&mesh, "mesh", "mesh file or directory (repeatable; required)")
+	from := fs.String("from", "", "the caller: spiffe://..., namespace/serviceaccount, or unauthenticated (required)")
+	to := fs.String("to", "", "the service: name, namespace/name or name.namespace (required)")
+	port := fs.Uint("port", 0, "service port (default: the service's first)")
+	method := fs.String("method", "GET", "HTTP method")
+	path := fs.String("path", "/", "HTTP path, as the caller sends it")
+	at := fs.String("at", "", "evaluate at this date (YYYY-MM-DD), for expiring mTLS exceptions")
+	exitCode := fs.Bool("exit-code", false, "exit 1 when any workload denies the request")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if len(mesh) == 0 || *from == "" || *to == "" {
+		fs.Usage()
+		return errUsage
+	}
+	now, err := atFlag(*at)
+	if err != nil {
+		return fmt.Errorf("--at: %w", err)
+	}
+	snap, err := loadSnapshot(mesh, stderr)
+	if err != nil {
+		return err
+	}
+	peer, err := resolvePeer(*from, snap.Mesh().TrustDomain)
+	if err != nil {
+		return err
+	}
+	svc, err := resolveService(snap, *to)
+	if err != nil {
+		return err
+	}
+	sp := &svc.Ports[0]
+	if *port != 0 {
+		if sp = svc.Port(uint32(*port)); sp == nil {
+			return fmt.Errorf("service %s has no port %d", svc.Key(), *port)
+		}
+	}
+	who := peer
+	if who == "" {
+		who = authz.Unauthenticated
+	}
+	what := ""
+	if sp.Protocol == model.ProtocolHTTP {
+		what = fmt.Sprintf(" %s %s", *method, *path)
+		if norm := authz.NormalizePath(*path); norm != *path {
+			what += fmt.Sprintf(" (normalized: %s)", norm)
+		}
+		if strings.Contains(strings.ToLower(*path), "%2f") || strings.Contains(strings.ToLower(*path), "%5c") {
+			fmt.Fprintf(stdout, "%s -> %s:%d%s\n  rejected with 400 before authorization: the sidecar refuses encoded slashes\n", who, svc.Host(), sp.Port, what)
+			return nil
+		}
+	}
+	fmt.Fprintf(stdout, "%s -> %s:%d/%s%s\n", who, svc.Host(), sp.Port, sp.Protocol, what)
+	results := authz.Explain(snap, now, peer, svc, sp, *method, *path)
+	if len(results) == 0 {
+		fmt.Fprintln(stdout, "  no workload backs this service")
+	}
+	denied := false
+	for _, r := range results {
+		verdict := "ALLOW"
+		if !r.Decision.Allowed {
+			verdict, denied = "DENY", true
+		}
+		by := ""
+		if r.Decision.Rule != "" {
+			by = " by " + r.Decision.Rule
+		}
+		fmt.Fprintf(stdout, "  %s (port %d, mTLS %s): %s%s\n    %s\n", r.Workload, r.Port, r.Mode, verdict, by, r.Decision.Reason)
+		if peer != "" && r.Decision.Peer == "" {
+			fmt.Fprintln(stdout, "    (mTLS is disabled on this port: the caller's identity does not reach the sidecar)")
+		}
+		if d := r.Decision.DryRun; d != nil {
+			v := "ALLOW"
+			if !d.Allowed {
+				v = "DENY"
+			}
+			fmt.Fprintf(stdout, "    dry run: with dry-run policies enforced it would be %s by %s\n", v, d.Rule)
+		}
+	}
+	if denied && *exitCode {
+		return errors.New("denied")
+	}
+	return nil
+}
+
+func runPolicyMatrix(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("policy matrix", "--mesh FILE [--format table|dot]", stderr)
+	var mesh listFlag
+	fs.Var(&mesh, "mesh", "mesh file or directory (repeatable; required)")
+	format := fs.String("format", "table", "table, or dot (Graphviz)")
+	at := fs.String("at", "", "evaluate at this date (YYYY-MM-DD)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if len(mesh) == 0 || (*format != "table" && *format != "dot") {
+		fs.Usage()
+		return errUsage
+	}
+	now, err := atFlag(*at)
+	if err != nil {
+		return fmt.Errorf("--at: %w", err)
+	}
+	snap, err := loadSnapshot(mesh, stderr)
+	if err != nil {
+		return err
+	}
+	m := authz.BuildMatrix(snap, now)
+	td := snap.Mesh().TrustDomain
+	short := func(id string) string {
+		if ns, sa, ok := model.ParseIdentityString(id, td); ok {
+			return ns + "/" + sa
+		}
+		return id
+	}
+	if *format == "dot" {
+		fmt.Fprintln(stdout, "digraph access {\n  rankdir=LR;\n  node [shape=box];")
+		for i, c := range m.Callers {
+			for j, t := range m.Targets {
+				switch m.Cells[i][j] {
+				case authz.ReachAll:
+					fmt.Fprintf(stdout, "  %q -> %q;\n", short(c), t.String())
+				case authz.ReachSome:
+					fmt.Fprintf(stdout, "  %q -> %q [style=dashed, label=\"some requests\"];\n", short(c), t.String())
+				}
+			}
+		}
+		fmt.Fprintln(stdout, "}")
+		return nil
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+	header := []string{"CALLER \\ SERVICE"}
+	for _, t := range m.Targets {
+		header = append(header, fmt.Sprintf("%s/%s", t.String(), t.Proto))
+	}
+	fmt.Fprintln(tw, strings.Join(header, "\t"))
+	for i, c := range m.Callers {
+		row := []string{short(c)}
+		for j := range m.Targets {
+			row = append(row, m.Cells[i][j].String())
+		}
+		fmt.Fprintln(tw, strings.Join(row, "\t"))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, "\nALLOW: every request; PARTIAL: some methods, paths or workloads; DENY: none.")
+	return nil
+}
