@@ -242,4 +242,3 @@ func (s Source) String() string {
 	}
 	return strings.Join(parts, " | ")
 }
-
