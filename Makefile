@@ -9,9 +9,11 @@ ENVOY := $(VENV)/bin/envoy
 BIN := bin/bulwark
 MESH ?= examples/local/mesh.yaml
 # Test packages that run without Envoy or root; run again under -race.
-RACE_PKGS := ./model/... ./meshfile/... ./xds/...
+RACE_PKGS := ./model/... ./meshfile/... ./xds/... ./authz/... ./attest/... ./issuer/... ./agent/...
+# How long each fuzz target runs in `make test` (longer: make fuzz FUZZTIME=10m).
+FUZZTIME ?= 10s
 
-.PHONY: all build run test envoy lint fmt bench clean proto
+.PHONY: all build run test envoy lint fmt bench clean proto fuzz
 
 all: build
 
@@ -42,6 +44,15 @@ fmt:
 test: envoy lint
 	ENVOY_BIN=$(abspath $(ENVOY)) $(GO) test -count=1 ./...
 	$(GO) test -count=1 -race $(RACE_PKGS)
+	$(MAKE) --no-print-directory fuzz
+
+# Fuzz the policy and mesh file parser, SPIFFE identities and path patterns,
+# from the seed corpora in the tests. Minimizing is kept to one pass: with
+# large YAML inputs the default minimization stalls the fuzzer.
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 1x ./meshfile
+	$(GO) test -run '^$$' -fuzz '^FuzzParseIdentity$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 1x ./model
+	$(GO) test -run '^$$' -fuzz '^FuzzParsePathPattern$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 1x ./model
 
 bench: envoy
 	ENVOY_BIN=$(abspath $(ENVOY)) $(GO) test -run '^$$' -bench . -benchmem ./...

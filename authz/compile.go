@@ -14,10 +14,6 @@ import (
 // DENY rule first when both apply.
 const DefaultDenyRule = "~default-deny"
 
-// DryRunStatPrefix starts the statistics and metadata keys of dry-run
-// (shadow) evaluation in Envoy: http.<prefix>.rbac.dryrun_shadow_denied.
-const DryRunStatPrefix = "dryrun_"
-
 // Rule is one compiled rule of one policy, reduced to one port.
 type Rule struct {
 	// Name is the rule's name in Envoy and in decisions:
@@ -153,7 +149,10 @@ func compileRule(td string, p *model.AccessPolicy, i int, r model.AccessRule, po
 			if err != nil {
 				continue // validation refuses these; never widen a rule
 			}
-			op.Paths = append(op.Paths, compilePath(pp, o.IgnoreCase))
+			// Many servers ignore path parameters ("/admin;x" is
+			// "/admin" to a servlet container), so a DENY also matches
+			// the path with parameters; an ALLOW is never widened.
+			op.Paths = append(op.Paths, compilePath(pp, o.IgnoreCase, p.Spec.Action == model.ActionDeny))
 		}
 		if proto != model.ProtocolHTTP && !op.Unconditional() {
 			if p.Spec.Action == model.ActionAllow {
@@ -170,33 +169,64 @@ func compileRule(td string, p *model.AccessPolicy, i int, r model.AccessRule, po
 	return rule, len(rule.Ops) > 0
 }
 
-func compilePath(pp model.PathPattern, ignoreCase bool) PathMatch {
+// compilePath compiles a path pattern. Globs, and every pattern when
+// params is set, become an anchored RE2 expression shared by Go and
+// Envoy; with params each literal segment may carry ";parameters".
+func compilePath(pp model.PathPattern, ignoreCase, params bool) PathMatch {
 	m := PathMatch{Kind: pp.Kind, Value: pp.Value, IgnoreCase: ignoreCase}
-	if pp.Kind == model.PathGlob {
-		var b strings.Builder
-		if ignoreCase {
-			b.WriteString("(?i)")
-		}
-		for i, seg := range strings.Split(pp.Value, "/") {
-			if i > 0 {
-				b.WriteString("/")
-			}
-			switch seg {
-			case "*":
-				b.WriteString("[^/]+")
-			case "**":
-				b.WriteString(".*")
-			default:
-				b.WriteString(regexp.QuoteMeta(seg))
-			}
-		}
-		m.Regex = b.String()
-		m.re = regexp.MustCompile("^(?:" + m.Regex + ")$")
+	if pp.Kind != model.PathGlob && !params {
+		return m
 	}
+	param := ""
+	if params {
+		param = "(;[^/]*)?"
+	}
+	value := pp.Value
+	tail := ""
+	if pp.Kind == model.PathPrefix {
+		if strings.HasSuffix(value, "/") {
+			tail = ".*"
+		} else {
+			// A prefix that ends inside a segment ("/v1" from "/v1*")
+			// matches the rest of that segment, parameters included.
+			tail = ".*"
+			param = ""
+		}
+	}
+	var b strings.Builder
+	if ignoreCase {
+		b.WriteString("(?i)")
+	}
+	segs := strings.Split(value, "/")
+	for i, seg := range segs {
+		if i > 0 {
+			b.WriteString("/")
+		}
+		switch {
+		case seg == "":
+		case seg == "*" && pp.Kind == model.PathGlob:
+			b.WriteString("[^/]+")
+		case seg == "**" && pp.Kind == model.PathGlob:
+			b.WriteString(".*")
+		case i == len(segs)-1 && pp.Kind == model.PathPrefix:
+			b.WriteString(regexp.QuoteMeta(seg)) // partial last segment
+		default:
+			b.WriteString(regexp.QuoteMeta(seg) + param)
+		}
+	}
+	b.WriteString(tail)
+	m.Regex = b.String()
+	m.re = regexp.MustCompile("^(?:" + m.Regex + ")$")
 	return m
 }
 
 func (m PathMatch) matches(path string) bool {
+	if m.Regex != "" {
+		if m.re == nil {
+			m.re = regexp.MustCompile("^(?:" + m.Regex + ")$")
+		}
+		return m.re.MatchString(path)
+	}
 	switch m.Kind {
 	case model.PathExact:
 		if m.IgnoreCase {
@@ -208,12 +238,8 @@ func (m PathMatch) matches(path string) bool {
 			return len(path) >= len(m.Value) && strings.EqualFold(path[:len(m.Value)], m.Value)
 		}
 		return strings.HasPrefix(path, m.Value)
-	default:
-		if m.re == nil {
-			m.re = regexp.MustCompile("^(?:" + m.Regex + ")$")
-		}
-		return m.re.MatchString(path)
 	}
+	return false
 }
 
 // String renders a path match as written.

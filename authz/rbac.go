@@ -30,12 +30,13 @@ const (
 // names the rule that caused it. Dry-run policies go to the shadow engine,
 // built the same way with them included.
 
-// HTTPConfig returns the HTTP RBAC filter config for t.
+// HTTPConfig returns the HTTP RBAC filter config for t. Statistics are
+// kept per rule as well: http.<prefix>.rbac.policy.<rule>.denied, and
+// shadow_denied for what a dry-run rule would have denied.
 func (t *Table) HTTPConfig() *rbachttpv3.RBAC {
-	cfg := &rbachttpv3.RBAC{Rules: t.engine(false, true)}
+	cfg := &rbachttpv3.RBAC{Rules: t.engine(false, true), TrackPerRuleStats: true}
 	if t.HasDryRun() {
 		cfg.ShadowRules = t.engine(true, true)
-		cfg.ShadowRulesStatPrefix = DryRunStatPrefix
 	}
 	return cfg
 }
@@ -46,7 +47,6 @@ func (t *Table) NetworkConfig(statPrefix string) *rbacnetv3.RBAC {
 	cfg := &rbacnetv3.RBAC{StatPrefix: statPrefix, Rules: t.engine(false, false)}
 	if t.HasDryRun() {
 		cfg.ShadowRules = t.engine(true, false)
-		cfg.ShadowRulesStatPrefix = DryRunStatPrefix
 	}
 	return cfg
 }
@@ -153,14 +153,17 @@ func (o Op) principal() *rbacv3.Principal {
 }
 
 func (p PathMatch) stringMatcher() *matcherv3.StringMatcher {
+	if p.Regex != "" {
+		// Envoy's safe regex must match the whole path, as the Go one does.
+		return &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: p.Regex}}}
+	}
 	switch p.Kind {
 	case model.PathExact:
 		return &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: p.Value}, IgnoreCase: p.IgnoreCase}
 	case model.PathPrefix:
 		return &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: p.Value}, IgnoreCase: p.IgnoreCase}
 	}
-	// Envoy's safe regex must match the whole path, as the Go one does.
-	return &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: p.Regex}}}
+	return &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: p.Value}}
 }
 
 // mtlsPrincipal matches a verified client certificate by typed SAN: a

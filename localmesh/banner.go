@@ -9,6 +9,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/bulwarkmesh/bulwark/authz"
 	"github.com/bulwarkmesh/bulwark/model"
 )
 
@@ -49,8 +50,18 @@ func (m *Mesh) Banner(out io.Writer) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", w.Key(), id, dash(inbound), dash(app), "http://"+sc.Admin, dash(ups))
 		if len(app) > 0 {
 			if u := firstHTTPUpstream(snap, w); u != nil && len(tries) < 4 {
-				tries = append(tries, fmt.Sprintf("curl -s http://%s/call/%s/hello   # %s -> its sidecar -> %s's sidecar -> %s",
-					strings.TrimSuffix(app[0], "/http"), UpstreamName(w, *u), w.Name, u.Service, u.Service))
+				verdict := ""
+				svc := snap.Service(u.Namespace, u.Service)
+				for _, e := range authz.Explain(snap, time.Now(), w.Identity(mesh.TrustDomain).String(), svc, svc.Port(u.Port), "GET", "/hello") {
+					if e.Decision.Allowed {
+						verdict = "allowed by " + e.Decision.Rule
+					} else {
+						verdict = "denied (403) by " + e.Decision.Rule
+					}
+					break
+				}
+				tries = append(tries, fmt.Sprintf("curl -s http://%s/call/%s/hello   # %s -> %s: %s",
+					strings.TrimSuffix(app[0], "/http"), UpstreamName(w, *u), w.Name, u.Service, verdict))
 			}
 		}
 	}
@@ -61,6 +72,7 @@ func (m *Mesh) Banner(out io.Writer) {
 			fmt.Fprintln(out, "  "+t)
 		}
 	}
+	fmt.Fprintf(out, "\nWhy a call is allowed or denied: bulwark policy explain --mesh %s --from demo/other --to api\n", strings.Join(m.cfg.MeshPaths, " --mesh "))
 	fmt.Fprintln(out, "\nEvery sidecar-to-sidecar call is mutual TLS; the answering app reports the caller's verified")
 	fmt.Fprintln(out, "SPIFFE ID in \"caller\". Certificates come from the demo CA in", m.cfg.CADir)
 	fmt.Fprintf(out, "\nEnvoy logs (with access logs) and bootstraps are in %s\n", m.cfg.WorkDir)

@@ -200,8 +200,10 @@ func httpConnectionManager(routeName string) *hcmv3.HttpConnectionManager {
 
 // accessLog writes one JSON line per request or connection to Envoy's
 // stdout. A denial names its rule: "details" (HTTP) or "termination"
-// (TCP) read rbac_access_denied_matched_policy[<rule>], and "dry_run"
-// names the rule a dry-run policy would have applied.
+// (TCP) read rbac_access_denied_matched_policy[<rule>]. (What dry-run
+// rules would have done is in Envoy's shadow statistics, per rule: Envoy
+// lets the enforced verdict's metadata replace the shadow one's, so the
+// log cannot carry it.)
 func accessLog() []*accesslogv3.AccessLog {
 	fields := map[string]string{
 		"start":       "%START_TIME%",
@@ -217,8 +219,6 @@ func accessLog() []*accesslogv3.AccessLog {
 		"cluster":     "%UPSTREAM_CLUSTER%",
 		"duration_ms": "%DURATION%",
 		"request_id":  "%REQ(X-REQUEST-ID)%",
-		"dry_run":     "%DYNAMIC_METADATA(envoy.filters.http.rbac:" + authz.DryRunStatPrefix + "shadow_effective_policy_id)%",
-		"dry_run_tcp": "%DYNAMIC_METADATA(envoy.filters.network.rbac:" + authz.DryRunStatPrefix + "shadow_effective_policy_id)%",
 	}
 	st := &structpb.Struct{Fields: map[string]*structpb.Value{}}
 	for k, v := range fields {

@@ -39,18 +39,67 @@ const (
 	certTTL   = 40 * time.Second // short, so rotation is seen within the test
 )
 
-// The mesh: frontend calls api by its service address.
+// The mesh: frontend and other call api by its service address. api
+// serves HTTP on 8080 and a TCP line echo on 9000.
 const meshHead = `apiVersion: bulwark.dev/v1alpha1
 kind: Mesh
 metadata: {name: pods}
 spec:
   services:
     - {name: frontend, namespace: demo, address: 10.96.0.10, ports: [{name: http, port: 80, targetPort: 8080, protocol: http}]}
-    - {name: api, namespace: demo, address: 10.96.0.11, ports: [{name: http, port: 8080, protocol: http}]}
+    - name: api
+      namespace: demo
+      address: 10.96.0.11
+      ports:
+        - {name: http, port: 8080, protocol: http}
+        - {name: echo, port: 9000, protocol: tcp}
   workloads:
     - {name: frontend-1, namespace: demo, serviceAccount: frontend, address: 10.77.0.10, capture: transparent, services: [frontend]}
-    - {name: api-1, namespace: demo, serviceAccount: api, address: 10.77.0.11, capture: transparent, services: [api]}
+    - {name: api-1, namespace: demo, serviceAccount: api, labels: {app: api}, address: 10.77.0.11, capture: transparent, services: [api]}
+    - {name: other-1, namespace: demo, serviceAccount: other, address: 10.77.0.12, capture: transparent}
 `
+
+// The policies every test starts from: frontend and namespace foo may
+// call api; other only /public/* on HTTP; frontend and other the echo
+// port, but a DENY shuts other out of it; nobody reaches /admin.
+const basePolicies = `---
+apiVersion: bulwark.dev/v1alpha1
+kind: AccessPolicy
+metadata: {name: api-allow, namespace: demo}
+spec:
+  selector: {service: api}
+  action: ALLOW
+  rules:
+    - from: [{serviceAccounts: [frontend]}, {namespaces: [foo]}]
+      to: [{ports: [8080]}]
+    - from: [{serviceAccounts: [other]}]
+      to: [{ports: [8080], paths: ["/public/*"]}]
+    - from: [{serviceAccounts: [frontend, other]}]
+      to: [{ports: [9000]}]
+---
+apiVersion: bulwark.dev/v1alpha1
+kind: AccessPolicy
+metadata: {name: no-admin, namespace: demo}
+spec:
+  selector: {service: api}
+  action: DENY
+  rules:
+    - from: [{namespaces: ["*"]}, {unauthenticated: true}]
+      to: [{ports: [8080], paths: ["/admin", "/admin/*"]}]
+---
+apiVersion: bulwark.dev/v1alpha1
+kind: AccessPolicy
+metadata: {name: echo-no-other, namespace: demo}
+spec:
+  selector: {service: api}
+  action: DENY
+  rules:
+    - from: [{serviceAccounts: [other]}]
+      to: [{ports: [9000]}]
+`
+
+// mesh is the mesh file of the base mesh plus extra documents.
+func mesh(extra ...string) string { return meshHead + basePolicies + strings.Join(extra, "") }
 
 type pod struct {
 	name, ns, ip string
@@ -144,6 +193,7 @@ func setupCluster() (*cluster, error) {
 	for i, p := range []pod{
 		{name: "frontend-1", ip: subnet + ".10", workload: "demo/frontend-1"},
 		{name: "api-1", ip: subnet + ".11", workload: "demo/api-1"},
+		{name: "other-1", ip: subnet + ".12", workload: "demo/other-1"},
 		{name: "attacker", ip: subnet + ".66"},
 	} {
 		p := p
@@ -163,7 +213,7 @@ func setupCluster() (*cluster, error) {
 	if err := os.MkdirAll(filepath.Dir(c.mesh), 0o755); err != nil {
 		return c, err
 	}
-	if err := c.writeMesh(meshHead); err != nil {
+	if err := c.writeMesh(mesh()); err != nil {
 		return c, err
 	}
 	logf, err := os.Create(filepath.Join(dir, "controlplane.log"))
@@ -183,12 +233,12 @@ func setupCluster() (*cluster, error) {
 
 	// Each pod: capture (the init container), the app, the agent that
 	// runs Envoy with the proxy's group.
-	for _, name := range []string{"frontend-1", "api-1"} {
+	for _, name := range []string{"frontend-1", "api-1", "other-1"} {
 		p := c.pods[name]
 		if err := c.inPod(p, nil, "iptables"); err != nil {
 			return c, err
 		}
-		if err := c.start(p, nil, nil, "demo-app", "--name", p.name, "--http", "0.0.0.0:8080"); err != nil {
+		if err := c.start(p, nil, nil, "demo-app", "--name", p.name, "--http", "0.0.0.0:8080", "--tcp", "0.0.0.0:9000"); err != nil {
 			return c, err
 		}
 		token, err := cp.Tokens.Create(p.workload, 10*time.Minute)
@@ -275,7 +325,7 @@ func (c *cluster) writeMesh(body string) error {
 // waitReady waits until every sidecar's Envoy is LIVE.
 func (c *cluster) waitReady(d time.Duration) error {
 	deadline := time.Now().Add(d)
-	for _, name := range []string{"frontend-1", "api-1"} {
+	for _, name := range []string{"frontend-1", "api-1", "other-1"} {
 		for {
 			body, err := c.admin(c.pods[name], "/ready")
 			if err == nil && strings.TrimSpace(body) == "LIVE" {

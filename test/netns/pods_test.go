@@ -123,10 +123,11 @@ func TestStrictRefusesWhatHasNoMeshCertificate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := get(t, client(attacker, &tls.Config{InsecureSkipVerify: true, Certificates: []tls.Certificate{mine}}),
-		strings.Replace(apiPodURL, "http", "https", 1)+"/", nil)
-	if err != nil || r.Caller != "spiffe://cluster.local/ns/tools/sa/debug" {
-		t.Errorf("a mesh certificate over the same path: %v, %+v", err, r)
+	// It is authenticated (TLS succeeds) but not authorized: 403, not a
+	// closed connection.
+	status, _, err := rawHTTP(t, attacker, "10.77.0.11:8080", &mine, "/", nil)
+	if err != nil || status != http.StatusForbidden {
+		t.Errorf("a mesh certificate with no policy over the same path: %d, %v; want 403", status, err)
 	}
 	if _, err := get(t, client(cl.pods["frontend-1"], nil), apiVIP+"/", nil); err != nil {
 		t.Errorf("frontend -> api after the attacks: %v", err)
@@ -159,7 +160,7 @@ func uptime(t *testing.T, p *pod) time.Duration {
 func TestPermissiveThenStrictWithoutRestart(t *testing.T) {
 	attacker, api := cl.pods["attacker"], cl.pods["api-1"]
 	before := uptime(t, api)
-	permissive := meshHead + `---
+	permissive := `---
 apiVersion: bulwark.dev/v1alpha1
 kind: MTLSPolicy
 metadata: {name: migration, namespace: demo}
@@ -167,14 +168,36 @@ spec:
   mode: PERMISSIVE
   exception: {reason: "callers without sidecars during the migration", owner: team-demo}
 `
-	if err := cl.writeMesh(permissive); err != nil {
+	// PERMISSIVE lets plaintext through TLS, but no rule that names an
+	// identity admits it, whatever identity its headers claim.
+	if err := cl.writeMesh(mesh(permissive)); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = cl.writeMesh(meshHead) })
+	t.Cleanup(func() { _ = cl.writeMesh(mesh()) })
+	eventually(t, "plaintext to reach authorization", 15*time.Second, func() bool {
+		status, _, err := rawHTTP(t, attacker, "10.77.0.11:8080", nil, "/hello", map[string]string{
+			"X-Forwarded-Client-Cert": "URI=" + frontendID,
+		})
+		return err == nil && status == http.StatusForbidden
+	})
+
+	// An ALLOW rule for callers without a certificate admits it.
+	plaintextOK := `---
+apiVersion: bulwark.dev/v1alpha1
+kind: AccessPolicy
+metadata: {name: legacy-callers, namespace: demo}
+spec:
+  selector: {service: api}
+  action: ALLOW
+  rules: [{from: [{unauthenticated: true}], to: [{ports: [8080], paths: ["/legacy/*"]}]}]
+`
+	if err := cl.writeMesh(mesh(permissive, plaintextOK)); err != nil {
+		t.Fatal(err)
+	}
 	var r *demoapp.Reply
 	eventually(t, "plaintext to be accepted", 15*time.Second, func() bool {
 		var err error
-		r, err = get(t, client(attacker, nil), apiPodURL+"/", map[string]string{
+		r, err = get(t, client(attacker, nil), apiPodURL+"/legacy/x", map[string]string{
 			"X-Forwarded-Client-Cert": "URI=" + frontendID, // a forged identity
 		})
 		return err == nil
@@ -187,11 +210,11 @@ spec:
 		t.Errorf("frontend in PERMISSIVE: %v, caller %v", err, r)
 	}
 
-	if err := cl.writeMesh(meshHead); err != nil {
+	if err := cl.writeMesh(mesh()); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, "plaintext to be refused again", 15*time.Second, func() bool {
-		_, err := get(t, client(attacker, nil), apiPodURL+"/", nil)
+		_, _, err := rawHTTP(t, attacker, "10.77.0.11:8080", nil, "/legacy/x", nil)
 		return err != nil
 	})
 	if after := uptime(t, api); after < before {
