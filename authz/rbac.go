@@ -204,7 +204,10 @@ func and(ps []*rbacv3.Principal) *rbacv3.Principal {
 }
 
 func mustAny(m proto.Message) *anypb.Any {
-	a, err := anypb.New(m)
+	// Deterministic, so equal configuration gives equal bytes (and an
+	// equal version hash): anypb.New would order map entries at random.
+	a := &anypb.Any{}
+	err := anypb.MarshalFrom(a, m, proto.MarshalOptions{Deterministic: true})
 	if err != nil {
 		panic(fmt.Sprintf("authz: marshal %T: %v", m, err))
 	}

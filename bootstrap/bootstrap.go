@@ -222,7 +222,10 @@ func socketAddress(host string, port uint32) *corev3.Address {
 }
 
 func mustAny(m proto.Message) *anypb.Any {
-	a, err := anypb.New(m)
+	// Deterministic, so equal configuration gives equal bytes (and an
+	// equal version hash): anypb.New would order map entries at random.
+	a := &anypb.Any{}
+	err := anypb.MarshalFrom(a, m, proto.MarshalOptions{Deterministic: true})
 	if err != nil {
 		panic(fmt.Sprintf("bootstrap: marshal %T: %v", m, err))
 	}

@@ -265,7 +265,10 @@ func adsSource() *corev3.ConfigSource {
 // mustAny wraps a message we built ourselves. anypb.New fails only for a
 // message that cannot be marshalled, which would be a bug here.
 func mustAny(m proto.Message) *anypb.Any {
-	a, err := anypb.New(m)
+	// Deterministic, so equal configuration gives equal bytes (and an
+	// equal version hash): anypb.New would order map entries at random.
+	a := &anypb.Any{}
+	err := anypb.MarshalFrom(a, m, proto.MarshalOptions{Deterministic: true})
 	if err != nil {
 		panic(fmt.Sprintf("xds: marshal %T: %v", m, err))
 	}
