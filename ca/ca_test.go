@@ -30,7 +30,7 @@ var (
 	fixedAt = func(t time.Time) func() time.Time { return func() time.Time { return t } }
 )
 
-func newTestCA(t *testing.T, now time.Time) (*CA, string) {
+func newTestCA(t testing.TB, now time.Time) (*CA, string) {
 	t.Helper()
 	dir := t.TempDir()
 	if err := Init(InitConfig{Dir: dir, TrustDomain: td, Now: fixedAt(now)}); err != nil {
@@ -43,7 +43,7 @@ func newTestCA(t *testing.T, now time.Time) (*CA, string) {
 	return c, dir
 }
 
-func p256(t *testing.T) *ecdsa.PrivateKey {
+func p256(t testing.TB) *ecdsa.PrivateKey {
 	t.Helper()
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
