@@ -13,7 +13,7 @@ RACE_PKGS := ./model/... ./meshfile/... ./xds/... ./authz/... ./attest/... ./iss
 # How long each fuzz target runs in `make test` (longer: make fuzz FUZZTIME=10m).
 FUZZTIME ?= 10s
 
-.PHONY: all build run test envoy lint fmt bench clean proto fuzz
+.PHONY: all build run test envoy lint fmt bench clean proto fuzz kind-up
 
 all: build
 
@@ -69,3 +69,16 @@ proto:
 	$(GO) build -o $(PROTOC_VENV)/bin/protoc-gen-go-grpc google.golang.org/grpc/cmd/protoc-gen-go-grpc
 	PATH=$(abspath $(PROTOC_VENV))/bin:$$PATH $(PROTOC_VENV)/bin/python -m grpc_tools.protoc -I . \
 		--go_out=paths=source_relative:. --go-grpc_out=paths=source_relative:. api/ca/v1/ca.proto
+
+# A kind cluster running the control plane and the demo (needs docker,
+# kind and kubectl, which these build machines do not have).
+kind-up:
+	kind create cluster --config examples/kind/kind-config.yaml
+	docker build -t bulwark:dev -f examples/kind/Dockerfile .
+	kind load docker-image bulwark:dev --name bulwark
+	kubectl apply -f examples/kind/00-namespace.yaml -f examples/kind/01-crds.yaml
+	kubectl wait --for condition=established --timeout=60s crd/accesspolicies.bulwark.dev crd/mtlspolicies.bulwark.dev
+	kubectl apply -f examples/kind/02-rbac.yaml -f examples/kind/03-controlplane.yaml
+	kubectl -n bulwark-system rollout status deploy/bulwark --timeout=120s
+	kubectl apply -f examples/kind/10-demo.yaml -f examples/kind/11-policies.yaml
+	kubectl -n demo rollout status deploy/frontend deploy/api deploy/other --timeout=180s

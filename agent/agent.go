@@ -13,6 +13,7 @@ import (
 	"math"
 	mrand "math/rand/v2"
 	"os"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -51,6 +52,10 @@ type Config struct {
 	TrustBundle []*x509.Certificate
 	// JoinToken proves the workload's identity for the first certificate.
 	JoinToken string
+	// ServiceAccountTokenFile, in Kubernetes, holds the pod's projected
+	// ServiceAccount token (audience bulwark); it is read at every use,
+	// since the kubelet rotates it. It takes the place of JoinToken.
+	ServiceAccountTokenFile string
 	// CertTTL is the lifetime asked for; zero means the CA's default.
 	CertTTL time.Duration
 	// SDSSocket is the Unix socket to serve SDS on. Required.
@@ -231,8 +236,8 @@ func sleep(ctx context.Context, d time.Duration) bool {
 // plane that is not up yet but giving up at once on a refused credential:
 // a join token works once, and retrying cannot fix it.
 func (a *Agent) firstCertificate(ctx context.Context) (*x509svid.SVID, []*x509.Certificate, error) {
-	if a.cfg.JoinToken == "" {
-		return nil, nil, errors.New("agent: no credential for the first certificate: give it a join token")
+	if a.cfg.JoinToken == "" && a.cfg.ServiceAccountTokenFile == "" {
+		return nil, nil, errors.New("agent: no credential for the first certificate: give it a join token or a ServiceAccount token file")
 	}
 	backoff := 200 * time.Millisecond
 	for {
@@ -276,7 +281,15 @@ func (a *Agent) fetch(ctx context.Context, current *x509svid.SVID) (*x509svid.SV
 	}
 	defer conn.Close()
 	if current == nil {
-		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", issuer.JoinTokenScheme+" "+a.cfg.JoinToken)
+		cred := issuer.JoinTokenScheme + " " + a.cfg.JoinToken
+		if a.cfg.ServiceAccountTokenFile != "" {
+			tok, err := os.ReadFile(a.cfg.ServiceAccountTokenFile)
+			if err != nil {
+				return nil, nil, fmt.Errorf("agent: ServiceAccount token: %w", err)
+			}
+			cred = issuer.ServiceAccountTokenScheme + " " + strings.TrimSpace(string(tok))
+		}
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", cred)
 	}
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()

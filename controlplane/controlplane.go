@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"sync"
 	"time"
@@ -24,11 +25,15 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"github.com/bulwarkmesh/bulwark/attest"
 	"github.com/bulwarkmesh/bulwark/ca"
 	"github.com/bulwarkmesh/bulwark/internal/spiffetls"
 	"github.com/bulwarkmesh/bulwark/issuer"
+	"github.com/bulwarkmesh/bulwark/kube"
 	"github.com/bulwarkmesh/bulwark/meshfile"
 	"github.com/bulwarkmesh/bulwark/model"
 	"github.com/bulwarkmesh/bulwark/xds/server"
@@ -41,12 +46,17 @@ const (
 	DefaultServiceAccount = "bulwark"
 )
 
-// Config configures a control plane.
+// Config configures a control plane. Exactly one of MeshPaths and Kube
+// says where the mesh comes from.
 type Config struct {
-	// MeshPaths are the mesh files or directories to serve. Required.
+	// MeshPaths are the mesh files or directories to serve.
 	MeshPaths []string
-	// CADir holds the CA material (ca.Load). Required; a missing or
-	// corrupt CA is an error, never a reason to make a new one.
+	// Kube serves the mesh of a Kubernetes cluster instead.
+	Kube *KubeConfig
+	// CADir holds the CA material (ca.Load). In file mode it is
+	// required, and a missing or corrupt CA is an error, never a reason
+	// to make a new one. In Kubernetes mode the CA lives in a Secret and
+	// is written here (default: a temporary directory).
 	CADir string
 	// TokenDir holds join tokens; defaults to CADir/tokens.
 	TokenDir string
@@ -68,6 +78,23 @@ type Config struct {
 	Debounce time.Duration
 }
 
+// KubeConfig is the Kubernetes side of a control plane.
+type KubeConfig struct {
+	// Rest reaches the API server. Required.
+	Rest *rest.Config
+	// Namespace is the control plane's own: the CA Secret, its Lease and
+	// mesh-wide policies live there. Required.
+	Namespace string
+	// TrustDomain defaults to cluster.local.
+	TrustDomain string
+	// DefaultAccess for workloads no ALLOW policy selects; default deny.
+	DefaultAccess model.DefaultAccess
+	// Holder names this replica in the CA Lease (its pod name).
+	Holder string
+	// Audience of workloads' ServiceAccount tokens; default "bulwark".
+	Audience string
+}
+
 // ControlPlane is a running control plane.
 type ControlPlane struct {
 	// XDSAddr and HTTPAddr are the bound addresses.
@@ -79,6 +106,8 @@ type ControlPlane struct {
 	Tokens   *attest.JoinTokens
 	// Identity is the control plane's SPIFFE ID.
 	Identity spiffeid.ID
+	// CADir is where the CA files are.
+	CADir string
 
 	cancel context.CancelFunc
 	ctx    context.Context
@@ -94,35 +123,89 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	if cfg.XDSAddress == "" || cfg.CADir == "" {
-		return nil, errors.New("controlplane: XDSAddress and CADir are required")
+	if cfg.XDSAddress == "" || (len(cfg.MeshPaths) == 0) == (cfg.Kube == nil) {
+		return nil, errors.New("controlplane: XDSAddress and exactly one of MeshPaths and Kube are required")
 	}
-	if cfg.TokenDir == "" {
+	if cfg.Kube == nil && cfg.CADir == "" {
+		return nil, errors.New("controlplane: CADir is required")
+	}
+	if cfg.TokenDir == "" && cfg.Kube == nil {
 		cfg.TokenDir = filepath.Join(cfg.CADir, "tokens")
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-
 	store := model.NewStore()
-	first, err := meshfile.Load(cfg.MeshPaths)
-	if err != nil {
-		return nil, err
-	}
-	td, err := spiffeid.TrustDomainFromString(first.Mesh.TrustDomain)
-	if err != nil {
-		return nil, err
+
+	// The source, and what it says of the trust domain.
+	var (
+		src      source
+		synced   <-chan struct{}
+		td       spiffeid.TrustDomain
+		saReview issuer.ServiceAccountReviewer
+		tokens   *attest.JoinTokens
+		err      error
+	)
+	if cfg.Kube != nil {
+		k := cfg.Kube
+		if k.TrustDomain == "" {
+			k.TrustDomain = model.DefaultTrustDomain
+		}
+		if td, err = spiffeid.TrustDomainFromString(k.TrustDomain); err != nil {
+			return nil, err
+		}
+		client, err := kubernetes.NewForConfig(k.Rest)
+		if err != nil {
+			return nil, err
+		}
+		dyn, err := dynamic.NewForConfig(k.Rest)
+		if err != nil {
+			return nil, err
+		}
+		if cfg.CADir == "" {
+			if cfg.CADir, err = os.MkdirTemp("", "bulwark-ca-"); err != nil {
+				return nil, err
+			}
+		}
+		if err := kube.EnsureCASecret(ctx, kube.CASecretConfig{Client: client, Namespace: k.Namespace, Holder: k.Holder,
+			TrustDomain: td, Dir: cfg.CADir, Logger: cfg.Logger}); err != nil {
+			return nil, err
+		}
+		rootPEM, err := os.ReadFile(filepath.Join(cfg.CADir, ca.RootCertFile))
+		if err != nil {
+			return nil, err
+		}
+		ks, err := kube.New(kube.Config{Client: client, Dynamic: dyn, Store: store, TrustDomain: k.TrustDomain,
+			DefaultAccess: k.DefaultAccess, RootNamespace: k.Namespace, WriteStatus: true, RootCertPEM: rootPEM,
+			Logger: cfg.Logger, Registerer: reg})
+		if err != nil {
+			return nil, err
+		}
+		src, synced = ks, ks.Synced()
+		saReview = &kube.TokenReviewer{Client: client, Audience: k.Audience}
+	} else {
+		first, err := meshfile.Load(cfg.MeshPaths)
+		if err != nil {
+			return nil, err
+		}
+		if td, err = spiffeid.TrustDomainFromString(first.Mesh.TrustDomain); err != nil {
+			return nil, err
+		}
+		fs, err := meshfile.New(meshfile.Config{Paths: cfg.MeshPaths, Store: store, Logger: cfg.Logger, Registerer: reg,
+			Check: func(st *model.State) error {
+				if st.Mesh.TrustDomain != td.String() {
+					return fmt.Errorf("the trust domain cannot change while the control plane runs (%s -> %s): every certificate would stop verifying", td, st.Mesh.TrustDomain)
+				}
+				return nil
+			}})
+		if err != nil {
+			return nil, err
+		}
+		src = fs
+		if tokens, err = attest.NewJoinTokens(cfg.TokenDir, nil); err != nil {
+			return nil, err
+		}
 	}
 	authority, err := ca.Load(ca.LoadConfig{Dir: cfg.CADir, Config: ca.Config{TrustDomain: td, MaxTTL: cfg.MaxCertTTL, Registerer: reg}})
-	if err != nil {
-		return nil, err
-	}
-	src, err := meshfile.New(meshfile.Config{Paths: cfg.MeshPaths, Store: store, Logger: cfg.Logger, Registerer: reg,
-		Check: func(st *model.State) error {
-			if st.Mesh.TrustDomain != td.String() {
-				return fmt.Errorf("the trust domain cannot change while the control plane runs (%s -> %s): every certificate would stop verifying", td, st.Mesh.TrustDomain)
-			}
-			return nil
-		}})
 	if err != nil {
 		return nil, err
 	}
@@ -134,16 +217,17 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	if err != nil || !id.MemberOf(td) {
 		return nil, fmt.Errorf("controlplane: identity %q is not a SPIFFE ID in %s", ident, td)
 	}
-	tokens, err := attest.NewJoinTokens(cfg.TokenDir, nil)
-	if err != nil {
-		return nil, err
+	var redeemer issuer.TokenRedeemer
+	if tokens != nil {
+		redeemer = tokens
 	}
-	iss, err := issuer.New(issuer.Config{CA: authority, Store: store, Tokens: tokens, Logger: cfg.Logger, Registerer: reg})
+	iss, err := issuer.New(issuer.Config{CA: authority, Store: store, Tokens: redeemer, ServiceAccounts: saReview,
+		Logger: cfg.Logger, Registerer: reg})
 	if err != nil {
 		return nil, err
 	}
 	srv, err := server.New(server.Config{Store: store, Logger: cfg.Logger, Registerer: reg, Debounce: cfg.Debounce,
-		Identify: spiffetls.PeerID})
+		Identify: spiffetls.PeerID, Synced: synced})
 	if err != nil {
 		return nil, err
 	}
@@ -170,7 +254,7 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	}
 
 	g, ctx := errgroup.WithContext(ctx)
-	cp := &ControlPlane{XDSAddr: xdsLis.Addr(), Store: store, Server: srv, CA: authority, Tokens: tokens, Identity: id,
+	cp := &ControlPlane{XDSAddr: xdsLis.Addr(), Store: store, Server: srv, CA: authority, Tokens: tokens, Identity: id, CADir: cfg.CADir,
 		cancel: cancel, ctx: ctx, group: g}
 
 	grpcServer := grpc.NewServer(
@@ -218,6 +302,11 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	cfg.Logger.Info("control plane serving", "xds", cp.XDSAddr.String(), "http", addrString(cp.HTTPAddr),
 		"identity", id.String(), "trust_domain", td.String())
 	return cp, nil
+}
+
+// source feeds the model until its context ends.
+type source interface {
+	Run(ctx context.Context) error
 }
 
 // Stop shuts the control plane down and waits for it. It returns the

@@ -40,12 +40,25 @@ type TokenRedeemer interface {
 	Redeem(token, workload string) error
 }
 
+// ServiceAccountIdentity is what a Kubernetes ServiceAccount token proves:
+// the service account, and the pod the token is bound to.
+type ServiceAccountIdentity struct {
+	Namespace, ServiceAccount, Pod string
+}
+
+// ServiceAccountReviewer checks a ServiceAccount token (TokenReview).
+type ServiceAccountReviewer interface {
+	Review(ctx context.Context, token string) (ServiceAccountIdentity, error)
+}
+
 // Config configures a Server.
 type Config struct {
 	CA    Signer       // required
 	Store *model.Store // required: which workloads exist, and their service accounts
 	// Tokens redeems join tokens; nil refuses them.
-	Tokens     TokenRedeemer
+	Tokens TokenRedeemer
+	// ServiceAccounts checks ServiceAccount tokens; nil refuses them.
+	ServiceAccounts ServiceAccountReviewer
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 }
@@ -80,9 +93,12 @@ func New(cfg Config) (*Server, error) {
 // Register adds the service to g.
 func (s *Server) Register(g grpc.ServiceRegistrar) { cav1.RegisterCertificateServiceServer(g, s) }
 
-// JoinTokenScheme is the authorization scheme of a join token:
-// "authorization: JoinToken <token>".
-const JoinTokenScheme = "JoinToken"
+// Authorization schemes: "authorization: JoinToken <token>" and
+// "authorization: ServiceAccountToken <jwt>".
+const (
+	JoinTokenScheme           = "JoinToken"
+	ServiceAccountTokenScheme = "ServiceAccountToken"
+)
 
 // SignCertificate authenticates the caller and signs its key.
 func (s *Server) SignCertificate(ctx context.Context, req *cav1.SignCertificateRequest) (*cav1.SignCertificateResponse, error) {
@@ -116,6 +132,7 @@ func (s *Server) sign(ctx context.Context, req *cav1.SignCertificateRequest, met
 
 	// Who is calling: a certificate already issued to it, or a join token.
 	var peerID spiffeid.ID
+	saIdentity := "" // the service account a ServiceAccount token proved
 	switch pid, perr := spiffetls.PeerID(ctx); {
 	case perr == nil:
 		*method = "certificate"
@@ -128,8 +145,22 @@ func (s *Server) sign(ctx context.Context, req *cav1.SignCertificateRequest, met
 		if err := s.cfg.Tokens.Redeem(bearer(ctx, JoinTokenScheme), req.GetWorkload()); err != nil {
 			return nil, "", status.Errorf(codes.Unauthenticated, "%v", err)
 		}
+	case bearer(ctx, ServiceAccountTokenScheme) != "":
+		*method = "serviceaccount_token"
+		if s.cfg.ServiceAccounts == nil {
+			return nil, "", status.Error(codes.Unauthenticated, "ServiceAccount tokens are not accepted here")
+		}
+		sa, err := s.cfg.ServiceAccounts.Review(ctx, bearer(ctx, ServiceAccountTokenScheme))
+		if err != nil {
+			return nil, "", status.Errorf(codes.Unauthenticated, "%v", err)
+		}
+		if sa.Namespace != ns || sa.Pod != name {
+			return nil, "", status.Errorf(codes.PermissionDenied, "the token is bound to pod %s/%s, not %s", sa.Namespace, sa.Pod, req.GetWorkload())
+		}
+		saIdentity = sa.ServiceAccount
 	default:
-		return nil, "", status.Errorf(codes.Unauthenticated, "no credential: send %q metadata or present your current certificate", "authorization: "+JoinTokenScheme+" <token>")
+		return nil, "", status.Errorf(codes.Unauthenticated, "no credential: send %q or %q metadata, or present your current certificate",
+			"authorization: "+JoinTokenScheme+" <token>", "authorization: "+ServiceAccountTokenScheme+" <token>")
 	}
 
 	// Which identity that makes it: the service account of the workload,
@@ -145,6 +176,9 @@ func (s *Server) sign(ctx context.Context, req *cav1.SignCertificateRequest, met
 	id := w.Identity(td.String())
 	if !peerID.IsZero() && peerID != id {
 		return nil, "", status.Errorf(codes.PermissionDenied, "your certificate is %s, but workload %s is %s", peerID, req.GetWorkload(), id)
+	}
+	if saIdentity != "" && saIdentity != w.ServiceAccount {
+		return nil, "", status.Errorf(codes.PermissionDenied, "the token is for service account %s, but workload %s runs as %s", saIdentity, req.GetWorkload(), w.ServiceAccount)
 	}
 
 	// The CSR may not ask for anything else.

@@ -25,6 +25,7 @@ func runAgent(ctx context.Context, args []string, _, stderr io.Writer) error {
 	bundlePath := fs.String("bundle", "", "PEM trust anchors to verify the control plane with (root-cert.pem) (required)")
 	tokenFile := fs.String("join-token-file", "", "file holding a join token from 'bulwark token create'")
 	tokenEnv := fs.String("join-token-env", "BULWARK_JOIN_TOKEN", "environment variable holding the join token, if no file")
+	fs.StringVar(&cfg.ServiceAccountTokenFile, "serviceaccount-token-file", "", "in Kubernetes: the pod's projected ServiceAccount token (audience bulwark), instead of a join token")
 	fs.DurationVar(&cfg.CertTTL, "cert-ttl", 0, "certificate lifetime to ask for (default: the CA's, 24h)")
 	fs.StringVar(&cfg.SDSSocket, "sds-socket", "/var/run/bulwark/sds.sock", "Unix socket to serve SDS to Envoy on")
 	fs.StringVar(&cfg.BootstrapPath, "bootstrap", "", "write the Envoy bootstrap here")
@@ -37,6 +38,12 @@ func runAgent(ctx context.Context, args []string, _, stderr io.Writer) error {
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := parse(fs, args); err != nil {
 		return err
+	}
+	if cfg.Workload == "" {
+		// In a pod: namespace/name from the downward API.
+		if ns, pod := os.Getenv("POD_NAMESPACE"), os.Getenv("POD_NAME"); ns != "" && pod != "" {
+			cfg.Workload = ns + "/" + pod
+		}
 	}
 	if cfg.Workload == "" || cfg.ControlPlane == "" || *bundlePath == "" {
 		fs.Usage()

@@ -4,9 +4,30 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
+
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/bulwarkmesh/bulwark/controlplane"
+	"github.com/bulwarkmesh/bulwark/model"
 )
+
+// restConfig reads a kubeconfig, or the in-cluster config when path is
+// empty.
+func restConfig(path string) (*rest.Config, error) {
+	if path == "" {
+		return rest.InClusterConfig()
+	}
+	return clientcmd.BuildConfigFromFlags("", path)
+}
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
 
 func runServe(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs := newFlags("serve", "--mesh FILE|DIR [--mesh ...] [flags]", stderr)
@@ -20,11 +41,19 @@ func runServe(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs.StringVar(&cfg.XDSAddress, "xds-address", "127.0.0.1:15010", "address for ADS and the CA service (gRPC, mutual TLS)")
 	fs.StringVar(&cfg.HTTPAddress, "http-address", "127.0.0.1:15014", "address for /metrics, /debug/proxies and /healthz; empty disables")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	kubeconfig := fs.String("kubeconfig", "", "serve a Kubernetes cluster's mesh, reached with this kubeconfig")
+	inCluster := fs.Bool("in-cluster", false, "serve the mesh of the cluster this pod runs in")
+	var kc controlplane.KubeConfig
+	fs.StringVar(&kc.Namespace, "namespace", envOr("POD_NAMESPACE", "bulwark-system"), "Kubernetes: the control plane's namespace (CA Secret, Lease, mesh-wide policies)")
+	fs.StringVar(&kc.TrustDomain, "trust-domain", model.DefaultTrustDomain, "Kubernetes: the mesh's trust domain")
+	defaultAccess := fs.String("default-access", string(model.DefaultDeny), "Kubernetes: what workloads no ALLOW policy selects accept: deny or allow-mesh")
+	fs.StringVar(&kc.Holder, "pod-name", os.Getenv("POD_NAME"), "Kubernetes: this replica's name in the CA Lease")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	if len(mesh) == 0 || cfg.CADir == "" {
-		fmt.Fprintln(stderr, "bulwark serve: --mesh and --ca-dir are required")
+	kubeMode := *kubeconfig != "" || *inCluster
+	if (len(mesh) == 0) == !kubeMode || (!kubeMode && cfg.CADir == "") {
+		fmt.Fprintln(stderr, "bulwark serve: give --mesh (with --ca-dir) or --kubeconfig/--in-cluster")
 		fs.Usage()
 		return errUsage
 	}
@@ -33,6 +62,18 @@ func runServe(ctx context.Context, args []string, _, stderr io.Writer) error {
 		return err
 	}
 	cfg.MeshPaths, cfg.Logger = mesh, log
+	if kubeMode {
+		if kc.Rest, err = restConfig(*kubeconfig); err != nil {
+			return err
+		}
+		switch model.DefaultAccess(*defaultAccess) {
+		case model.DefaultDeny, model.DefaultAllowMesh:
+			kc.DefaultAccess = model.DefaultAccess(*defaultAccess)
+		default:
+			return fmt.Errorf("--default-access %q: use deny or allow-mesh", *defaultAccess)
+		}
+		cfg.Kube = &kc
+	}
 	cp, err := controlplane.Start(ctx, cfg)
 	if err != nil {
 		return err

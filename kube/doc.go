@@ -1,0 +1,12 @@
+// Package kube is the Kubernetes source and Kubernetes glue of the
+// control plane: it watches Services, EndpointSlices, Pods, Namespaces
+// and the bulwark.dev policy CRDs with client-go informers and writes the
+// model the translator reads, the same model the mesh file source writes;
+// it reports each policy's acceptance in its status; it checks
+// ServiceAccount tokens with TokenReview; and it keeps the CA in a Secret,
+// created once under a Lease.
+//
+// Only namespaces labeled bulwark.dev/mesh=enabled are in the mesh. Nothing
+// is written to the model before every informer has synced, and events
+// are coalesced into one model write. It must never know about Envoy.
+package kube
