@@ -13,13 +13,10 @@ import (
 	"testing"
 	"time"
 
-	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus"
-	statuspb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -29,6 +26,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/bulwarkmesh/bulwark/ca"
+	"github.com/bulwarkmesh/bulwark/internal/adstest"
 	"github.com/bulwarkmesh/bulwark/internal/spiffetls"
 	"github.com/bulwarkmesh/bulwark/internal/testlog"
 	"github.com/bulwarkmesh/bulwark/model"
@@ -147,20 +145,9 @@ func startServer(t *testing.T, store *model.Store) *harness {
 	return h
 }
 
-// client is a minimal ADS client that speaks the protocol like Envoy.
-type client struct {
-	t      *testing.T
-	conn   *grpc.ClientConn
-	stream discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient
-	node   *corev3.Node
-	resps  chan *discoveryv3.DiscoveryResponse
-	errs   chan error
-	cancel context.CancelFunc
-}
-
 // dial opens an ADS stream as nodeID with a certificate for the service
 // account of that workload (frontend-1 -> frontend, api-N -> api).
-func (h *harness) dial(t *testing.T, nodeID string) *client {
+func (h *harness) dial(t *testing.T, nodeID string) *adstest.Client {
 	t.Helper()
 	sa := "frontend"
 	if strings.Contains(nodeID, "api") {
@@ -170,7 +157,7 @@ func (h *harness) dial(t *testing.T, nodeID string) *client {
 }
 
 // dialAs opens an ADS stream as nodeID presenting svid (nil: none).
-func (h *harness) dialAs(t *testing.T, nodeID string, svid *x509svid.SVID) *client {
+func (h *harness) dialAs(t *testing.T, nodeID string, svid *x509svid.SVID) *adstest.Client {
 	t.Helper()
 	var tc *tls.Config
 	if svid != nil {
@@ -178,159 +165,29 @@ func (h *harness) dialAs(t *testing.T, nodeID string, svid *x509svid.SVID) *clie
 	} else {
 		tc = spiffetls.ClientConfig(nil, h.pki.cp, h.pki.cpID)
 	}
-	return dialTLS(t, h.addr, nodeID, tc)
-}
-
-func dialTLS(t *testing.T, addr, nodeID string, tc *tls.Config) *client {
-	t.Helper()
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	c := &client{t: t, conn: conn, node: &corev3.Node{Id: nodeID},
-		resps: make(chan *discoveryv3.DiscoveryResponse, 16), errs: make(chan error, 1), cancel: cancel}
-	t.Cleanup(c.close)
-	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
-	if err != nil {
-		c.errs <- err // e.g. a refused handshake; the test reads it
-		return c
-	}
-	c.stream = stream
-	go func() {
-		for {
-			r, err := stream.Recv()
-			if err != nil {
-				c.errs <- err
-				return
-			}
-			c.resps <- r
-		}
-	}()
-	return c
-}
-
-func (c *client) close() {
-	c.cancel()
-	_ = c.conn.Close()
-}
-
-func (c *client) send(req *discoveryv3.DiscoveryRequest) {
-	c.t.Helper()
-	req.Node = c.node
-	if c.stream == nil {
-		return // the stream never opened; the error is in c.errs
-	}
-	// A failed send means the server ended the stream; Recv reports why.
-	_ = c.stream.Send(req)
-}
-
-// refused waits for the server to end the stream with code, without a
-// single response before.
-func (c *client) refused(code codes.Code, msg string) {
-	c.t.Helper()
-	select {
-	case err := <-c.errs:
-		if status.Code(err) != code || !strings.Contains(err.Error(), msg) {
-			c.t.Errorf("stream ended with %v, want %s mentioning %q", err, code, msg)
-		}
-	case r := <-c.resps:
-		c.t.Fatalf("got a response: %s with %v", r.GetTypeUrl(), names(r))
-	case <-time.After(5 * time.Second):
-		c.t.Fatal("stream not refused within 5s")
-	}
-}
-
-func (c *client) subscribe(typeURL string, names ...string) {
-	c.send(&discoveryv3.DiscoveryRequest{TypeUrl: typeURL, ResourceNames: names})
-}
-
-func (c *client) ack(r *discoveryv3.DiscoveryResponse, names ...string) {
-	c.send(&discoveryv3.DiscoveryRequest{TypeUrl: r.GetTypeUrl(), VersionInfo: r.GetVersionInfo(), ResponseNonce: r.GetNonce(), ResourceNames: names})
-}
-
-func (c *client) nack(r *discoveryv3.DiscoveryResponse, lastGood string, names ...string) {
-	c.send(&discoveryv3.DiscoveryRequest{TypeUrl: r.GetTypeUrl(), VersionInfo: lastGood, ResponseNonce: r.GetNonce(),
-		ResourceNames: names, ErrorDetail: &statuspb.Status{Code: int32(codes.InvalidArgument), Message: "test: rejected on purpose"}})
-}
-
-// recv waits for the next response and checks its type.
-func (c *client) recv(typeURL string) *discoveryv3.DiscoveryResponse {
-	c.t.Helper()
-	select {
-	case r := <-c.resps:
-		if r.GetTypeUrl() != typeURL {
-			c.t.Fatalf("got a %s response, want %s", r.GetTypeUrl(), typeURL)
-		}
-		return r
-	case err := <-c.errs:
-		c.t.Fatalf("stream ended: %v", err)
-	case <-time.After(5 * time.Second):
-		c.t.Fatalf("no %s response within 5s", typeURL)
-	}
-	return nil
-}
-
-// quiet asserts that no response arrives for d. The server publishes
-// within its 50ms MaxDelay, so 500ms of silence means none is coming.
-func (c *client) quiet(d time.Duration) {
-	c.t.Helper()
-	select {
-	case r := <-c.resps:
-		c.t.Fatalf("unexpected %s response, version %s", r.GetTypeUrl(), r.GetVersionInfo())
-	case err := <-c.errs:
-		c.t.Fatalf("stream ended: %v", err)
-	case <-time.After(d):
-	}
-}
-
-func names(r *discoveryv3.DiscoveryResponse) []string {
-	var out []string
-	for _, a := range r.GetResources() {
-		m, err := a.UnmarshalNew()
-		if err != nil {
-			panic(err)
-		}
-		switch x := m.(type) {
-		case *endpointv3.ClusterLoadAssignment:
-			out = append(out, x.GetClusterName())
-		case interface{ GetName() string }:
-			out = append(out, x.GetName())
-		}
-	}
-	slices.Sort(out)
-	return out
+	return adstest.Dial(t, h.addr, nodeID, tc)
 }
 
 const apiCluster = "outbound|8080|api.demo"
 
 // syncAll walks a client through Envoy's ADS order (CDS, EDS, LDS, RDS),
 // ACKing each, and returns the responses by type.
-func syncAll(c *client) map[string]*discoveryv3.DiscoveryResponse {
-	c.t.Helper()
+func syncAll(t *testing.T, c *adstest.Client) map[string]*discoveryv3.DiscoveryResponse {
+	t.Helper()
 	out := map[string]*discoveryv3.DiscoveryResponse{}
-	c.subscribe(resourcev3.ClusterType)
-	cds := c.recv(resourcev3.ClusterType)
-	c.ack(cds)
-	var eds []string
-	for _, a := range cds.GetResources() {
-		var cl clusterv3.Cluster
-		if err := a.UnmarshalTo(&cl); err != nil {
-			c.t.Fatal(err)
-		}
-		if cl.GetType() == clusterv3.Cluster_EDS {
-			eds = append(eds, cl.GetName())
-		}
-	}
-	c.subscribe(resourcev3.EndpointType, eds...)
-	e := c.recv(resourcev3.EndpointType)
-	c.ack(e, eds...)
-	c.subscribe(resourcev3.ListenerType)
-	l := c.recv(resourcev3.ListenerType)
-	c.ack(l)
-	c.subscribe(resourcev3.RouteType, "inbound|8080", apiCluster)
-	r := c.recv(resourcev3.RouteType)
-	c.ack(r, "inbound|8080", apiCluster)
+	c.Subscribe(resourcev3.ClusterType)
+	cds := c.Recv(resourcev3.ClusterType, 5*time.Second)
+	c.ACK(cds)
+	eds := adstest.EDSClusters(t, cds)
+	c.Subscribe(resourcev3.EndpointType, eds...)
+	e := c.Recv(resourcev3.EndpointType, 5*time.Second)
+	c.ACK(e, eds...)
+	c.Subscribe(resourcev3.ListenerType)
+	l := c.Recv(resourcev3.ListenerType, 5*time.Second)
+	c.ACK(l)
+	c.Subscribe(resourcev3.RouteType, "inbound|8080", apiCluster)
+	r := c.Recv(resourcev3.RouteType, 5*time.Second)
+	c.ACK(r, "inbound|8080", apiCluster)
 	out["cds"], out["eds"], out["lds"], out["rds"] = cds, e, l, r
 	return out
 }
@@ -347,11 +204,11 @@ func newStore(t *testing.T, st *model.State) *model.Store {
 func TestACKedConfigurationIsNotResent(t *testing.T) {
 	h := startServer(t, newStore(t, testMesh("10.0.0.2")))
 	c := h.dial(t, "demo/frontend-1")
-	got := syncAll(c)
-	if want := []string{"inbound|8080", apiCluster}; !slices.Equal(names(got["cds"]), want) {
-		t.Errorf("clusters = %v, want %v", names(got["cds"]), want)
+	got := syncAll(t, c)
+	if want := []string{"inbound|8080", apiCluster}; !slices.Equal(adstest.Names(got["cds"]), want) {
+		t.Errorf("clusters = %v, want %v", adstest.Names(got["cds"]), want)
 	}
-	c.quiet(500 * time.Millisecond)
+	c.Quiet(500 * time.Millisecond)
 	if n := metric(t, h.reg, "bulwark_xds_acks_total", "cds"); n != 1 {
 		t.Errorf("cds ACKs counted = %v, want 1", n)
 	}
@@ -360,11 +217,11 @@ func TestACKedConfigurationIsNotResent(t *testing.T) {
 func TestEndpointChangeSendsOnlyEndpoints(t *testing.T) {
 	h := startServer(t, newStore(t, testMesh("10.0.0.2")))
 	c := h.dial(t, "demo/frontend-1")
-	syncAll(c)
+	syncAll(t, c)
 	if _, err := h.store.ReplaceState(testMesh("10.0.0.2", "10.0.0.3")); err != nil {
 		t.Fatal(err)
 	}
-	e := c.recv(resourcev3.EndpointType)
+	e := c.Recv(resourcev3.EndpointType, 5*time.Second)
 	var cla endpointv3.ClusterLoadAssignment
 	if err := e.GetResources()[0].UnmarshalTo(&cla); err != nil {
 		t.Fatal(err)
@@ -372,19 +229,19 @@ func TestEndpointChangeSendsOnlyEndpoints(t *testing.T) {
 	if n := len(cla.GetEndpoints()[0].GetLbEndpoints()); n != 2 {
 		t.Errorf("api has %d endpoints, want 2", n)
 	}
-	c.ack(e, apiCluster)
-	c.quiet(500 * time.Millisecond) // no CDS, LDS or RDS: their content did not change
+	c.ACK(e, apiCluster)
+	c.Quiet(500 * time.Millisecond) // no CDS, LDS or RDS: their content did not change
 }
 
 func TestNACKIsNotResentUntilTheConfigurationChanges(t *testing.T) {
 	h := startServer(t, newStore(t, testMesh("10.0.0.2")))
 	c := h.dial(t, "demo/frontend-1")
-	c.subscribe(resourcev3.ClusterType)
-	cds := c.recv(resourcev3.ClusterType)
-	c.nack(cds, "")
+	c.Subscribe(resourcev3.ClusterType)
+	cds := c.Recv(resourcev3.ClusterType, 5*time.Second)
+	c.NACK(cds, "")
 	// go-control-plane on its own answers a NACK with the same version at
 	// once, and Envoy NACKs it again: a hot loop. Bulwark holds it back.
-	c.quiet(500 * time.Millisecond)
+	c.Quiet(500 * time.Millisecond)
 	if n := metric(t, h.reg, "bulwark_xds_nacks_total", "cds"); n != 1 {
 		t.Errorf("NACKs counted = %v, want 1", n)
 	}
@@ -401,15 +258,15 @@ func TestNACKIsNotResentUntilTheConfigurationChanges(t *testing.T) {
 	if _, err := h.store.ReplaceState(st); err != nil {
 		t.Fatal(err)
 	}
-	next := c.recv(resourcev3.ClusterType)
+	next := c.Recv(resourcev3.ClusterType, 5*time.Second)
 	if next.GetVersionInfo() == cds.GetVersionInfo() {
 		t.Fatalf("resent the rejected version %s", cds.GetVersionInfo())
 	}
-	if want := []string{"inbound|8080", "outbound|5432|db.demo", apiCluster}; !slices.Equal(names(next), want) {
-		t.Errorf("clusters = %v, want %v", names(next), want)
+	if want := []string{"inbound|8080", "outbound|5432|db.demo", apiCluster}; !slices.Equal(adstest.Names(next), want) {
+		t.Errorf("clusters = %v, want %v", adstest.Names(next), want)
 	}
-	c.ack(next)
-	c.quiet(300 * time.Millisecond)
+	c.ACK(next)
+	c.Quiet(300 * time.Millisecond)
 	if ps := h.srv.Proxies(); ps[0].Types["cds"].NackError != "" {
 		t.Errorf("NACK still reported after the new version was ACKed: %+v", ps[0].Types["cds"])
 	}
@@ -418,27 +275,27 @@ func TestNACKIsNotResentUntilTheConfigurationChanges(t *testing.T) {
 func TestStaleNonceIsIgnored(t *testing.T) {
 	h := startServer(t, newStore(t, testMesh("10.0.0.2")))
 	c := h.dial(t, "demo/frontend-1")
-	c.subscribe(resourcev3.ClusterType)
-	first := c.recv(resourcev3.ClusterType)
-	c.ack(first)
+	c.Subscribe(resourcev3.ClusterType)
+	first := c.Recv(resourcev3.ClusterType, 5*time.Second)
+	c.ACK(first)
 	st := testMesh("10.0.0.2")
 	st.Workloads[0].Upstreams = nil
 	if _, err := h.store.ReplaceState(st); err != nil {
 		t.Fatal(err)
 	}
-	second := c.recv(resourcev3.ClusterType)
-	if slices.Equal(names(first), names(second)) {
-		t.Fatalf("test setup: cluster lists should differ: %v", names(second))
+	second := c.Recv(resourcev3.ClusterType, 5*time.Second)
+	if slices.Equal(adstest.Names(first), adstest.Names(second)) {
+		t.Fatalf("test setup: cluster lists should differ: %v", adstest.Names(second))
 	}
 	// A NACK carrying the first nonce is stale (that response was already
 	// ACKed and superseded): the server must neither count nor answer it.
-	c.nack(first, first.GetVersionInfo())
-	c.quiet(300 * time.Millisecond)
+	c.NACK(first, first.GetVersionInfo())
+	c.Quiet(300 * time.Millisecond)
 	if n := metric(t, h.reg, "bulwark_xds_nacks_total", "cds"); n != 0 {
 		t.Errorf("stale NACK was counted: %v", n)
 	}
-	c.ack(second)
-	c.quiet(300 * time.Millisecond)
+	c.ACK(second)
+	c.Quiet(300 * time.Millisecond)
 	if got := h.srv.Proxies()[0].Types["cds"].AckedVersion; got != second.GetVersionInfo() {
 		t.Errorf("acked version = %q, want %q", got, second.GetVersionInfo())
 	}
@@ -447,31 +304,31 @@ func TestStaleNonceIsIgnored(t *testing.T) {
 func TestReconnectToAFreshControlPlane(t *testing.T) {
 	h := startServer(t, newStore(t, testMesh("10.0.0.2")))
 	c := h.dial(t, "demo/frontend-1")
-	before := syncAll(c)
-	c.close()
+	before := syncAll(t, c)
+	c.Close()
 	h.stop()
 
 	// A new control plane knows nothing of this proxy. The proxy comes
 	// back with the versions it holds; it must still get its resources.
 	h2 := startServer(t, newStore(t, testMesh("10.0.0.2")))
 	c2 := h2.dial(t, "demo/frontend-1")
-	c2.send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, VersionInfo: before["cds"].GetVersionInfo()})
-	cds := c2.recv(resourcev3.ClusterType)
-	if !slices.Equal(names(cds), names(before["cds"])) {
-		t.Errorf("clusters after reconnect = %v, want %v", names(cds), names(before["cds"]))
+	c2.Send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.ClusterType, VersionInfo: before["cds"].GetVersionInfo()})
+	cds := c2.Recv(resourcev3.ClusterType, 5*time.Second)
+	if !slices.Equal(adstest.Names(cds), adstest.Names(before["cds"])) {
+		t.Errorf("clusters after reconnect = %v, want %v", adstest.Names(cds), adstest.Names(before["cds"]))
 	}
 	if cds.GetVersionInfo() != before["cds"].GetVersionInfo() {
 		t.Errorf("same model, different version: %s vs %s (versions should be content hashes)", cds.GetVersionInfo(), before["cds"].GetVersionInfo())
 	}
-	c2.ack(cds)
+	c2.ACK(cds)
 
 	// The same after a change made while the proxy was away: it gets the
 	// new endpoints on its first EDS request.
 	h2.stop()
 	h3 := startServer(t, newStore(t, testMesh("10.0.0.2", "10.0.0.3")))
 	c3 := h3.dial(t, "demo/frontend-1")
-	c3.send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, VersionInfo: before["eds"].GetVersionInfo(), ResourceNames: []string{apiCluster}})
-	eds := c3.recv(resourcev3.EndpointType)
+	c3.Send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, VersionInfo: before["eds"].GetVersionInfo(), ResourceNames: []string{apiCluster}})
+	eds := c3.Recv(resourcev3.EndpointType, 5*time.Second)
 	var cla endpointv3.ClusterLoadAssignment
 	if err := eds.GetResources()[0].UnmarshalTo(&cla); err != nil {
 		t.Fatal(err)
@@ -486,38 +343,38 @@ func TestResourceRequestedBeforeItExists(t *testing.T) {
 	st.Workloads[0].Upstreams = nil
 	h := startServer(t, newStore(t, st))
 	c := h.dial(t, "demo/frontend-1")
-	c.subscribe(resourcev3.EndpointType, apiCluster)
+	c.Subscribe(resourcev3.EndpointType, apiCluster)
 	// The server may answer at once with what it has, which is nothing.
 	select {
-	case r := <-c.resps:
+	case r := <-c.Resps:
 		if len(r.GetResources()) != 0 {
-			t.Fatalf("got %v before the service exists", names(r))
+			t.Fatalf("got %v before the service exists", adstest.Names(r))
 		}
-		c.ack(r, apiCluster)
+		c.ACK(r, apiCluster)
 	case <-time.After(300 * time.Millisecond):
 	}
 
 	if _, err := h.store.ReplaceState(testMesh("10.0.0.2")); err != nil {
 		t.Fatal(err)
 	}
-	e := c.recv(resourcev3.EndpointType)
-	if want := []string{apiCluster}; !slices.Equal(names(e), want) {
-		t.Errorf("endpoints = %v, want %v", names(e), want)
+	e := c.Recv(resourcev3.EndpointType, 5*time.Second)
+	if want := []string{apiCluster}; !slices.Equal(adstest.Names(e), want) {
+		t.Errorf("endpoints = %v, want %v", adstest.Names(e), want)
 	}
 }
 
 func TestBadNodeIDIsRefused(t *testing.T) {
 	h := startServer(t, newStore(t, testMesh("10.0.0.2")))
 	c := h.dial(t, "sidecar~10.0.0.1~frontend")
-	c.subscribe(resourcev3.ClusterType)
-	c.refused(codes.InvalidArgument, "namespace>/<workload")
+	c.Subscribe(resourcev3.ClusterType)
+	c.Refused(codes.InvalidArgument, "namespace>/<workload")
 }
 
 func TestUnknownWorkloadIsRefused(t *testing.T) {
 	h := startServer(t, newStore(t, testMesh("10.0.0.2")))
 	c := h.dial(t, "demo/nobody")
-	c.subscribe(resourcev3.ClusterType)
-	c.refused(codes.PermissionDenied, "not this workload")
+	c.Subscribe(resourcev3.ClusterType)
+	c.Refused(codes.PermissionDenied, "not this workload")
 	if n := metric(t, h.reg, "bulwark_xds_rejected_streams_total", "unknown_workload"); n != 1 {
 		t.Errorf("rejections counted = %v, want 1", n)
 	}
@@ -528,8 +385,8 @@ func TestUnknownWorkloadIsRefused(t *testing.T) {
 func TestSpoofedNodeIDGetsNothing(t *testing.T) {
 	h := startServer(t, newStore(t, testMesh("10.0.0.2")))
 	c := h.dialAs(t, "demo/frontend-1", h.pki.svid(t, "api"))
-	c.subscribe(resourcev3.ClusterType)
-	c.refused(codes.PermissionDenied, "your certificate is spiffe://cluster.local/ns/demo/sa/api")
+	c.Subscribe(resourcev3.ClusterType)
+	c.Refused(codes.PermissionDenied, "your certificate is spiffe://cluster.local/ns/demo/sa/api")
 	if n := metric(t, h.reg, "bulwark_xds_rejected_streams_total", "identity_mismatch"); n != 1 {
 		t.Errorf("spoofing attempts counted = %v, want 1", n)
 	}
@@ -538,30 +395,30 @@ func TestSpoofedNodeIDGetsNothing(t *testing.T) {
 	}
 	// The real frontend is not disturbed.
 	real := h.dial(t, "demo/frontend-1")
-	if got := syncAll(real); len(got["cds"].GetResources()) != 2 {
-		t.Errorf("frontend got %v", names(got["cds"]))
+	if got := syncAll(t, real); len(got["cds"].GetResources()) != 2 {
+		t.Errorf("frontend got %v", adstest.Names(got["cds"]))
 	}
 }
 
 func TestNoClientCertificateIsRefused(t *testing.T) {
 	h := startServer(t, newStore(t, testMesh("10.0.0.2")))
 	c := h.dialAs(t, "demo/frontend-1", nil)
-	c.subscribe(resourcev3.ClusterType)
-	c.refused(codes.Unauthenticated, "client certificate")
+	c.Subscribe(resourcev3.ClusterType)
+	c.Refused(codes.Unauthenticated, "client certificate")
 }
 
 func TestCertificateOfAnotherCAIsRefused(t *testing.T) {
 	h := startServer(t, newStore(t, testMesh("10.0.0.2")))
 	stranger := newPKI(t).svid(t, "frontend") // same trust domain name, another CA
 	c := h.dialAs(t, "demo/frontend-1", stranger)
-	c.subscribe(resourcev3.ClusterType)
+	c.Subscribe(resourcev3.ClusterType)
 	select {
-	case err := <-c.errs:
+	case err := <-c.Errs:
 		if status.Code(err) != codes.Unavailable {
 			t.Errorf("stream ended with %v, want the handshake to fail (Unavailable)", err)
 		}
-	case r := <-c.resps:
-		t.Fatalf("a certificate of another CA got %v", names(r))
+	case r := <-c.Resps:
+		t.Fatalf("a certificate of another CA got %v", adstest.Names(r))
 	case <-time.After(5 * time.Second):
 		t.Fatal("not refused")
 	}
@@ -570,11 +427,11 @@ func TestCertificateOfAnotherCAIsRefused(t *testing.T) {
 func TestDisconnectForgetsTheProxy(t *testing.T) {
 	h := startServer(t, newStore(t, testMesh("10.0.0.2")))
 	c := h.dial(t, "demo/frontend-1")
-	syncAll(c)
+	syncAll(t, c)
 	if n := len(h.store.Snapshot().Proxies()); n != 1 {
 		t.Fatalf("%d proxies recorded, want 1", n)
 	}
-	c.close()
+	c.Close()
 	deadline := time.Now().Add(5 * time.Second)
 	for len(h.store.Snapshot().Proxies()) != 0 {
 		if time.Now().After(deadline) {
