@@ -59,8 +59,8 @@ type Config struct {
 	Tokens TokenRedeemer
 	// ServiceAccounts checks ServiceAccount tokens; nil refuses them.
 	ServiceAccounts ServiceAccountReviewer
-	Logger     *slog.Logger
-	Registerer prometheus.Registerer
+	Logger          *slog.Logger
+	Registerer      prometheus.Registerer
 }
 
 // Server implements the CertificateService.
