@@ -24,6 +24,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/bulwarkmesh/bulwark/ca"
+	"github.com/bulwarkmesh/bulwark/internal/netnstest"
 )
 
 const (
@@ -52,7 +53,7 @@ func certFor(t *testing.T, id string) *tls.Certificate {
 // would never issue: to check that only the typed URI SAN counts.
 func forged(t *testing.T, uris []string, dns []string, cn string) *tls.Certificate {
 	t.Helper()
-	dir := filepath.Join(cl.dir, "ca")
+	dir := filepath.Join(cl.net.Dir, "ca")
 	certPEM, _ := os.ReadFile(filepath.Join(dir, ca.CertFile))
 	keyPEM, _ := os.ReadFile(filepath.Join(dir, ca.KeyFile))
 	b, _ := pem.Decode(certPEM)
@@ -87,9 +88,9 @@ func forged(t *testing.T, uris []string, dns []string, cn string) *tls.Certifica
 // the attacker's namespace straight to addr: over TLS with cert when
 // cert is set, in plaintext otherwise. It bypasses every client-side
 // normalization, so it tests the server sidecar alone.
-func rawHTTP(t *testing.T, from *pod, addr string, cert *tls.Certificate, rawPath string, header map[string]string) (int, string, error) {
+func rawHTTP(t *testing.T, from *netnstest.Pod, addr string, cert *tls.Certificate, rawPath string, header map[string]string) (int, string, error) {
 	t.Helper()
-	conn, err := dialIn(from, addr)
+	conn, err := netnstest.DialIn(from, addr)
 	if err != nil {
 		return 0, "", err
 	}
@@ -120,9 +121,9 @@ func rawHTTP(t *testing.T, from *pod, addr string, cert *tls.Certificate, rawPat
 }
 
 // accessLog returns the JSON access log lines of a pod's sidecar.
-func accessLog(t *testing.T, p *pod) []map[string]any {
+func accessLog(t *testing.T, p *netnstest.Pod) []map[string]any {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(cl.dir, p.name+".agent.log"))
+	b, err := os.ReadFile(cl.net.LogPath(p, "agent"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -138,7 +139,7 @@ func accessLog(t *testing.T, p *pod) []map[string]any {
 
 // logged waits for an access log line of p's sidecar with the given
 // request ID or path and returns its "details".
-func logged(t *testing.T, p *pod, path string, status int) string {
+func logged(t *testing.T, p *netnstest.Pod, path string, status int) string {
 	t.Helper()
 	var details string
 	eventually(t, "access log line for "+path, 10*time.Second, func() bool {
@@ -158,23 +159,23 @@ func logged(t *testing.T, p *pod, path string, status int) string {
 // names the rule; other's own allowed path works.
 func TestAuthorizationThroughSidecars(t *testing.T) {
 	frontend, other, api := cl.pods["frontend-1"], cl.pods["other-1"], cl.pods["api-1"]
-	if r, err := get(t, client(frontend, nil), apiVIP+"/hello-frontend", nil); err != nil || r.Caller != frontendID {
+	if r, err := get(t, netnstest.Client(frontend, nil), apiVIP+"/hello-frontend", nil); err != nil || r.Caller != frontendID {
 		t.Fatalf("frontend -> api: %v %+v", err, r)
 	}
-	_, err := get(t, client(other, nil), apiVIP+"/hello-other", nil)
+	_, err := get(t, netnstest.Client(other, nil), apiVIP+"/hello-other", nil)
 	if err == nil || !strings.Contains(err.Error(), "403") {
 		t.Fatalf("other -> api /hello-other: %v, want 403", err)
 	}
 	if d := logged(t, api, "/hello-other", 403); d != "rbac_access_denied_matched_policy[~default-deny]" {
 		t.Errorf("denial logged as %q, want the rule named", d)
 	}
-	if _, err := get(t, client(frontend, nil), apiVIP+"/admin", nil); err == nil || !strings.Contains(err.Error(), "403") {
+	if _, err := get(t, netnstest.Client(frontend, nil), apiVIP+"/admin", nil); err == nil || !strings.Contains(err.Error(), "403") {
 		t.Fatalf("frontend -> api /admin: %v, want 403", err)
 	}
 	if d := logged(t, api, "/admin", 403); d != "rbac_access_denied_matched_policy[demo/no-admin/0]" {
 		t.Errorf("denial logged as %q, want demo/no-admin/0", d)
 	}
-	if r, err := get(t, client(other, nil), apiVIP+"/public/x", nil); err != nil || r.Caller != otherID {
+	if r, err := get(t, netnstest.Client(other, nil), apiVIP+"/public/x", nil); err != nil || r.Caller != otherID {
 		t.Errorf("other -> api /public/x: %v %+v", err, r)
 	}
 }
@@ -260,7 +261,7 @@ func TestTCPDenyClosesTheConnection(t *testing.T) {
 		}
 		return bufio.NewReader(c).ReadString('\n')
 	}
-	conn, err := dialIn(attacker, echoPod)
+	conn, err := netnstest.DialIn(attacker, echoPod)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -271,7 +272,7 @@ func TestTCPDenyClosesTheConnection(t *testing.T) {
 		t.Errorf("other got an echo through a DENY rule: %q", line)
 	}
 	// frontend's app calls the service address; its sidecar does mTLS.
-	fc, err := dialIn(frontend, "10.96.0.11:9000")
+	fc, err := netnstest.DialIn(frontend, "10.96.0.11:9000")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -303,23 +304,23 @@ spec:
 	const stat = "http.inbound_8080.rbac.shadow_denied"
 	defer func() {
 		if t.Failed() {
-			body, _ := cl.admin(api, "/stats?filter=rbac")
+			body, _ := netnstest.Admin(api, "/stats?filter=rbac")
 			t.Logf("rbac stats:\n%s", body)
 		}
 	}()
 	eventually(t, "the dry run to count a request", 15*time.Second, func() bool {
-		if _, err := get(t, client(frontend, nil), apiVIP+"/v1/frozen/x", nil); err != nil {
+		if _, err := get(t, netnstest.Client(frontend, nil), apiVIP+"/v1/frozen/x", nil); err != nil {
 			t.Fatalf("a dry-run DENY blocked the request: %v", err)
 		}
-		body, err := cl.admin(api, "/stats?filter="+stat)
+		body, err := netnstest.Admin(api, "/stats?filter="+stat)
 		return err == nil && strings.Contains(body, stat+": ") && !strings.Contains(body, stat+": 0")
 	})
 	if t.Failed() {
-		body, _ := cl.admin(api, "/stats?filter=rbac")
+		body, _ := netnstest.Admin(api, "/stats?filter=rbac")
 		t.Logf("rbac stats:\n%s", body)
 	}
 	// Per rule, too.
-	body, err := cl.admin(api, "/stats?filter=freeze")
+	body, err := netnstest.Admin(api, "/stats?filter=freeze")
 	if err != nil || !strings.Contains(body, "demo/freeze/0") || !strings.Contains(body, "shadow_denied") {
 		t.Errorf("no per-rule shadow statistic for demo/freeze/0:\n%s", body)
 	}
@@ -328,8 +329,8 @@ spec:
 // TestConfigIsScopedByPolicy: a sidecar gets only the services its
 // identity may call: other may not use api's echo port, frontend may.
 func TestConfigIsScopedByPolicy(t *testing.T) {
-	has := func(p *pod, listener string) bool {
-		body, err := cl.admin(p, "/listeners")
+	has := func(p *netnstest.Pod, listener string) bool {
+		body, err := netnstest.Admin(p, "/listeners")
 		if err != nil {
 			t.Fatal(err)
 		}

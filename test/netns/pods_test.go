@@ -19,6 +19,7 @@ import (
 
 	"github.com/bulwarkmesh/bulwark/ca"
 	"github.com/bulwarkmesh/bulwark/demoapp"
+	"github.com/bulwarkmesh/bulwark/internal/netnstest"
 )
 
 const (
@@ -55,7 +56,7 @@ func get(t *testing.T, c *http.Client, url string, header map[string]string) (*d
 // TestSidecarToSidecar: frontend's app calls api by its service address;
 // both sidecars are in the path and api's app learns who called.
 func TestSidecarToSidecar(t *testing.T) {
-	r, err := get(t, client(cl.pods["frontend-1"], nil), apiVIP+"/hello", nil)
+	r, err := get(t, netnstest.Client(cl.pods["frontend-1"], nil), apiVIP+"/hello", nil)
 	if err != nil {
 		t.Fatalf("frontend -> api: %v", err)
 	}
@@ -99,15 +100,15 @@ func otherCA(t *testing.T) tls.Certificate {
 // address or its pod address.
 func TestStrictRefusesWhatHasNoMeshCertificate(t *testing.T) {
 	attacker := cl.pods["attacker"]
-	if _, err := get(t, client(attacker, nil), apiPodURL+"/", nil); err == nil {
+	if _, err := get(t, netnstest.Client(attacker, nil), apiPodURL+"/", nil); err == nil {
 		t.Error("plaintext from the attacker reached api")
 	}
 	insecure := &tls.Config{InsecureSkipVerify: true} // the attacker does not care who answers
-	if _, err := get(t, client(attacker, insecure), strings.Replace(apiPodURL, "http", "https", 1)+"/", nil); err == nil {
+	if _, err := get(t, netnstest.Client(attacker, insecure), strings.Replace(apiPodURL, "http", "https", 1)+"/", nil); err == nil {
 		t.Error("TLS without a client certificate reached api")
 	}
 	foreign := &tls.Config{InsecureSkipVerify: true, Certificates: []tls.Certificate{otherCA(t)}}
-	_, err := get(t, client(attacker, foreign), strings.Replace(apiPodURL, "http", "https", 1)+"/", nil)
+	_, err := get(t, netnstest.Client(attacker, foreign), strings.Replace(apiPodURL, "http", "https", 1)+"/", nil)
 	if err == nil {
 		t.Error("a certificate from another CA reached api")
 	}
@@ -129,14 +130,14 @@ func TestStrictRefusesWhatHasNoMeshCertificate(t *testing.T) {
 	if err != nil || status != http.StatusForbidden {
 		t.Errorf("a mesh certificate with no policy over the same path: %d, %v; want 403", status, err)
 	}
-	if _, err := get(t, client(cl.pods["frontend-1"], nil), apiVIP+"/", nil); err != nil {
+	if _, err := get(t, netnstest.Client(cl.pods["frontend-1"], nil), apiVIP+"/", nil); err != nil {
 		t.Errorf("frontend -> api after the attacks: %v", err)
 	}
 }
 
-func uptime(t *testing.T, p *pod) time.Duration {
+func uptime(t *testing.T, p *netnstest.Pod) time.Duration {
 	t.Helper()
-	body, err := cl.admin(p, "/server_info")
+	body, err := netnstest.Admin(p, "/server_info")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -197,7 +198,7 @@ spec:
 	var r *demoapp.Reply
 	eventually(t, "plaintext to be accepted", 15*time.Second, func() bool {
 		var err error
-		r, err = get(t, client(attacker, nil), apiPodURL+"/legacy/x", map[string]string{
+		r, err = get(t, netnstest.Client(attacker, nil), apiPodURL+"/legacy/x", map[string]string{
 			"X-Forwarded-Client-Cert": "URI=" + frontendID, // a forged identity
 		})
 		return err == nil
@@ -206,7 +207,7 @@ spec:
 		t.Errorf("a plaintext caller was given the identity %q", r.Caller)
 	}
 	// mTLS keeps working on the same port.
-	if r, err := get(t, client(cl.pods["frontend-1"], nil), apiVIP+"/", nil); err != nil || r.Caller != frontendID {
+	if r, err := get(t, netnstest.Client(cl.pods["frontend-1"], nil), apiVIP+"/", nil); err != nil || r.Caller != frontendID {
 		t.Errorf("frontend in PERMISSIVE: %v, caller %v", err, r)
 	}
 
@@ -223,11 +224,11 @@ spec:
 }
 
 // leafSerial returns the serial of the workload certificate Envoy holds.
-func leafSerial(t *testing.T, p *pod) string {
+func leafSerial(t *testing.T, p *netnstest.Pod) string {
 	t.Helper()
-	body, err := cl.admin(p, "/certs")
+	body, err := netnstest.Admin(p, "/certs")
 	if err != nil {
-		t.Fatalf("certs of %s: %v", p.name, err)
+		t.Fatalf("certs of %s: %v", p.Name, err)
 	}
 	var certs struct {
 		Certificates []struct {
@@ -240,7 +241,7 @@ func leafSerial(t *testing.T, p *pod) string {
 		} `json:"certificates"`
 	}
 	if err := json.Unmarshal([]byte(body), &certs); err != nil {
-		t.Fatalf("certs of %s: %v", p.name, err)
+		t.Fatalf("certs of %s: %v", p.Name, err)
 	}
 	for _, c := range certs.Certificates {
 		for _, cc := range c.CertChain {
@@ -267,7 +268,7 @@ func TestCertificatesRotateUnderTraffic(t *testing.T) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		c := client(frontend, nil)
+		c := netnstest.Client(frontend, nil)
 		for {
 			select {
 			case <-stop:
