@@ -13,7 +13,7 @@ RACE_PKGS := ./model/... ./meshfile/... ./xds/... ./authz/... ./attest/... ./iss
 # How long each fuzz target runs in `make test` (longer: make fuzz FUZZTIME=10m).
 FUZZTIME ?= 10s
 
-.PHONY: all build run test envoy lint fmt bench clean proto fuzz kind-up
+.PHONY: all build run test envoy lint fmt bench clean proto fuzz kind-up kube-apiserver
 
 all: build
 
@@ -40,9 +40,16 @@ lint:
 fmt:
 	gofmt -w $$(git ls-files '*.go')
 
-# Every test, with the real Envoy; Envoy tests fail (never skip) without it.
-test: envoy lint
-	ENVOY_BIN=$(abspath $(ENVOY)) $(GO) test -count=1 ./...
+# A real kube-apiserver for the Kubernetes tests, from its own module
+# (test/kube-apiserver): about 11 minutes cold on two cores, seconds after.
+KUBE_APISERVER := bin/kube-apiserver-test
+kube-apiserver:
+	cd test/kube-apiserver && $(GO) build -o ../../$(KUBE_APISERVER) .
+
+# Every test, with the real Envoy and the real API server; those tests
+# fail (never skip) without them.
+test: envoy lint kube-apiserver
+	ENVOY_BIN=$(abspath $(ENVOY)) BULWARK_KUBE_APISERVER=$(abspath $(KUBE_APISERVER)) $(GO) test -count=1 -timeout 30m ./...
 	$(GO) test -count=1 -race $(RACE_PKGS)
 	$(MAKE) --no-print-directory fuzz
 
