@@ -222,7 +222,7 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 		redeemer = tokens
 	}
 	iss, err := issuer.New(issuer.Config{CA: authority, Store: store, Tokens: redeemer, ServiceAccounts: saReview,
-		Logger: cfg.Logger, Registerer: reg})
+		Synced: synced, Logger: cfg.Logger, Registerer: reg})
 	if err != nil {
 		return nil, err
 	}

@@ -59,8 +59,11 @@ type Config struct {
 	Tokens TokenRedeemer
 	// ServiceAccounts checks ServiceAccount tokens; nil refuses them.
 	ServiceAccounts ServiceAccountReviewer
-	Logger          *slog.Logger
-	Registerer      prometheus.Registerer
+	// Synced is closed once the sources have synced; before, requests are
+	// asked to come back (Unavailable). Nil: synced already.
+	Synced     <-chan struct{}
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
 }
 
 // Server implements the CertificateService.
@@ -117,6 +120,13 @@ func (s *Server) SignCertificate(ctx context.Context, req *cav1.SignCertificateR
 }
 
 func (s *Server) sign(ctx context.Context, req *cav1.SignCertificateRequest, method *string) (*cav1.SignCertificateResponse, string, error) {
+	if s.cfg.Synced != nil {
+		select {
+		case <-s.cfg.Synced:
+		default:
+			return nil, "", status.Error(codes.Unavailable, "the control plane is still syncing its sources; retry")
+		}
+	}
 	csr, err := x509.ParseCertificateRequest(req.GetCsr())
 	if err != nil {
 		return nil, "", status.Errorf(codes.InvalidArgument, "csr: %v", err)

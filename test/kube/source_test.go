@@ -86,6 +86,9 @@ func TestClusterReachesTheProxy(t *testing.T) {
 	accessPolicy(t, ns, "api-from-frontend", allowFrom("frontend"))
 
 	cp := controlPlane(t, api.admin(), "bulwark-system", "cp-source")
+	eventually(t, "the pods to reach the model", 20*time.Second, func() bool {
+		return cp.Store.Snapshot().Workload(ns, fe.Name) != nil
+	})
 	ads := adstest.Dial(t, cp.XDSAddr.String(), ns+"/"+fe.Name, svidFor(t, cp, ns, "frontend"))
 	ads.Subscribe(resourcev3.ClusterType)
 	cds := ads.Recv(resourcev3.ClusterType, 20*time.Second)

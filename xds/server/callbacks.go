@@ -105,6 +105,13 @@ func (c *callbacks) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest)
 		return status.Error(codes.Internal, "unknown stream")
 	}
 	nodeID := req.GetNode().GetId()
+	if st.node == "" && !s.synced() {
+		// Before the sources sync, an unknown workload may just not be
+		// known yet: ask the proxy to come back rather than refuse it.
+		s.mu.Unlock()
+		s.m.rejected.WithLabelValues("not_synced").Inc()
+		return status.Error(codes.Unavailable, "the control plane is still syncing its sources; retry")
+	}
 	if st.node == "" {
 		ns, name, ok := model.ParseNodeID(nodeID)
 		if !ok {

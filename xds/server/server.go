@@ -295,6 +295,19 @@ func empty(r *xds.Resources) bool {
 	return len(r.Listeners)+len(r.Clusters)+len(r.Routes)+len(r.Endpoints) == 0
 }
 
+// synced reports whether the sources have synced.
+func (s *Server) synced() bool {
+	if s.cfg.Synced == nil {
+		return true
+	}
+	select {
+	case <-s.cfg.Synced:
+		return true
+	default:
+		return false
+	}
+}
+
 func asResources[T types.Resource](in []T) []types.Resource {
 	out := make([]types.Resource, len(in))
 	for i, r := range in {
