@@ -373,6 +373,9 @@ func keys[V any](m map[string]V) []string {
 // suggest returns " (did you mean "x"?)" when a known name is close to
 // the unknown one.
 func suggest(unknown string, known []string) string {
+	if len(unknown) > 64 {
+		return "" // no field name is that long; not worth a quadratic comparison
+	}
 	best, bestDist := "", 3
 	for _, k := range known {
 		if d := editDistance(strings.ToLower(unknown), strings.ToLower(k)); d < bestDist {
