@@ -1,6 +1,7 @@
 package xds
 
 import (
+	"errors"
 	"fmt"
 	"sort"
 	"time"
@@ -13,7 +14,6 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
-	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/bulwarkmesh/bulwark/authz"
 	"github.com/bulwarkmesh/bulwark/model"
@@ -26,6 +26,8 @@ type Resources struct {
 	Clusters  []*clusterv3.Cluster
 	Endpoints []*endpointv3.ClusterLoadAssignment
 }
+
+var errNoWorkload = errors.New("xds: no workload")
 
 // Options are the inputs of a translation that the model does not hold.
 type Options struct {
@@ -49,57 +51,12 @@ func (o Options) index(snap *model.Snapshot) *authz.Index {
 const connectTimeout = 5 * time.Second
 
 // Translate returns the configuration of the sidecar of workload w as the
-// snapshot describes it. It reads the snapshot only; the result is new and
-// owned by the caller. A service or upstream the snapshot no longer holds
-// is left out rather than failing the whole proxy.
+// snapshot describes it. It reads the snapshot only. A service or
+// upstream the snapshot no longer holds is left out rather than failing
+// the whole proxy. To translate many proxies of one snapshot, use a
+// Translator: it builds what proxies share once.
 func Translate(snap *model.Snapshot, w *model.Workload, opts Options) (*Resources, error) {
-	if w == nil {
-		return nil, fmt.Errorf("xds: no workload")
-	}
-	r := &Resources{}
-	td := snap.Mesh().TrustDomain
-	idx := opts.index(snap)
-	var virtualChains []*listenerv3.FilterChain
-	inspect := false
-	for _, in := range inboundPorts(snap, w) {
-		name := InboundName(in.port.TargetPort)
-		table := idx.Table(w, in.port.TargetPort, in.port.Protocol)
-		l := inboundListener(w, in, table, td)
-		if w.Transparent() {
-			// One listener takes all redirected traffic; each port is a
-			// filter chain matched by the original destination port.
-			for _, fc := range l.FilterChains {
-				if fc.FilterChainMatch == nil {
-					fc.FilterChainMatch = &listenerv3.FilterChainMatch{}
-				}
-				fc.FilterChainMatch.DestinationPort = wrapperspb.UInt32(in.port.TargetPort)
-				fc.Name = name + "|" + fc.Name
-				virtualChains = append(virtualChains, fc)
-			}
-			inspect = inspect || len(l.ListenerFilters) > 0
-		} else {
-			r.Listeners = append(r.Listeners, l)
-		}
-		r.Clusters = append(r.Clusters, staticCluster(name, w.LocalAddress, in.port.TargetPort))
-		if in.port.Protocol == model.ProtocolHTTP {
-			r.Routes = append(r.Routes, routeConfig(name, name, nil))
-		}
-	}
-	if w.Transparent() {
-		r.Listeners = append(r.Listeners, virtualInbound(virtualChains, inspect), virtualOutbound())
-		r.Clusters = append(r.Clusters, passthroughCluster())
-	}
-	for _, up := range upstreams(snap, w, idx) {
-		name := OutboundName(up.svc, up.port.Port)
-		r.Listeners = append(r.Listeners, outboundListener(w, up))
-		r.Clusters = append(r.Clusters, edsCluster(name, ServiceIdentities(snap, up.svc)))
-		r.Endpoints = append(r.Endpoints, loadAssignment(snap, up.svc, up.port, opts.Now))
-		if up.port.Protocol == model.ProtocolHTTP {
-			r.Routes = append(r.Routes, routeConfig(name, name, connectRetries()))
-		}
-	}
-	r.sort()
-	return r, nil
+	return NewTranslator(snap, opts).Translate(w)
 }
 
 // TranslateEndpoints returns only the load assignments of the sidecar of
@@ -108,23 +65,14 @@ func Translate(snap *model.Snapshot, w *model.Workload, opts Options) (*Resource
 // endpoints too (the identities a client accepts); callers compare
 // UpstreamIdentities to know when the fast path is not enough.
 func TranslateEndpoints(snap *model.Snapshot, w *model.Workload, opts Options) []*endpointv3.ClusterLoadAssignment {
-	var out []*endpointv3.ClusterLoadAssignment
-	for _, up := range upstreams(snap, w, opts.index(snap)) {
-		out = append(out, loadAssignment(snap, up.svc, up.port, opts.Now))
-	}
-	sortByName(out)
-	return out
+	return NewTranslator(snap, opts).Endpoints(w)
 }
 
 // UpstreamIdentities returns, for each outbound cluster of w, the
 // identities its client side accepts. When they change, the clusters
 // change, not only the load assignments.
 func UpstreamIdentities(snap *model.Snapshot, w *model.Workload, opts Options) map[string][]string {
-	out := map[string][]string{}
-	for _, up := range upstreams(snap, w, opts.index(snap)) {
-		out[OutboundName(up.svc, up.port.Port)] = ServiceIdentities(snap, up.svc)
-	}
-	return out
+	return NewTranslator(snap, opts).UpstreamIdentities(w)
 }
 
 // ServiceIdentities returns the SPIFFE IDs of the workloads behind the
