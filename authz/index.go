@@ -17,14 +17,24 @@ type Index struct {
 	mesh     model.Mesh
 	policies []*model.AccessPolicy
 
-	mu     sync.Mutex
-	tables map[string]*Table
+	mu       sync.Mutex
+	tables   map[string]*Table
+	backends map[*model.ServicePort]backends
+}
+
+// backends is what decides who may call a service port: the tables of
+// the ready workloads behind it, or unknown when one of them is not a
+// workload of the model (whose policy is then not known here).
+type backends struct {
+	unknown bool
+	tables  []*Table
 }
 
 // NewIndex returns an index over snap; now decides expired mTLS
 // exceptions.
 func NewIndex(snap *model.Snapshot, now time.Time) *Index {
-	return &Index{snap: snap, now: now, mesh: snap.Mesh(), policies: snap.AccessPolicies(), tables: map[string]*Table{}}
+	return &Index{snap: snap, now: now, mesh: snap.Mesh(), policies: snap.AccessPolicies(),
+		tables: map[string]*Table{}, backends: map[*model.ServicePort]backends{}}
 }
 
 // Table returns the table of target port port of w.
@@ -43,21 +53,49 @@ func (x *Index) Table(w *model.Workload, port uint32, proto model.Protocol) *Tab
 // MayCall reports whether peer may send anything at all to port of svc:
 // whether some workload behind it admits some request from peer.
 func (x *Index) MayCall(peer string, svc *model.Service, port *model.ServicePort) bool {
+	b := x.backendsOf(svc, port)
+	if b.unknown {
+		return true // do not hide a service whose policy is not known
+	}
+	for _, t := range b.tables {
+		if t.EvaluateAny(peer) != ReachNone {
+			return true
+		}
+	}
+	return false
+}
+
+// backendsOf collects, once per snapshot, the distinct tables behind a
+// service port: every caller identity asks the same question of them.
+func (x *Index) backendsOf(svc *model.Service, port *model.ServicePort) backends {
+	x.mu.Lock()
+	b, ok := x.backends[port]
+	x.mu.Unlock()
+	if ok {
+		return b
+	}
+	seen := map[*Table]bool{}
 	for _, ep := range x.snap.Endpoints(svc.Namespace, svc.Name) {
 		if !ep.Ready {
 			continue
 		}
 		w := x.snap.Workload(ep.Namespace, ep.Workload)
 		if w == nil {
-			return true // unknown workload: do not hide the service
+			b = backends{unknown: true}
+			break
 		}
 		target := ep.PortFor(port.Name)
 		if target == 0 {
 			continue
 		}
-		if x.Table(w, target, port.Protocol).EvaluateAny(peer) != ReachNone {
-			return true
+		t := x.Table(w, target, port.Protocol)
+		if !seen[t] {
+			seen[t] = true
+			b.tables = append(b.tables, t)
 		}
 	}
-	return false
+	x.mu.Lock()
+	x.backends[port] = b
+	x.mu.Unlock()
+	return b
 }

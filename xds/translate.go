@@ -37,6 +37,16 @@ type Options struct {
 	// workload port's authorization is compiled once. It must have been
 	// built from the same snapshot and Now.
 	Authz *authz.Index
+	// Secrets are the SDS secret names a proxy's SDS server provides, for
+	// Translator.Parts to check TLS contexts against. Defaults to Secrets.
+	Secrets []string
+}
+
+func (o Options) secrets() []string {
+	if o.Secrets == nil {
+		return Secrets
+	}
+	return o.Secrets
 }
 
 func (o Options) index(snap *model.Snapshot) *authz.Index {
@@ -57,22 +67,6 @@ const connectTimeout = 5 * time.Second
 // Translator: it builds what proxies share once.
 func Translate(snap *model.Snapshot, w *model.Workload, opts Options) (*Resources, error) {
 	return NewTranslator(snap, opts).Translate(w)
-}
-
-// TranslateEndpoints returns only the load assignments of the sidecar of
-// w: the fast path for a change that touched endpoints and nothing else.
-// It equals Translate(snap, w, opts).Endpoints. The clusters depend on
-// endpoints too (the identities a client accepts); callers compare
-// UpstreamIdentities to know when the fast path is not enough.
-func TranslateEndpoints(snap *model.Snapshot, w *model.Workload, opts Options) []*endpointv3.ClusterLoadAssignment {
-	return NewTranslator(snap, opts).Endpoints(w)
-}
-
-// UpstreamIdentities returns, for each outbound cluster of w, the
-// identities its client side accepts. When they change, the clusters
-// change, not only the load assignments.
-func UpstreamIdentities(snap *model.Snapshot, w *model.Workload, opts Options) map[string][]string {
-	return NewTranslator(snap, opts).UpstreamIdentities(w)
 }
 
 // ServiceIdentities returns the SPIFFE IDs of the workloads behind the
@@ -141,22 +135,34 @@ type upstream struct {
 // under transparent capture, every port of every service with an address
 // that w's identity may call at all (unless the mesh turns scoping off).
 func upstreams(snap *model.Snapshot, w *model.Workload, idx *authz.Index) []upstream {
+	ups, _ := upstreamsKeyed(snap, w, idx)
+	return ups
+}
+
+// upstreamsKeyed is upstreams with a key that is equal for two
+// transparent workloads of the snapshot exactly when their upstreams
+// are: one bit per service port, in the snapshot's order.
+func upstreamsKeyed(snap *model.Snapshot, w *model.Workload, idx *authz.Index) ([]upstream, string) {
 	var out []upstream
 	if w.Transparent() {
 		mesh := snap.Mesh()
 		me := w.Identity(mesh.TrustDomain).String()
+		var bits []byte
+		n := 0
 		for _, svc := range snap.Services() {
-			if svc.Address == "" {
-				continue
-			}
 			for i := range svc.Ports {
-				if mesh.Authorization.Scoped() && !idx.MayCall(me, svc, &svc.Ports[i]) {
-					continue
+				if n%8 == 0 {
+					bits = append(bits, 0)
 				}
-				out = append(out, upstream{svc: svc, port: &svc.Ports[i]})
+				ok := svc.Address != "" && (!mesh.Authorization.Scoped() || idx.MayCall(me, svc, &svc.Ports[i]))
+				if ok {
+					out = append(out, upstream{svc: svc, port: &svc.Ports[i]})
+					bits[n/8] |= 1 << (n % 8)
+				}
+				n++
 			}
 		}
-		return out
+		return out, string(bits)
 	}
 	for _, u := range w.Upstreams {
 		svc := snap.Service(u.Namespace, u.Service)
@@ -169,10 +175,11 @@ func upstreams(snap *model.Snapshot, w *model.Workload, idx *authz.Index) []upst
 		}
 		out = append(out, upstream{svc: svc, port: p, localPort: u.LocalPort})
 	}
-	return out
+	return out, "workload " + w.Key()
 }
 
-func (r *Resources) sort() {
+// Sort sorts each list by name.
+func (r *Resources) Sort() {
 	sortByName(r.Listeners)
 	sortByName(r.Routes)
 	sortByName(r.Clusters)
@@ -182,8 +189,31 @@ func (r *Resources) sort() {
 type named interface{ GetName() string }
 
 func sortByName[T any](s []T) {
-	sort.SliceStable(s, func(i, j int) bool { return name(s[i]) < name(s[j]) })
+	if len(s) < 2 {
+		return
+	}
+	names := make([]string, len(s))
+	for i := range s {
+		names[i] = name(s[i])
+	}
+	sort.Stable(byName[T]{s, names})
 }
+
+type byName[T any] struct {
+	items []T
+	names []string
+}
+
+func (b byName[T]) Len() int           { return len(b.items) }
+func (b byName[T]) Less(i, j int) bool { return b.names[i] < b.names[j] }
+func (b byName[T]) Swap(i, j int) {
+	b.items[i], b.items[j] = b.items[j], b.items[i]
+	b.names[i], b.names[j] = b.names[j], b.names[i]
+}
+
+// ResourceName is the xDS name of a listener, route configuration,
+// cluster or load assignment.
+func ResourceName(v any) string { return name(v) }
 
 func name(v any) string {
 	switch m := v.(type) {

@@ -50,8 +50,23 @@ func TestTranslateGolden(t *testing.T) {
 				if err := xds.Check(r, xds.Secrets); err != nil {
 					t.Errorf("check %s: %v", w.Key(), err)
 				}
-				if eds := xds.TranslateEndpoints(snap, w, opts); !sameProtos(eds, r.Endpoints) {
-					t.Errorf("%s: TranslateEndpoints differs from Translate(...).Endpoints", w.Key())
+				// What the server publishes: the same resources, as checked
+				// parts shared between proxies.
+				parts, err := xds.NewTranslator(snap, opts).Parts(w)
+				if err != nil {
+					t.Errorf("parts of %s: %v", w.Key(), err)
+				}
+				var union xds.Resources
+				for _, p := range parts {
+					union.Listeners = append(union.Listeners, p.Listeners...)
+					union.Clusters = append(union.Clusters, p.Clusters...)
+					union.Routes = append(union.Routes, p.Routes...)
+					union.Endpoints = append(union.Endpoints, p.Endpoints...)
+				}
+				union.Sort()
+				if !sameProtos(union.Listeners, r.Listeners) || !sameProtos(union.Clusters, r.Clusters) ||
+					!sameProtos(union.Routes, r.Routes) || !sameProtos(union.Endpoints, r.Endpoints) {
+					t.Errorf("%s: the union of Parts differs from Translate", w.Key())
 				}
 				dir := filepath.Join(golden.Name(in), w.Namespace+"."+w.Name)
 				out.Compare(filepath.Join(dir, "listeners.yaml"), golden.ProtoYAML(t, protos(r.Listeners)))

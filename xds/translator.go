@@ -1,6 +1,8 @@
 package xds
 
 import (
+	"errors"
+	"fmt"
 	"sort"
 	"strings"
 	"sync"
@@ -31,8 +33,41 @@ type Translator struct {
 	mu       sync.Mutex
 	outbound map[string]*outboundPieces // by cluster name
 	inbound  map[string]*inboundPieces  // by inbound class
-	scope    map[string][]upstream      // transparent upstreams by caller identity
+	scope    map[string]scope           // transparent upstreams by caller identity
 	ids      map[string][]string        // service identities by service key
+	inParts  map[string]*Part           // by inbound class
+	outParts map[string]*Part           // by upstream list (see outKey)
+}
+
+// Part is a group of resources that several proxies share: the inbound
+// side of a class of workloads, or the outbound side of a list of
+// upstreams. A proxy's configuration is the union of its parts; no two
+// parts of a proxy define the same name. Parts are immutable.
+type Part struct {
+	Resources // each list sorted by name
+	// err is the result of Check on this part alone.
+	err error
+	// names holds every name the part defines, by kind, to tell a
+	// collision between parts.
+	names map[string]bool
+}
+
+func newPart(r Resources, secrets []string) *Part {
+	r.Sort()
+	p := &Part{Resources: r, err: Check(&r, secrets), names: map[string]bool{}}
+	for _, l := range r.Listeners {
+		p.names["l/"+l.GetName()] = true
+	}
+	for _, c := range r.Clusters {
+		p.names["c/"+c.GetName()] = true
+	}
+	for _, rc := range r.Routes {
+		p.names["r/"+rc.GetName()] = true
+	}
+	for _, e := range r.Endpoints {
+		p.names["e/"+e.GetClusterName()] = true
+	}
+	return p
 }
 
 type outboundPieces struct {
@@ -53,22 +88,87 @@ func NewTranslator(snap *model.Snapshot, opts Options) *Translator {
 	return &Translator{
 		snap: snap, opts: opts, idx: opts.index(snap), td: snap.Mesh().TrustDomain,
 		outbound: map[string]*outboundPieces{}, inbound: map[string]*inboundPieces{},
-		scope: map[string][]upstream{}, ids: map[string][]string{},
+		scope: map[string]scope{}, ids: map[string][]string{},
+		inParts: map[string]*Part{}, outParts: map[string]*Part{},
 	}
 }
 
-// Translate returns the configuration of w's sidecar.
+// Translate returns the configuration of w's sidecar, unchecked: the
+// union of its parts, sorted.
 func (t *Translator) Translate(w *model.Workload) (*Resources, error) {
 	if w == nil {
 		return nil, errNoWorkload
 	}
-	in := t.inboundOf(w)
-	r := &Resources{
-		Listeners: append([]*listenerv3.Listener{}, in.listeners...),
-		Clusters:  append([]*clusterv3.Cluster{}, in.clusters...),
-		Routes:    append([]*routev3.RouteConfiguration{}, in.routes...),
+	r := &Resources{}
+	for _, p := range []*Part{t.inboundPart(w), t.outboundPart(w)} {
+		r.Listeners = append(r.Listeners, p.Listeners...)
+		r.Clusters = append(r.Clusters, p.Clusters...)
+		r.Routes = append(r.Routes, p.Routes...)
+		r.Endpoints = append(r.Endpoints, p.Endpoints...)
 	}
-	for _, up := range t.upstreams(w) {
+	r.Sort()
+	return r, nil
+}
+
+// Parts returns the configuration of w's sidecar as the parts it shares
+// with other sidecars, each checked (see Check, with the Secrets of the
+// translator's options) and no two defining the same name. Otherwise it
+// returns an error wrapping ErrInconsistent and the configuration must
+// not be published.
+func (t *Translator) Parts(w *model.Workload) ([]*Part, error) {
+	if w == nil {
+		return nil, errNoWorkload
+	}
+	in, out := t.inboundPart(w), t.outboundPart(w)
+	if err := errors.Join(in.err, out.err); err != nil {
+		return nil, err
+	}
+	small, large := in, out
+	if len(small.names) > len(large.names) {
+		small, large = large, small
+	}
+	for n := range small.names {
+		if large.names[n] {
+			return nil, fmt.Errorf("%w: %q is defined by the inbound and the outbound side", ErrInconsistent, n[2:])
+		}
+	}
+	return []*Part{in, out}, nil
+}
+
+func (t *Translator) inboundPart(w *model.Workload) *Part {
+	class := inboundClass(w)
+	t.mu.Lock()
+	p, ok := t.inParts[class]
+	t.mu.Unlock()
+	if ok {
+		return p
+	}
+	in := t.inboundOf(w)
+	p = newPart(Resources{Listeners: in.listeners, Clusters: in.clusters, Routes: in.routes}, t.opts.secrets())
+	t.mu.Lock()
+	if prev, ok := t.inParts[class]; ok {
+		p = prev
+	} else {
+		t.inParts[class] = p
+	}
+	t.mu.Unlock()
+	return p
+}
+
+// outboundPart returns the outbound side of w's sidecar. Under
+// transparent capture, every workload that calls the same list of
+// upstreams shares it; an explicit sidecar's listeners are its own.
+func (t *Translator) outboundPart(w *model.Workload) *Part {
+	sc := t.upstreams(w)
+	ups := sc.ups
+	t.mu.Lock()
+	p, ok := t.outParts[sc.key]
+	t.mu.Unlock()
+	if ok {
+		return p
+	}
+	var r Resources
+	for _, up := range ups {
 		o := t.outboundOf(up)
 		if w.Transparent() {
 			r.Listeners = append(r.Listeners, o.transparent)
@@ -81,28 +181,15 @@ func (t *Translator) Translate(w *model.Workload) (*Resources, error) {
 			r.Routes = append(r.Routes, o.route)
 		}
 	}
-	r.sort()
-	return r, nil
-}
-
-// Endpoints returns only the load assignments of w's sidecar.
-func (t *Translator) Endpoints(w *model.Workload) []*endpointv3.ClusterLoadAssignment {
-	var out []*endpointv3.ClusterLoadAssignment
-	for _, up := range t.upstreams(w) {
-		out = append(out, t.outboundOf(up).cla)
+	p = newPart(r, t.opts.secrets())
+	t.mu.Lock()
+	if prev, ok := t.outParts[sc.key]; ok {
+		p = prev
+	} else {
+		t.outParts[sc.key] = p
 	}
-	sortByName(out)
-	return out
-}
-
-// UpstreamIdentities returns, for each outbound cluster of w, the
-// identities its client side accepts.
-func (t *Translator) UpstreamIdentities(w *model.Workload) map[string][]string {
-	out := map[string][]string{}
-	for _, up := range t.upstreams(w) {
-		out[OutboundName(up.svc, up.port.Port)] = t.serviceIdentities(up.svc)
-	}
-	return out
+	t.mu.Unlock()
+	return p
 }
 
 func (t *Translator) serviceIdentities(svc *model.Service) []string {
@@ -123,22 +210,31 @@ func (t *Translator) serviceIdentities(svc *model.Service) []string {
 // under transparent capture, every port of every service with an address
 // that w's identity may call at all (unless the mesh turns scoping off).
 // What an identity may call is the same for every workload that has it.
-func (t *Translator) upstreams(w *model.Workload) []upstream {
+func (t *Translator) upstreams(w *model.Workload) scope {
 	if !w.Transparent() {
-		return upstreams(t.snap, w, t.idx)
+		ups, key := upstreamsKeyed(t.snap, w, t.idx)
+		return scope{ups, key}
 	}
 	me := w.Identity(t.td).String()
 	t.mu.Lock()
-	ups, ok := t.scope[me]
+	sc, ok := t.scope[me]
 	t.mu.Unlock()
 	if ok {
-		return ups
+		return sc
 	}
-	ups = upstreams(t.snap, w, t.idx)
+	ups, key := upstreamsKeyed(t.snap, w, t.idx)
+	sc = scope{ups, key}
 	t.mu.Lock()
-	t.scope[me] = ups
+	t.scope[me] = sc
 	t.mu.Unlock()
-	return ups
+	return sc
+}
+
+// scope is the upstreams of a workload and a key equal for workloads
+// whose upstreams are.
+type scope struct {
+	ups []upstream
+	key string
 }
 
 // outboundOf returns the shared pieces of a service port.
