@@ -257,12 +257,12 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	cp := &ControlPlane{XDSAddr: xdsLis.Addr(), Store: store, Server: srv, CA: authority, Tokens: tokens, Identity: id, CADir: cfg.CADir,
 		cancel: cancel, ctx: ctx, group: g}
 
-	grpcServer := grpc.NewServer(
+	grpcServer := grpc.NewServer(append(server.ServerOptions(),
 		grpc.Creds(credentials.NewTLS(spiffetls.ServerConfig(own, own, td))),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.MaxConcurrentStreams(1<<16),
-	)
+	)...)
 	srv.Register(ctx, grpcServer)
 	iss.Register(grpcServer)
 

@@ -9,6 +9,7 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	gcplog "github.com/envoyproxy/go-control-plane/pkg/log"
 	"github.com/envoyproxy/go-control-plane/pkg/server/config"
 	sotwv3 "github.com/envoyproxy/go-control-plane/pkg/server/sotw/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
@@ -19,6 +20,8 @@ import (
 )
 
 func sotwOrdered() config.XDSOption { return sotwv3.WithOrderedADS() }
+
+func sotwLogger(l gcplog.Logger) config.XDSOption { return sotwv3.WithLogger(l) }
 
 // stream is one open ADS stream. Its fields are guarded by Server.mu.
 type stream struct {
@@ -83,7 +86,7 @@ func (c *callbacks) OnStreamClosed(id int64, _ *corev3.Node) {
 	s.m.connected.Set(float64(len(s.proxies)))
 	s.mu.Unlock()
 	if gone != "" {
-		s.cache.ClearSnapshot(gone)
+		s.cache.ClearNode(gone)
 		if err := s.cfg.Store.DeleteProxy(gone); err != nil {
 			s.log.Error("cannot forget proxy", "node", gone, "err", err)
 		}

@@ -8,10 +8,9 @@ import (
 	gcplog "github.com/envoyproxy/go-control-plane/pkg/log"
 )
 
-// cacheLogger adapts slog to go-control-plane's logger. The cache's own
-// chatter is debug level, and so are its warnings: the only one it gives
-// ("ADS mode: not responding") is routine while a proxy's subscriptions
-// catch up with a new snapshot. Errors stay errors.
+// cacheLogger adapts slog to go-control-plane's logger. The ADS server's
+// chatter (a stale nonce skipped, a new subscription) is debug level, and
+// so are its warnings. Errors stay errors.
 type cacheLogger struct{ l *slog.Logger }
 
 var _ gcplog.Logger = cacheLogger{}

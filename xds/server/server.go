@@ -2,9 +2,6 @@ package server
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,18 +10,16 @@ import (
 	"time"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
-	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/bulwarkmesh/bulwark/authz"
 	"github.com/bulwarkmesh/bulwark/model"
 	"github.com/bulwarkmesh/bulwark/xds"
+	"github.com/bulwarkmesh/bulwark/xds/fanout"
 )
 
 // Config configures a Server.
@@ -63,23 +58,16 @@ type Server struct {
 	cfg   Config
 	log   *slog.Logger
 	m     *metrics
-	cache cachev3.SnapshotCache
+	cache *fanout.Cache
 	xds   serverv3.Server
 
 	mu      sync.Mutex
 	streams map[int64]*stream      // open ADS streams
 	proxies map[string]*proxyState // by node ID, while any stream is open
 
-	// published is touched only by the Run goroutine.
-	published map[string]*published
-}
-
-// published is what the cache holds for one proxy.
-type published struct {
-	proxy      *model.Proxy // the connection it was made for
-	resources  *xds.Resources
-	identities map[string][]string // xds.UpstreamIdentities when translated
-	versions   [types.UnknownType]string
+	// published maps each proxy the cache has a configuration for to the
+	// connection it was made for. Touched only by the Run goroutine.
+	published map[string]*model.Proxy
 }
 
 // New returns a server for cfg. It does nothing until Run.
@@ -108,16 +96,23 @@ func New(cfg Config) (*Server, error) {
 		m:         newMetrics(cfg.Registerer),
 		streams:   map[int64]*stream{},
 		proxies:   map[string]*proxyState{},
-		published: map[string]*published{},
+		published: map[string]*model.Proxy{},
+		cache:     fanout.NewCache(),
 	}
-	s.cache = cachev3.NewSnapshotCache(true, cachev3.IDHash{}, cacheLogger{s.log})
 	return s, nil
+}
+
+// ServerOptions are the options the gRPC server that the Server is
+// registered on should have: a codec that writes the configuration every
+// proxy shares without copying it per stream.
+func ServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{grpc.ForceServerCodecV2(fanout.Codec())}
 }
 
 // Register adds the aggregated discovery service to g. The server's
 // context bounds the streams it serves.
 func (s *Server) Register(ctx context.Context, g grpc.ServiceRegistrar) {
-	s.xds = serverv3.NewServer(ctx, s.cache, &callbacks{s}, sotwOrdered())
+	s.xds = serverv3.NewServer(ctx, s.cache, &callbacks{s}, sotwOrdered(), sotwLogger(cacheLogger{s.log}))
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(g, s.xds)
 }
 
@@ -137,7 +132,7 @@ func (s *Server) Run(ctx context.Context) error {
 	for _, t := range model.Tables {
 		all[t] = true
 	}
-	s.sync(ctx, snap, all)
+	s.sync(snap, all)
 	for {
 		watch := snap.Watch()
 		// An mTLS exception that runs out changes modes without any change
@@ -158,7 +153,7 @@ func (s *Server) Run(ctx context.Context) error {
 			}
 			s.log.Info("an mTLS exception expired; its ports are STRICT again")
 			snap = s.cfg.Store.Snapshot()
-			s.sync(ctx, snap, all)
+			s.sync(snap, all)
 			continue
 		}
 		// Coalesce: wait until the model has been quiet for Debounce, or
@@ -186,113 +181,78 @@ func (s *Server) Run(ctx context.Context) error {
 			}
 		}
 		snap = s.cfg.Store.Snapshot()
-		s.sync(ctx, snap, changed)
+		s.sync(snap, changed)
 	}
 }
 
-// sync publishes the snapshot to every connected proxy that the changed
-// tables affect.
-func (s *Server) sync(ctx context.Context, snap *model.Snapshot, changed map[string]bool) {
+// sync publishes the snapshot to every connected proxy. When only the
+// proxies changed, only those that (re)connected are translated;
+// otherwise all are. A translation pass builds what proxies share once,
+// and the cache only answers the proxies, and the types, that changed.
+func (s *Server) sync(snap *model.Snapshot, changed map[string]bool) {
 	start := time.Now()
-	full := changed[model.TableMesh] || changed[model.TableServices] || changed[model.TableWorkloads] ||
-		changed[model.TableMTLS] || changed[model.TableAccess]
-	endpoints := changed[model.TableEndpoints]
+	modelChanged := false
+	for t := range changed {
+		if t != model.TableProxies {
+			modelChanged = true
+		}
+	}
 	now := s.cfg.Now()
-	opts := xds.Options{Now: now, Authz: authz.NewIndex(snap, now)}
+	tr := xds.NewTranslator(snap, xds.Options{Now: now, Authz: authz.NewIndex(snap, now), Secrets: s.cfg.Secrets})
+	prep := fanout.NewPreparer()
 	td := snap.Mesh().TrustDomain
 	live := map[string]bool{}
+	updated := 0
 	for _, p := range snap.Proxies() {
 		live[p.ID] = true
-		prev := s.published[p.ID]
-		reconnected := prev == nil || prev.proxy != p
-		w := snap.Workload(p.Namespace, p.Workload)
-		var res *xds.Resources
-		var ids map[string][]string
-		if w != nil {
-			ids = xds.UpstreamIdentities(snap, w, opts)
-		}
-		// New identities behind a service change its clusters too, so the
-		// endpoint fast path is not enough.
-		retranslate := reconnected || full || (endpoints && !reflect.DeepEqual(ids, prev.identities))
-		if w != nil && w.Identity(td).String() != p.Identity {
-			// The workload's identity changed under a connected proxy: the
-			// proxy no longer proves it is that workload.
-			w = nil
-		}
-		switch {
-		case retranslate || (w == nil && prev != nil && prev.resources != nil && !empty(prev.resources)):
-			if w == nil {
-				s.log.Warn("proxy's workload is gone from the mesh or has another identity now; it gets no configuration",
-					"node", p.ID, "workload", p.WorkloadKey(), "identity", p.Identity)
-				res = &xds.Resources{}
-				break
-			}
-			r, err := xds.Translate(snap, w, opts)
-			if err != nil {
-				s.m.translateErrs.Inc()
-				s.log.Error("translation failed; the proxy keeps its last configuration", "node", p.ID, "err", err)
-				continue
-			}
-			res = r
-		case endpoints && w != nil:
-			r := *prev.resources
-			r.Endpoints = xds.TranslateEndpoints(snap, w, opts)
-			res = &r
-		default:
+		if !modelChanged && s.published[p.ID] == p {
 			continue
 		}
-		s.publish(ctx, p, prev, res, ids)
+		w := snap.Workload(p.Namespace, p.Workload)
+		var parts []*xds.Part
+		// A proxy whose workload is gone, or whose identity changed under
+		// it (it no longer proves it is that workload), gets an empty
+		// configuration.
+		gone := w == nil || w.Identity(td).String() != p.Identity
+		if !gone {
+			var err error
+			parts, err = tr.Parts(w)
+			if err != nil {
+				if errors.Is(err, xds.ErrInconsistent) {
+					s.m.inconsistent.Inc()
+					s.log.Error("configuration withheld: it failed the consistency check; the proxy keeps its last configuration",
+						"node", p.ID, "err", err)
+				} else {
+					s.m.translateErrs.Inc()
+					s.log.Error("translation failed; the proxy keeps its last configuration", "node", p.ID, "err", err)
+				}
+				continue
+			}
+		}
+		cfg, err := prep.Prepare(parts)
+		if err != nil {
+			s.m.translateErrs.Inc()
+			s.log.Error("cannot encode configuration; the proxy keeps its last configuration", "node", p.ID, "err", err)
+			continue
+		}
+		s.published[p.ID] = p
+		if ch := s.cache.SetNode(p.ID, cfg); ch != [len(fanout.Kinds)]bool{} {
+			updated++
+			if gone {
+				s.log.Warn("proxy's workload is gone from the mesh or has another identity now; it gets no configuration",
+					"node", p.ID, "workload", p.WorkloadKey(), "identity", p.Identity)
+			}
+			s.log.Debug("published", "node", p.ID, "versions", cfg.Versions())
+		}
 	}
 	for id := range s.published {
 		if !live[id] {
 			delete(s.published, id)
 		}
 	}
+	s.m.snapshotsSet.Add(float64(updated))
 	s.m.syncs.Inc()
 	s.m.syncDuration.Observe(time.Since(start).Seconds())
-}
-
-// publish checks res and hands it to the cache if it differs from what
-// the proxy has.
-func (s *Server) publish(ctx context.Context, p *model.Proxy, prev *published, res *xds.Resources, ids map[string][]string) {
-	if err := xds.Check(res, s.cfg.Secrets); err != nil {
-		s.m.inconsistent.Inc()
-		s.log.Error("configuration withheld: it failed the consistency check; the proxy keeps its last configuration",
-			"node", p.ID, "err", err)
-		return
-	}
-	byType := map[types.ResponseType][]types.Resource{
-		types.Listener: asResources(res.Listeners),
-		types.Route:    asResources(res.Routes),
-		types.Cluster:  asResources(res.Clusters),
-		types.Endpoint: asResources(res.Endpoints),
-	}
-	next := &published{proxy: p, resources: res, identities: ids}
-	snapshot := &cachev3.Snapshot{}
-	for t, items := range byType {
-		v, err := version(items)
-		if err != nil {
-			s.log.Error("cannot version configuration", "node", p.ID, "err", err)
-			return
-		}
-		next.versions[t] = v
-		snapshot.Resources[t] = cachev3.NewResources(v, items)
-	}
-	if prev != nil && prev.proxy == p && prev.versions == next.versions {
-		s.published[p.ID] = next
-		return
-	}
-	if err := s.cache.SetSnapshot(ctx, p.ID, snapshot); err != nil {
-		s.log.Error("cannot set snapshot", "node", p.ID, "err", err)
-		return
-	}
-	s.published[p.ID] = next
-	s.m.snapshotsSet.Inc()
-	s.log.Debug("published", "node", p.ID, "listeners", len(res.Listeners), "clusters", len(res.Clusters))
-}
-
-func empty(r *xds.Resources) bool {
-	return len(r.Listeners)+len(r.Clusters)+len(r.Routes)+len(r.Endpoints) == 0
 }
 
 // synced reports whether the sources have synced.
@@ -306,34 +266,6 @@ func (s *Server) synced() bool {
 	default:
 		return false
 	}
-}
-
-func asResources[T types.Resource](in []T) []types.Resource {
-	out := make([]types.Resource, len(in))
-	for i, r := range in {
-		out[i] = r
-	}
-	return out
-}
-
-// version is a hash of the resources' deterministic encoding: equal
-// content, equal version, so an unchanged type is never sent again, and a
-// control plane restarted on the same model agrees with what its proxies
-// already have.
-func version(items []types.Resource) (string, error) {
-	h := sha256.New()
-	var n [8]byte
-	opts := proto.MarshalOptions{Deterministic: true}
-	for _, r := range items {
-		b, err := opts.Marshal(r)
-		if err != nil {
-			return "", err
-		}
-		binary.BigEndian.PutUint64(n[:], uint64(len(b)))
-		h.Write(n[:])
-		h.Write(b)
-	}
-	return hex.EncodeToString(h.Sum(nil)[:8]), nil
 }
 
 // waitAny blocks until one of chans is closed (true), or a timer in

@@ -126,7 +126,7 @@ func startServer(t *testing.T, store *model.Store) *harness {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(spiffetls.ServerConfig(p.cp, p.cp, td))))
+	g := grpc.NewServer(append(server.ServerOptions(), grpc.Creds(credentials.NewTLS(spiffetls.ServerConfig(p.cp, p.cp, td))))...)
 	srv.Register(ctx, g)
 	done := make(chan struct{}, 2)
 	go func() { _ = g.Serve(lis); done <- struct{}{} }()

@@ -1,0 +1,295 @@
+package fanout
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"sort"
+	"sync"
+
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/bulwarkmesh/bulwark/xds"
+)
+
+// Kind is one of the four resource types a sidecar is sent.
+type Kind int
+
+// The kinds, in the order ADS answers them when several change at once:
+// clusters before their endpoints, listeners before their routes.
+const (
+	Clusters Kind = iota
+	Endpoints
+	Listeners
+	Routes
+	numKinds
+)
+
+// Kinds lists every kind in answering order.
+var Kinds = [numKinds]Kind{Clusters, Endpoints, Listeners, Routes}
+
+var typeURLs = [numKinds]string{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.ListenerType, resourcev3.RouteType}
+
+// TypeURL returns the kind's xDS type URL.
+func (k Kind) TypeURL() string { return typeURLs[k] }
+
+func kindOf(typeURL string) (Kind, bool) {
+	for k, u := range typeURLs {
+		if u == typeURL {
+			return Kind(k), true
+		}
+	}
+	return 0, false
+}
+
+// fullState reports whether every response of the kind must hold every
+// resource (listeners and clusters: a resource left out is removed).
+// For the others a response may carry only what changed.
+func (k Kind) fullState() bool { return k == Clusters || k == Listeners }
+
+// Piece is one resource, marshaled once.
+type Piece struct {
+	Name string
+	// Version is a hash of the encoding: equal content, equal version.
+	Version string
+	any     *anypb.Any
+	// enc is the resource as it appears in a DiscoveryResponse: field
+	// "resources" (tag, length, Any).
+	enc mem.Buffer
+}
+
+// Group is the resources of one kind of one xds.Part, sorted by name.
+type Group struct {
+	Version string
+	Pieces  []*Piece
+}
+
+func (g *Group) lookup(name string) *Piece {
+	i := sort.Search(len(g.Pieces), func(i int) bool { return g.Pieces[i].Name >= name })
+	if i < len(g.Pieces) && g.Pieces[i].Name == name {
+		return g.Pieces[i]
+	}
+	return nil
+}
+
+// Set is what one node is sent of one kind: the union of groups that no
+// two define the same name. Sets are immutable and shared.
+type Set struct {
+	Version string
+	groups  []*Group
+	n       int
+
+	once     sync.Once
+	versions map[string]string
+}
+
+// Len is the number of resources in the set.
+func (s *Set) Len() int { return s.n }
+
+func (s *Set) lookup(name string) *Piece {
+	for _, g := range s.groups {
+		if p := g.lookup(name); p != nil {
+			return p
+		}
+	}
+	return nil
+}
+
+func (s *Set) all() []*Piece {
+	out := make([]*Piece, 0, s.n)
+	for _, g := range s.groups {
+		out = append(out, g.Pieces...)
+	}
+	return out
+}
+
+// Names returns every resource name in the set, sorted.
+func (s *Set) Names() []string {
+	out := make([]string, 0, s.n)
+	for _, p := range s.all() {
+		out = append(out, p.Name)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Versions maps each resource name to its version. The map is built
+// once and shared: callers must not modify it.
+func (s *Set) Versions() map[string]string {
+	s.once.Do(func() {
+		s.versions = make(map[string]string, s.n)
+		for _, g := range s.groups {
+			for _, p := range g.Pieces {
+				s.versions[p.Name] = p.Version
+			}
+		}
+	})
+	return s.versions
+}
+
+// Config is one node's configuration: a set per kind.
+type Config [numKinds]*Set
+
+// Versions returns the version of each kind.
+func (c Config) Versions() [numKinds]string {
+	var v [numKinds]string
+	for k, s := range c {
+		if s != nil {
+			v[k] = s.Version
+		}
+	}
+	return v
+}
+
+// Preparer turns translated parts into Configs for one translation pass,
+// marshaling each resource once and building each group and set once
+// however many nodes share it. Safe for concurrent use.
+type Preparer struct {
+	mu     sync.Mutex
+	pieces map[proto.Message]*Piece
+	groups map[groupKey]*Group
+	sets   map[string]*Set // by kind and version
+}
+
+type groupKey struct {
+	part *xds.Part
+	kind Kind
+}
+
+// NewPreparer returns an empty preparer.
+func NewPreparer() *Preparer {
+	return &Preparer{pieces: map[proto.Message]*Piece{}, groups: map[groupKey]*Group{}, sets: map[string]*Set{}}
+}
+
+// Prepare returns the configuration made of parts. No parts is the
+// empty configuration: a proxy that must have nothing.
+func (p *Preparer) Prepare(parts []*xds.Part) (Config, error) {
+	var cfg Config
+	for _, k := range Kinds {
+		groups := make([]*Group, 0, len(parts))
+		for _, part := range parts {
+			g, err := p.group(part, k)
+			if err != nil {
+				return Config{}, err
+			}
+			if len(g.Pieces) > 0 {
+				groups = append(groups, g)
+			}
+		}
+		cfg[k] = p.set(k, groups)
+	}
+	return cfg, nil
+}
+
+func (p *Preparer) set(k Kind, groups []*Group) *Set {
+	h := sha256.New()
+	n := 0
+	for _, g := range groups {
+		h.Write([]byte(g.Version))
+		n += len(g.Pieces)
+	}
+	version := hex.EncodeToString(h.Sum(nil)[:8])
+	key := typeURLs[k] + "/" + version
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if s, ok := p.sets[key]; ok {
+		return s
+	}
+	s := &Set{Version: version, groups: groups, n: n}
+	p.sets[key] = s
+	return s
+}
+
+func (p *Preparer) group(part *xds.Part, k Kind) (*Group, error) {
+	key := groupKey{part, k}
+	p.mu.Lock()
+	g, ok := p.groups[key]
+	p.mu.Unlock()
+	if ok {
+		return g, nil
+	}
+	var msgs []proto.Message
+	switch k {
+	case Clusters:
+		msgs = asMessages(part.Clusters)
+	case Endpoints:
+		msgs = asMessages(part.Endpoints)
+	case Listeners:
+		msgs = asMessages(part.Listeners)
+	case Routes:
+		msgs = asMessages(part.Routes)
+	}
+	g = &Group{Pieces: make([]*Piece, 0, len(msgs))}
+	h := sha256.New()
+	var n [8]byte
+	for _, m := range msgs {
+		pc, err := p.piece(m, typeURLs[k])
+		if err != nil {
+			return nil, err
+		}
+		g.Pieces = append(g.Pieces, pc)
+		for _, s := range []string{pc.Name, pc.Version} {
+			binary.BigEndian.PutUint64(n[:], uint64(len(s)))
+			h.Write(n[:])
+			h.Write([]byte(s))
+		}
+	}
+	g.Version = hex.EncodeToString(h.Sum(nil)[:8])
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if prev, ok := p.groups[key]; ok {
+		return prev, nil
+	}
+	p.groups[key] = g
+	return g, nil
+}
+
+func (p *Preparer) piece(m proto.Message, typeURL string) (*Piece, error) {
+	p.mu.Lock()
+	pc, ok := p.pieces[m]
+	p.mu.Unlock()
+	if ok {
+		return pc, nil
+	}
+	pc, err := NewPiece(m, typeURL)
+	if err != nil {
+		return nil, err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if prev, ok := p.pieces[m]; ok {
+		return prev, nil
+	}
+	p.pieces[m] = pc
+	return pc, nil
+}
+
+// NewPiece marshals one resource deterministically.
+func NewPiece(m proto.Message, typeURL string) (*Piece, error) {
+	value, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+	if err != nil {
+		return nil, fmt.Errorf("marshal %s: %w", typeURL, err)
+	}
+	sum := sha256.Sum256(value)
+	a := &anypb.Any{TypeUrl: typeURL, Value: value}
+	ab, err := proto.MarshalOptions{Deterministic: true}.Marshal(a)
+	if err != nil {
+		return nil, err
+	}
+	enc := protowire.AppendTag(make([]byte, 0, len(ab)+8), resourcesField, protowire.BytesType)
+	enc = protowire.AppendBytes(enc, ab)
+	return &Piece{Name: xds.ResourceName(m), Version: hex.EncodeToString(sum[:8]), any: a, enc: mem.SliceBuffer(enc)}, nil
+}
+
+func asMessages[T proto.Message](in []T) []proto.Message {
+	out := make([]proto.Message, len(in))
+	for i, m := range in {
+		out[i] = m
+	}
+	return out
+}
