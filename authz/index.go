@@ -1,6 +1,7 @@
 package authz
 
 import (
+	"maps"
 	"strconv"
 	"sync"
 	"time"
@@ -19,7 +20,13 @@ type Index struct {
 
 	mu       sync.Mutex
 	tables   map[string]*Table
-	backends map[*model.ServicePort]backends
+	backends map[portKey]backends
+}
+
+// portKey names a service port within one snapshot.
+type portKey struct {
+	svc  *model.Service
+	port string
 }
 
 // backends is what decides who may call a service port: the tables of
@@ -34,7 +41,29 @@ type backends struct {
 // exceptions.
 func NewIndex(snap *model.Snapshot, now time.Time) *Index {
 	return &Index{snap: snap, now: now, mesh: snap.Mesh(), policies: snap.AccessPolicies(),
-		tables: map[string]*Table{}, backends: map[*model.ServicePort]backends{}}
+		tables: map[string]*Table{}, backends: map[portKey]backends{}}
+}
+
+// Next returns an index over snap, a later snapshot in which only
+// endpoints changed, keeping the compiled tables (they do not depend on
+// endpoints) and what is behind every service port but those of the
+// services dirty reports.
+func (x *Index) Next(snap *model.Snapshot, now time.Time, dirty func(*model.Service) bool) *Index {
+	n := NewIndex(snap, now)
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	n.tables = maps.Clone(x.tables)
+	for _, svc := range snap.Services() {
+		if dirty(svc) {
+			continue
+		}
+		for _, p := range svc.Ports {
+			if b, ok := x.backends[portKey{svc, p.Name}]; ok {
+				n.backends[portKey{svc, p.Name}] = b
+			}
+		}
+	}
+	return n
 }
 
 // Table returns the table of target port port of w.
@@ -68,8 +97,9 @@ func (x *Index) MayCall(peer string, svc *model.Service, port *model.ServicePort
 // backendsOf collects, once per snapshot, the distinct tables behind a
 // service port: every caller identity asks the same question of them.
 func (x *Index) backendsOf(svc *model.Service, port *model.ServicePort) backends {
+	key := portKey{svc, port.Name}
 	x.mu.Lock()
-	b, ok := x.backends[port]
+	b, ok := x.backends[key]
 	x.mu.Unlock()
 	if ok {
 		return b
@@ -95,7 +125,7 @@ func (x *Index) backendsOf(svc *model.Service, port *model.ServicePort) backends
 		}
 	}
 	x.mu.Lock()
-	x.backends[port] = b
+	x.backends[key] = b
 	x.mu.Unlock()
 	return b
 }

@@ -3,6 +3,8 @@ package xds
 import (
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -33,7 +35,8 @@ type Translator struct {
 	mu       sync.Mutex
 	outbound map[string]*outboundPieces // by cluster name
 	inbound  map[string]*inboundPieces  // by inbound class
-	scope    map[string]scope           // transparent upstreams by caller identity
+	scope    map[string]string          // transparent upstream keys by caller identity
+	ups      map[string][]upstream      // upstreams by key
 	ids      map[string][]string        // service identities by service key
 	inParts  map[string]*Part           // by inbound class
 	outParts map[string]*Part           // by upstream list (see outKey)
@@ -71,6 +74,7 @@ func newPart(r Resources, secrets []string) *Part {
 }
 
 type outboundPieces struct {
+	svc         *model.Service
 	cluster     *clusterv3.Cluster
 	cla         *endpointv3.ClusterLoadAssignment
 	route       *routev3.RouteConfiguration
@@ -88,9 +92,106 @@ func NewTranslator(snap *model.Snapshot, opts Options) *Translator {
 	return &Translator{
 		snap: snap, opts: opts, idx: opts.index(snap), td: snap.Mesh().TrustDomain,
 		outbound: map[string]*outboundPieces{}, inbound: map[string]*inboundPieces{},
-		scope: map[string]scope{}, ids: map[string][]string{},
+		scope: map[string]string{}, ups: map[string][]upstream{}, ids: map[string][]string{},
 		inParts: map[string]*Part{}, outParts: map[string]*Part{},
 	}
+}
+
+// Next returns a translator for snap, a later snapshot of the same store
+// that differs from t's in the tables in changed only, with opts. When
+// only endpoints (or proxies) changed, it keeps what t built that does
+// not depend on the endpoints of the services whose endpoints changed:
+// every inbound side, and the outbound pieces, upstream lists and
+// outbound parts of every other service. Otherwise it starts afresh. t
+// must not be used after.
+func (t *Translator) Next(snap *model.Snapshot, opts Options, changed map[string]bool) *Translator {
+	for table := range changed {
+		if table != model.TableEndpoints && table != model.TableProxies {
+			return NewTranslator(snap, opts)
+		}
+	}
+	dirty := map[*model.Service]bool{}
+	for _, svc := range snap.Services() {
+		if !slices.Equal(t.snap.Endpoints(svc.Namespace, svc.Name), snap.Endpoints(svc.Namespace, svc.Name)) {
+			dirty[svc] = true
+		}
+	}
+	if opts.Authz == nil {
+		opts.Authz = t.idx.Next(snap, opts.Now, func(svc *model.Service) bool { return dirty[svc] })
+	}
+	n := NewTranslator(snap, opts)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n.inbound, n.inParts = maps.Clone(t.inbound), maps.Clone(t.inParts)
+	for name, o := range t.outbound {
+		if !dirty[o.svc] {
+			n.outbound[name] = o
+		}
+	}
+	services := snap.Services()
+	for _, svc := range services {
+		if ids, ok := t.ids[svc.Key()]; ok && !dirty[svc] {
+			n.ids[svc.Key()] = ids
+		}
+	}
+	// An identity's upstreams change only where a dirty service is.
+	mesh := snap.Mesh()
+	for me, key := range t.scope {
+		bits := []byte(key)
+		i := 0
+		for _, svc := range services {
+			for j := range svc.Ports {
+				if dirty[svc] {
+					ok := svc.Address != "" && (!mesh.Authorization.Scoped() || n.idx.MayCall(me, svc, &svc.Ports[j]))
+					if ok {
+						bits[i/8] |= 1 << (i % 8)
+					} else {
+						bits[i/8] &^= 1 << (i % 8)
+					}
+				}
+				i++
+			}
+		}
+		nk := string(bits)
+		n.scope[me] = nk
+		if ups, ok := t.ups[nk]; ok {
+			n.ups[nk] = ups
+		} else if _, ok := n.ups[nk]; !ok {
+			n.ups[nk] = upstreamsFromKey(services, nk)
+		}
+	}
+	for key, p := range t.outParts {
+		ups, ok := n.ups[key]
+		if !ok || strings.HasPrefix(key, "workload ") {
+			continue
+		}
+		clean := true
+		for _, up := range ups {
+			if dirty[up.svc] {
+				clean = false
+				break
+			}
+		}
+		if clean {
+			n.outParts[key] = p
+		}
+	}
+	return n
+}
+
+// upstreamsFromKey lists the service ports whose bits key sets.
+func upstreamsFromKey(services []*model.Service, key string) []upstream {
+	var out []upstream
+	i := 0
+	for _, svc := range services {
+		for j := range svc.Ports {
+			if key[i/8]&(1<<(i%8)) != 0 {
+				out = append(out, upstream{svc: svc, port: &svc.Ports[j]})
+			}
+			i++
+		}
+	}
+	return out
 }
 
 // Translate returns the configuration of w's sidecar, unchecked: the
@@ -217,17 +318,22 @@ func (t *Translator) upstreams(w *model.Workload) scope {
 	}
 	me := w.Identity(t.td).String()
 	t.mu.Lock()
-	sc, ok := t.scope[me]
+	key, ok := t.scope[me]
+	ups := t.ups[key]
 	t.mu.Unlock()
 	if ok {
-		return sc
+		return scope{ups, key}
 	}
-	ups, key := upstreamsKeyed(t.snap, w, t.idx)
-	sc = scope{ups, key}
+	ups, key = upstreamsKeyed(t.snap, w, t.idx)
 	t.mu.Lock()
-	t.scope[me] = sc
+	t.scope[me] = key
+	if prev, ok := t.ups[key]; ok {
+		ups = prev // identities that may call the same services share one list
+	} else {
+		t.ups[key] = ups
+	}
 	t.mu.Unlock()
-	return sc
+	return scope{ups, key}
 }
 
 // scope is the upstreams of a workload and a key equal for workloads
@@ -247,6 +353,7 @@ func (t *Translator) outboundOf(up upstream) *outboundPieces {
 		return o
 	}
 	o = &outboundPieces{
+		svc:     up.svc,
 		cluster: edsCluster(name, t.serviceIdentities(up.svc)),
 		cla:     loadAssignment(t.snap, up.svc, up.port, t.opts.Now),
 	}

@@ -3,7 +3,7 @@ package fanout
 import (
 	"context"
 	"errors"
-	"sort"
+	"maps"
 	"sync"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -22,31 +22,119 @@ import (
 // endpoints and routes, with the requested resources whose version the
 // stream does not have, once every requested name is in the set (so a
 // proxy never waits on half of a change, as ADS requires).
+//
+// What a stream has been sent is kept here, not in the server's
+// per-stream "returned resources" map (the cache always hands it nil):
+// a set and the names it covered, recorded when the server actually
+// sends a response, so a response the server drops is not counted.
+// The server names the stream of each request with Bind, and says when
+// a stream ends with ForgetStream. (A request that was not bound is
+// taken to come from the stream whose response channel it names.)
 type Cache struct {
 	mu    sync.RWMutex
 	nodes map[string]*node
+
+	bindMu sync.Mutex
+	binds  map[*cachev3.Request]int64
+	last   map[int64]*cachev3.Request // the bound request of each stream
+	where  map[int64]string           // the node of each stream
 }
 
 type node struct {
 	mu      sync.Mutex
 	config  Config
 	watches [numKinds]map[*watch]struct{}
+	streams map[any]*sent // by stream: an ID, or a response channel
 	// removed is set, under mu, when the node leaves Cache.nodes: whoever
 	// holds it then must look the node up again.
 	removed bool
 }
 
+// sent is what one stream has been sent, by kind.
+type sent [numKinds]struct {
+	set *Set
+	// names are those of set the stream was sent; nil means all.
+	names map[string]struct{}
+}
+
+// version returns the version of name the stream has, or "".
+func (s *sent) version(k Kind, name string) string {
+	if s == nil || s[k].set == nil {
+		return ""
+	}
+	if s[k].names != nil {
+		if _, ok := s[k].names[name]; !ok {
+			return ""
+		}
+	}
+	if p := s[k].set.lookup(name); p != nil {
+		return p.Version
+	}
+	return ""
+}
+
 type watch struct {
-	kind Kind
-	req  *cachev3.Request
-	sub  cachev3.Subscription
-	out  chan cachev3.Response
+	kind   Kind
+	req    *cachev3.Request
+	sub    cachev3.Subscription
+	out    chan cachev3.Response
+	node   *node
+	stream any
 }
 
 var _ cachev3.Cache = (*Cache)(nil)
 
 // NewCache returns an empty cache.
-func NewCache() *Cache { return &Cache{nodes: map[string]*node{}} }
+func NewCache() *Cache {
+	return &Cache{nodes: map[string]*node{}, binds: map[*cachev3.Request]int64{},
+		last: map[int64]*cachev3.Request{}, where: map[int64]string{}}
+}
+
+// Bind says that req, which the server is about to pass to
+// CreateWatch, comes from stream.
+func (c *Cache) Bind(req *cachev3.Request, stream int64) {
+	c.bindMu.Lock()
+	defer c.bindMu.Unlock()
+	if prev := c.last[stream]; prev != nil {
+		delete(c.binds, prev) // never watched (a stale nonce)
+	}
+	c.binds[req], c.last[stream] = stream, req
+	c.where[stream] = req.GetNode().GetId()
+}
+
+func (c *Cache) unbind(req *cachev3.Request) (int64, bool) {
+	c.bindMu.Lock()
+	defer c.bindMu.Unlock()
+	id, ok := c.binds[req]
+	if ok {
+		delete(c.binds, req)
+		delete(c.last, id)
+	}
+	return id, ok
+}
+
+// ForgetStream drops what the cache knows of a stream that ended.
+func (c *Cache) ForgetStream(stream int64) {
+	c.bindMu.Lock()
+	if prev := c.last[stream]; prev != nil {
+		delete(c.binds, prev)
+	}
+	delete(c.last, stream)
+	node, ok := c.where[stream]
+	delete(c.where, stream)
+	c.bindMu.Unlock()
+	if !ok {
+		return
+	}
+	c.mu.RLock()
+	n := c.nodes[node]
+	c.mu.RUnlock()
+	if n != nil {
+		n.mu.Lock()
+		delete(n.streams, stream)
+		n.mu.Unlock()
+	}
+}
 
 // lockNode returns the node, created if need be, locked.
 func (c *Cache) lockNode(id string) *node {
@@ -70,7 +158,7 @@ func (c *Cache) node(id string) *node {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if n = c.nodes[id]; n == nil {
-		n = &node{}
+		n = &node{streams: map[any]*sent{}}
 		for k := range n.watches {
 			n.watches[k] = map[*watch]struct{}{}
 		}
@@ -120,6 +208,35 @@ func (c *Cache) Node(id string) (Config, bool) {
 	return n.config, n.config != Config{}
 }
 
+// Intern replaces each name that the node's set of typeURL holds with
+// the set's own copy of it. The ADS server keeps every stream's last
+// request and subscription; with thousands of streams subscribed to the
+// same thousands of load assignments, sharing the strings saves most of
+// that memory.
+func (c *Cache) Intern(id, typeURL string, names []string) {
+	k, ok := kindOf(typeURL)
+	if !ok || len(names) == 0 {
+		return
+	}
+	c.mu.RLock()
+	n := c.nodes[id]
+	c.mu.RUnlock()
+	if n == nil {
+		return
+	}
+	n.mu.Lock()
+	s := n.config[k]
+	n.mu.Unlock()
+	if s == nil {
+		return
+	}
+	for i, name := range names {
+		if p := s.lookup(name); p != nil {
+			names[i] = p.Name
+		}
+	}
+}
+
 // ClearNode drops the node's configuration, and the node itself unless
 // a stream (a proxy that reconnected meanwhile) is watching it.
 func (c *Cache) ClearNode(id string) {
@@ -151,9 +268,13 @@ func (c *Cache) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, out 
 		// Not a kind a sidecar is sent: the watch stays open, unanswered.
 		return func() {}, nil
 	}
+	var stream any = out
+	if id, ok := c.unbind(req); ok {
+		stream = id
+	}
 	n := c.lockNode(req.GetNode().GetId())
 	defer n.mu.Unlock()
-	w := &watch{kind: k, req: req, sub: sub, out: out}
+	w := &watch{kind: k, req: req, sub: sub, out: out, node: n, stream: stream}
 	if s := n.config[k]; s != nil {
 		if r := respond(w, s); r != nil {
 			out <- r
@@ -180,99 +301,114 @@ func (c *Cache) Fetch(context.Context, *cachev3.Request) (cachev3.Response, erro
 	return nil, errUnsupported
 }
 
-// respond returns the response w calls for given s, or nil.
+// respond returns the response w calls for given s, or nil. The node's
+// lock is held.
 func respond(w *watch, s *Set) *response {
-	known := w.sub.ReturnedResources()
-	if w.kind.fullState() {
-		if w.sub.IsWildcard() {
-			if w.req.GetVersionInfo() == s.Version {
-				return nil
-			}
-			return newResponse(w, s.Version, s.all(), nil)
+	had := w.node.streams[w.stream]
+	if w.kind.fullState() && w.sub.IsWildcard() {
+		if w.req.GetVersionInfo() == s.Version {
+			return nil
 		}
+		return newResponse(w, s, s.all(), nil)
+	}
+	var names map[string]struct{}
+	if !w.sub.IsWildcard() {
+		names = w.sub.SubscribedResources()
+	}
+	subscribed := func(name string) bool {
+		if names == nil {
+			return true
+		}
+		_, ok := names[name]
+		return ok
+	}
+	// In the set's order, which is the same for every node sharing it.
+	var pieces []*Piece
+	found, fresh := 0, false
+	for _, p := range s.all() {
+		if !subscribed(p.Name) {
+			continue
+		}
+		found++
+		if had.version(w.kind, p.Name) != p.Version {
+			fresh = true
+			if !w.kind.fullState() {
+				pieces = append(pieces, p)
+			}
+		}
+		if w.kind.fullState() {
+			pieces = append(pieces, p) // all of them, if any is new
+		}
+	}
+	if w.kind.fullState() {
 		// A proxy that names the listeners or clusters it wants (Envoy's
 		// sidecars do not) gets those of them that exist.
-		subscribed := w.sub.SubscribedResources()
-		var pieces []*Piece
-		returned := map[string]string{}
-		fresh := w.req.GetVersionInfo() != s.Version
-		for name := range subscribed {
-			if p := s.lookup(name); p != nil {
-				pieces = append(pieces, p)
-				returned[name] = p.Version
-				if _, ok := known[name]; !ok {
-					fresh = true
-				}
-			}
+		if !fresh && w.req.GetVersionInfo() == s.Version {
+			return nil
+		}
+	} else {
+		if names != nil && found < len(names) {
+			return nil // some are not there yet: wait for the rest of the change
 		}
 		if !fresh {
 			return nil
 		}
-		return newResponse(w, s.Version, sortPieces(pieces), returned)
 	}
-	var names map[string]struct{}
-	if w.sub.IsWildcard() {
-		names = make(map[string]struct{}, s.n)
-		for _, p := range s.all() {
-			names[p.Name] = struct{}{}
-		}
-	} else {
-		names = w.sub.SubscribedResources()
+	covered := names
+	if names == nil || found == s.n {
+		covered = nil // all of the set
 	}
-	var pieces []*Piece
-	for name := range names {
-		p := s.lookup(name)
-		if p == nil {
-			return nil // not there yet: wait for the rest of the change
-		}
-		if v, ok := known[name]; !ok || v != p.Version {
-			pieces = append(pieces, p)
-		}
-	}
-	if len(pieces) == 0 {
-		return nil
-	}
-	returned := s.Versions()
-	if len(names) != s.n {
-		returned = make(map[string]string, len(names))
-		for name := range names {
-			returned[name] = s.lookup(name).Version
-		}
-	}
-	return newResponse(w, s.Version, sortPieces(pieces), returned)
-}
-
-func sortPieces(p []*Piece) []*Piece {
-	sort.Slice(p, func(i, j int) bool { return p[i].Name < p[j].Name })
-	return p
+	return newResponse(w, s, pieces, covered)
 }
 
 // response is one answer to one watch. It implements cachev3.Response.
 type response struct {
-	req      *cachev3.Request
-	version  string
-	pieces   []*Piece
-	returned map[string]string
+	w       *watch
+	set     *Set
+	pieces  []*Piece
+	covered map[string]struct{} // the names of set the stream has after it; nil: all
 }
 
-func newResponse(w *watch, version string, pieces []*Piece, returned map[string]string) *response {
-	return &response{req: w.req, version: version, pieces: pieces, returned: returned}
+func newResponse(w *watch, s *Set, pieces []*Piece, covered map[string]struct{}) *response {
+	if covered != nil {
+		covered = maps.Clone(covered)
+	}
+	return &response{w: w, set: s, pieces: pieces, covered: covered}
+}
+
+// commit records that the stream was sent the response.
+func (r *response) commit() {
+	n := r.w.node
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	st := n.streams[r.w.stream]
+	if st == nil {
+		st = &sent{}
+		n.streams[r.w.stream] = st
+	}
+	st[r.w.kind].set, st[r.w.kind].names = r.set, r.covered
 }
 
 // GetDiscoveryResponse builds a new message each time: the server sets
 // its nonce, so it cannot be shared. The resources are the shared ones.
+//
+// The server calls it once, when it sends the response: that is when
+// the stream is recorded as having the response's resources.
 func (r *response) GetDiscoveryResponse() (*discoveryv3.DiscoveryResponse, error) {
+	r.commit()
 	anys := make([]*anypb.Any, len(r.pieces))
 	for i, p := range r.pieces {
 		anys[i] = p.any
 	}
-	out := &discoveryv3.DiscoveryResponse{VersionInfo: r.version, Resources: anys, TypeUrl: r.req.GetTypeUrl()}
+	out := &discoveryv3.DiscoveryResponse{VersionInfo: r.set.Version, Resources: anys, TypeUrl: r.w.req.GetTypeUrl()}
 	register(out, r.pieces)
 	return out, nil
 }
 
-func (r *response) GetRequest() *discoveryv3.DiscoveryRequest { return r.req }
-func (r *response) GetVersion() (string, error)               { return r.version, nil }
-func (r *response) GetResponseVersion() string                { return r.version }
-func (r *response) GetReturnedResources() map[string]string   { return r.returned }
-func (r *response) GetContext() context.Context               { return context.Background() }
+func (r *response) GetRequest() *discoveryv3.DiscoveryRequest { return r.w.req }
+func (r *response) GetVersion() (string, error)               { return r.set.Version, nil }
+func (r *response) GetResponseVersion() string                { return r.set.Version }
+
+// GetReturnedResources is nil: the cache keeps what streams were sent.
+func (r *response) GetReturnedResources() map[string]string { return nil }
+func (r *response) GetContext() context.Context             { return context.Background() }

@@ -53,13 +53,14 @@ func config(t *testing.T, p *fanout.Preparer, shared ...*endpointv3.ClusterLoadA
 // watcher is one ADS stream's view: its subscriptions and what it got.
 type watcher struct {
 	t    *testing.T
+	node *corev3.Node // one per stream, as the ADS server attaches it
 	c    *fanout.Cache
 	out  chan cachev3.Response
 	subs map[string]*streamv3.Subscription
 }
 
 func newWatcher(t *testing.T, c *fanout.Cache) *watcher {
-	return &watcher{t: t, c: c, out: make(chan cachev3.Response, 8), subs: map[string]*streamv3.Subscription{}}
+	return &watcher{t: t, c: c, node: &corev3.Node{Id: node}, out: make(chan cachev3.Response, 8), subs: map[string]*streamv3.Subscription{}}
 }
 
 // request opens a watch as go-control-plane's ADS server does.
@@ -73,7 +74,7 @@ func (w *watcher) request(typeURL, version string, names ...string) func() {
 	} else {
 		sub.SetResourceSubscription(names)
 	}
-	req := &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: node}, TypeUrl: typeURL, VersionInfo: version, ResourceNames: names}
+	req := &discoveryv3.DiscoveryRequest{Node: w.node, TypeUrl: typeURL, VersionInfo: version, ResourceNames: names}
 	cancel, err := w.c.CreateWatch(req, sub, w.out)
 	if err != nil {
 		w.t.Fatal(err)

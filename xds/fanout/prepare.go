@@ -86,26 +86,39 @@ type Set struct {
 
 	once     sync.Once
 	versions map[string]string
+	index    map[string]*Piece
+	pieces   []*Piece
 }
 
 // Len is the number of resources in the set.
 func (s *Set) Len() int { return s.n }
 
 func (s *Set) lookup(name string) *Piece {
-	for _, g := range s.groups {
-		if p := g.lookup(name); p != nil {
-			return p
-		}
-	}
-	return nil
+	s.build()
+	return s.index[name]
 }
 
+// build makes the set's indexes, once: a set is shared by every node
+// with the same configuration of its kind.
+func (s *Set) build() {
+	s.once.Do(func() {
+		s.versions = make(map[string]string, s.n)
+		s.index = make(map[string]*Piece, s.n)
+		s.pieces = make([]*Piece, 0, s.n)
+		for _, g := range s.groups {
+			s.pieces = append(s.pieces, g.Pieces...)
+			for _, p := range g.Pieces {
+				s.versions[p.Name] = p.Version
+				s.index[p.Name] = p
+			}
+		}
+	})
+}
+
+// all returns every piece, in group order. Callers must not modify it.
 func (s *Set) all() []*Piece {
-	out := make([]*Piece, 0, s.n)
-	for _, g := range s.groups {
-		out = append(out, g.Pieces...)
-	}
-	return out
+	s.build()
+	return s.pieces
 }
 
 // Names returns every resource name in the set, sorted.
@@ -121,14 +134,7 @@ func (s *Set) Names() []string {
 // Versions maps each resource name to its version. The map is built
 // once and shared: callers must not modify it.
 func (s *Set) Versions() map[string]string {
-	s.once.Do(func() {
-		s.versions = make(map[string]string, s.n)
-		for _, g := range s.groups {
-			for _, p := range g.Pieces {
-				s.versions[p.Name] = p.Version
-			}
-		}
-	})
+	s.build()
 	return s.versions
 }
 
@@ -154,6 +160,7 @@ type Preparer struct {
 	pieces map[proto.Message]*Piece
 	groups map[groupKey]*Group
 	sets   map[string]*Set // by kind and version
+	prev   *Preparer       // see Next
 }
 
 type groupKey struct {
@@ -164,6 +171,18 @@ type groupKey struct {
 // NewPreparer returns an empty preparer.
 func NewPreparer() *Preparer {
 	return &Preparer{pieces: map[proto.Message]*Piece{}, groups: map[groupKey]*Group{}, sets: map[string]*Set{}}
+}
+
+// Next returns a preparer for the next translation pass that takes from
+// p what that pass still uses (a translator's Next keeps parts and
+// resources): what it does not use is dropped with p.
+func (p *Preparer) Next() *Preparer {
+	n := NewPreparer()
+	p.mu.Lock()
+	p.prev = nil
+	p.mu.Unlock()
+	n.prev = p
+	return n
 }
 
 // Prepare returns the configuration made of parts. No parts is the
@@ -200,6 +219,15 @@ func (p *Preparer) set(k Kind, groups []*Group) *Set {
 	if s, ok := p.sets[key]; ok {
 		return s
 	}
+	if q := p.prev; q != nil {
+		q.mu.Lock()
+		s, ok := q.sets[key]
+		q.mu.Unlock()
+		if ok {
+			p.sets[key] = s
+			return s
+		}
+	}
 	s := &Set{Version: version, groups: groups, n: n}
 	p.sets[key] = s
 	return s
@@ -211,6 +239,12 @@ func (p *Preparer) group(part *xds.Part, k Kind) (*Group, error) {
 	g, ok := p.groups[key]
 	p.mu.Unlock()
 	if ok {
+		return g, nil
+	}
+	if g, ok := inherited(p, func(q *Preparer) map[groupKey]*Group { return q.groups }, key); ok {
+		p.mu.Lock()
+		p.groups[key] = g
+		p.mu.Unlock()
 		return g, nil
 	}
 	var msgs []proto.Message
@@ -256,6 +290,12 @@ func (p *Preparer) piece(m proto.Message, typeURL string) (*Piece, error) {
 	if ok {
 		return pc, nil
 	}
+	if pc, ok := inherited(p, func(q *Preparer) map[proto.Message]*Piece { return q.pieces }, m); ok {
+		p.mu.Lock()
+		p.pieces[m] = pc
+		p.mu.Unlock()
+		return pc, nil
+	}
 	pc, err := NewPiece(m, typeURL)
 	if err != nil {
 		return nil, err
@@ -267,6 +307,21 @@ func (p *Preparer) piece(m proto.Message, typeURL string) (*Piece, error) {
 	}
 	p.pieces[m] = pc
 	return pc, nil
+}
+
+// inherited looks k up in one of the previous pass's maps.
+func inherited[K comparable, V any](p *Preparer, field func(*Preparer) map[K]V, k K) (V, bool) {
+	p.mu.Lock()
+	q := p.prev
+	p.mu.Unlock()
+	if q == nil {
+		var zero V
+		return zero, false
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	v, ok := field(q)[k]
+	return v, ok
 }
 
 // NewPiece marshals one resource deterministically.

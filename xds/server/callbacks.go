@@ -85,6 +85,7 @@ func (c *callbacks) OnStreamClosed(id int64, _ *corev3.Node) {
 	}
 	s.m.connected.Set(float64(len(s.proxies)))
 	s.mu.Unlock()
+	s.cache.ForgetStream(id)
 	if gone != "" {
 		s.cache.ClearNode(gone)
 		if err := s.cfg.Store.DeleteProxy(gone); err != nil {
@@ -166,6 +167,8 @@ func (c *callbacks) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest)
 	defer s.mu.Unlock()
 
 	typeURL := req.GetTypeUrl()
+	s.cache.Intern(st.node, typeURL, req.ResourceNames)
+	s.cache.Bind(req, id)
 	ts := s.proxies[st.node].typeStatus(typeURL)
 	now := s.cfg.Now()
 	last, ok := st.sent[typeURL]

@@ -39,6 +39,10 @@ type Config struct {
 	// MaxDelay bounds how long a steady stream of changes can hold back
 	// a publish. Defaults to 1s.
 	MaxDelay time.Duration
+	// ProxyDebounce is the quiet period when only proxies connected or
+	// left: a new proxy waits no longer than that for its configuration.
+	// Defaults to 10ms.
+	ProxyDebounce time.Duration
 	// Secrets are the SDS secret names every proxy's local SDS server
 	// provides; a listener or cluster naming another is withheld.
 	// Defaults to xds.Secrets.
@@ -66,8 +70,12 @@ type Server struct {
 	proxies map[string]*proxyState // by node ID, while any stream is open
 
 	// published maps each proxy the cache has a configuration for to the
-	// connection it was made for. Touched only by the Run goroutine.
+	// connection it was made for. Touched only by the Run goroutine, as
+	// are tr and prep: the last translation pass, reused while only
+	// proxies come and go (a translator does not read them).
 	published map[string]*model.Proxy
+	tr        *xds.Translator
+	prep      *fanout.Preparer
 }
 
 // New returns a server for cfg. It does nothing until Run.
@@ -83,6 +91,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Debounce <= 0 {
 		cfg.Debounce = 100 * time.Millisecond
+	}
+	if cfg.ProxyDebounce <= 0 {
+		cfg.ProxyDebounce = 10 * time.Millisecond
 	}
 	if cfg.MaxDelay <= 0 {
 		cfg.MaxDelay = time.Second
@@ -104,9 +115,16 @@ func New(cfg Config) (*Server, error) {
 
 // ServerOptions are the options the gRPC server that the Server is
 // registered on should have: a codec that writes the configuration every
-// proxy shares without copying it per stream.
+// proxy shares without copying it per stream, and connection buffers
+// sized for thousands of mostly idle streams: the write buffer is taken
+// from a pool only while there is something to write, and the read
+// buffer is small, as requests are.
 func ServerOptions() []grpc.ServerOption {
-	return []grpc.ServerOption{grpc.ForceServerCodecV2(fanout.Codec())}
+	return []grpc.ServerOption{
+		grpc.ForceServerCodecV2(fanout.Codec()),
+		grpc.SharedWriteBuffer(true),
+		grpc.ReadBufferSize(4 << 10),
+	}
 }
 
 // Register adds the aggregated discovery service to g. The server's
@@ -157,10 +175,16 @@ func (s *Server) Run(ctx context.Context) error {
 			continue
 		}
 		// Coalesce: wait until the model has been quiet for Debounce, or
-		// MaxDelay has passed since the first change.
+		// MaxDelay has passed since the first change. Proxies connecting
+		// are not a change to coalesce with others: they wait for
+		// ProxyDebounce only, unless the model changes too.
 		deadline := time.NewTimer(s.cfg.MaxDelay)
 		for {
-			quiet := time.NewTimer(s.cfg.Debounce)
+			wait := s.cfg.Debounce
+			if onlyProxies(watch) {
+				wait = s.cfg.ProxyDebounce
+			}
+			quiet := time.NewTimer(wait)
 			more := waitAny(ctx, s.cfg.Store.Snapshot().Watch(), quiet.C, deadline.C)
 			quiet.Stop()
 			if ctx.Err() != nil {
@@ -185,6 +209,21 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 }
 
+// onlyProxies reports whether, of the tables watched, only proxies
+// changed.
+func onlyProxies(watch map[string]<-chan struct{}) bool {
+	for t, ch := range watch {
+		select {
+		case <-ch:
+			if t != model.TableProxies {
+				return false
+			}
+		default:
+		}
+	}
+	return true
+}
+
 // sync publishes the snapshot to every connected proxy. When only the
 // proxies changed, only those that (re)connected are translated;
 // otherwise all are. A translation pass builds what proxies share once,
@@ -197,9 +236,18 @@ func (s *Server) sync(snap *model.Snapshot, changed map[string]bool) {
 			modelChanged = true
 		}
 	}
-	now := s.cfg.Now()
-	tr := xds.NewTranslator(snap, xds.Options{Now: now, Authz: authz.NewIndex(snap, now), Secrets: s.cfg.Secrets})
-	prep := fanout.NewPreparer()
+	switch {
+	case s.tr == nil:
+		now := s.cfg.Now()
+		s.tr = xds.NewTranslator(snap, xds.Options{Now: now, Authz: authz.NewIndex(snap, now), Secrets: s.cfg.Secrets})
+		s.prep = fanout.NewPreparer()
+	case modelChanged:
+		// Next starts afresh unless only endpoints changed; then it
+		// rebuilds only the services whose endpoints did.
+		s.tr = s.tr.Next(snap, xds.Options{Now: s.cfg.Now(), Secrets: s.cfg.Secrets}, changed)
+		s.prep = s.prep.Next()
+	}
+	tr, prep := s.tr, s.prep
 	td := snap.Mesh().TrustDomain
 	live := map[string]bool{}
 	updated := 0
