@@ -4,8 +4,12 @@ package gen
 
 import (
 	"fmt"
+	"time"
 
+	"github.com/bulwarkmesh/bulwark/authz"
 	"github.com/bulwarkmesh/bulwark/model"
+	"github.com/bulwarkmesh/bulwark/xds"
+	"github.com/bulwarkmesh/bulwark/xds/fanout"
 )
 
 // Namespace holds every generated object.
@@ -36,14 +40,16 @@ func (s Spec) ServiceAccount(i int) string { return ServiceName(i % s.Services) 
 
 // State returns the mesh at generation gen. Every sidecar is transparent
 // and the mesh allows every call, so each sidecar gets every service:
-// the largest configuration a mesh of this size sends. Generations differ
-// in every service's endpoint addresses (a full change).
+// the largest configuration a mesh of this size sends. Consecutive
+// generations differ in every service's port and every endpoint's
+// address: a full change, where every cluster, load assignment, listener
+// and route of every sidecar is replaced.
 func (s Spec) State(gen int) *model.State {
 	st := &model.State{Mesh: model.Mesh{TrustDomain: TrustDomain, Authorization: model.Authorization{Default: model.DefaultAllowMesh}}}
 	for i := 0; i < s.Services; i++ {
 		name := ServiceName(i)
 		st.Services = append(st.Services, &model.Service{Namespace: Namespace, Name: name, Address: ip(96, i),
-			Ports: []model.ServicePort{{Name: "http", Port: 8080, TargetPort: 8080, Protocol: model.ProtocolHTTP}}})
+			Ports: []model.ServicePort{{Name: "http", Port: uint32(8080 + gen%2), TargetPort: 8080, Protocol: model.ProtocolHTTP}}})
 		for j := 0; j < s.Endpoints; j++ {
 			// Generations alternate between two address ranges, so every
 			// endpoint of every service moves.
@@ -74,4 +80,37 @@ func MoveOneEndpoint(st *model.State, gen int) {
 // ip returns 10.<a+i/65536>.<i/256%256>.<i%256>.
 func ip(a, i int) string {
 	return fmt.Sprintf("10.%d.%d.%d", a+i/65536, i/256%256, i%256)
+}
+
+// Translate translates every proxy of st as the Bulwark server does and
+// calls f with proxy i's parts and prepared configuration, whose versions
+// are what proxy i ends up ACKing.
+func (s Spec) Translate(st *model.State, f func(i int, w *model.Workload, parts []*xds.Part, cfg fanout.Config) error) error {
+	store := model.NewStore()
+	if _, err := store.ReplaceState(st); err != nil {
+		return err
+	}
+	return s.TranslateSnapshot(store.Snapshot(), f)
+}
+
+// TranslateSnapshot is Translate from a model snapshot.
+func (s Spec) TranslateSnapshot(snap *model.Snapshot, f func(i int, w *model.Workload, parts []*xds.Part, cfg fanout.Config) error) error {
+	now := time.Now()
+	tr := xds.NewTranslator(snap, xds.Options{Now: now, Authz: authz.NewIndex(snap, now)})
+	prep := fanout.NewPreparer()
+	for i := 0; i < s.Proxies; i++ {
+		w := snap.Workload(Namespace, ProxyName(i))
+		parts, err := tr.Parts(w)
+		if err != nil {
+			return err
+		}
+		cfg, err := prep.Prepare(parts)
+		if err != nil {
+			return err
+		}
+		if err := f(i, w, parts, cfg); err != nil {
+			return err
+		}
+	}
+	return nil
 }
