@@ -16,7 +16,7 @@ RACE_PKGS := ./model/... ./meshfile/... ./xds/... ./authz/... ./attest/... ./iss
 # has no deadline. Longer: make fuzz FUZZ_SCALE=50.
 FUZZ_SCALE ?= 1
 
-.PHONY: all build run test envoy lint fmt bench clean proto fuzz kind-up kube-apiserver
+.PHONY: all build run test envoy lint fmt bench bench-smoke clean proto fuzz kind-up kube-apiserver
 
 all: build
 
@@ -55,6 +55,7 @@ test: envoy lint kube-apiserver
 	ENVOY_BIN=$(abspath $(ENVOY)) BULWARK_KUBE_APISERVER=$(abspath $(KUBE_APISERVER)) $(GO) test -count=1 -timeout 30m ./...
 	$(GO) test -count=1 -race $(RACE_PKGS)
 	$(MAKE) --no-print-directory fuzz
+	$(MAKE) --no-print-directory bench-smoke
 
 # Fuzz the policy and mesh file parser, SPIFFE identities and path patterns,
 # from the seed corpora in the tests. Minimizing is kept to one pass: with
@@ -64,8 +65,20 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseIdentity$$' -fuzztime $$((200000 * $(FUZZ_SCALE)))x -fuzzminimizetime 1x ./model
 	$(GO) test -run '^$$' -fuzz '^FuzzParsePathPattern$$' -fuzztime $$((200000 * $(FUZZ_SCALE)))x -fuzzminimizetime 1x ./model
 
+# The load harness (bench/): Bulwark against a stock go-control-plane
+# baseline, and every other figure in BENCHMARKS.md, into bench/out
+# (results.json, charts, server logs); then the micro benchmarks. About
+# half an hour on two cores.
 bench: envoy
+	$(GO) build -o bin/bulwark-bench ./bench/cmd/bulwark-bench
+	ENVOY_BIN=$(abspath $(ENVOY)) bin/bulwark-bench -out bench/out
 	ENVOY_BIN=$(abspath $(ENVOY)) $(GO) test -run '^$$' -bench . -benchmem ./...
+
+# The harness in its short mode: every figure at a small size, once, no
+# timing goals. Part of `make test`.
+bench-smoke: envoy
+	$(GO) build -o bin/bulwark-bench ./bench/cmd/bulwark-bench
+	ENVOY_BIN=$(abspath $(ENVOY)) bin/bulwark-bench -short -out bin/bench-smoke
 
 clean:
 	rm -rf bin

@@ -6,6 +6,8 @@ import (
 	"maps"
 	"sync"
 
+	"google.golang.org/grpc/mem"
+
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -274,7 +276,11 @@ func (c *Cache) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, out 
 	}
 	n := c.lockNode(req.GetNode().GetId())
 	defer n.mu.Unlock()
-	w := &watch{kind: k, req: req, sub: sub, out: out, node: n, stream: stream}
+	// The watch keeps a copy of the request without its resource names:
+	// thousands of streams each holding the last list of a thousand
+	// names they sent would cost more than all the configuration.
+	light := &cachev3.Request{VersionInfo: req.GetVersionInfo(), Node: req.GetNode(), TypeUrl: req.GetTypeUrl(), ResponseNonce: req.GetResponseNonce()}
+	w := &watch{kind: k, req: light, sub: sub, out: out, node: n, stream: stream}
 	if s := n.config[k]; s != nil {
 		if r := respond(w, s); r != nil {
 			out <- r
@@ -396,12 +402,20 @@ func (r *response) commit() {
 // the stream is recorded as having the response's resources.
 func (r *response) GetDiscoveryResponse() (*discoveryv3.DiscoveryResponse, error) {
 	r.commit()
-	anys := make([]*anypb.Any, len(r.pieces))
-	for i, p := range r.pieces {
-		anys[i] = p.any
+	var anys []*anypb.Any
+	var bufs []mem.Buffer
+	if len(r.pieces) == r.set.n {
+		// The whole set, in its order: its shared slices and buffers.
+		anys, bufs = r.set.anys(), r.set.buffers()
+	} else {
+		anys = make([]*anypb.Any, len(r.pieces))
+		bufs = make([]mem.Buffer, len(r.pieces))
+		for i, p := range r.pieces {
+			anys[i], bufs[i] = p.any, p.enc
+		}
 	}
 	out := &discoveryv3.DiscoveryResponse{VersionInfo: r.set.Version, Resources: anys, TypeUrl: r.w.req.GetTypeUrl()}
-	register(out, r.pieces)
+	register(out, anys, bufs)
 	return out, nil
 }
 

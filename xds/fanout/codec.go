@@ -11,19 +11,27 @@ import (
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/known/anypb"
 )
 
 // resourcesField is the field number of DiscoveryResponse.resources.
 const resourcesField = 2
 
-// prepared maps a DiscoveryResponse built by this package to the pieces
-// its resources were made from, until Codec writes it. An entry whose
+// prepared maps a DiscoveryResponse built by this package to the
+// encodings of its resources, until Codec writes it. An entry whose
 // response is never written goes away when the response is collected.
-var prepared sync.Map // weak.Pointer[discoveryv3.DiscoveryResponse] -> []*Piece
+var prepared sync.Map // weak.Pointer[discoveryv3.DiscoveryResponse] -> *encoded
 
-func register(r *discoveryv3.DiscoveryResponse, pieces []*Piece) {
+// encoded is what a response's resources were when it was built, and
+// their encodings, together.
+type encoded struct {
+	anys []*anypb.Any
+	bufs []mem.Buffer
+}
+
+func register(r *discoveryv3.DiscoveryResponse, anys []*anypb.Any, bufs []mem.Buffer) {
 	k := weak.Make(r)
-	prepared.Store(k, pieces)
+	prepared.Store(k, &encoded{anys, bufs})
 	runtime.AddCleanup(r, func(k weak.Pointer[discoveryv3.DiscoveryResponse]) { prepared.Delete(k) }, k)
 }
 
@@ -55,12 +63,12 @@ func (c codec) Marshal(v any) (mem.BufferSlice, error) {
 	if !ok {
 		return c.fallback.Marshal(v)
 	}
-	pieces := x.([]*Piece)
-	if len(pieces) != len(r.Resources) {
+	enc := x.(*encoded)
+	if len(enc.anys) != len(r.Resources) {
 		return c.fallback.Marshal(v)
 	}
-	for i, p := range pieces {
-		if r.Resources[i] != p.any {
+	for i, a := range enc.anys {
+		if r.Resources[i] != a {
 			return c.fallback.Marshal(v)
 		}
 	}
@@ -76,10 +84,7 @@ func (c codec) Marshal(v any) (mem.BufferSlice, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := make(mem.BufferSlice, 0, len(pieces)+1)
+	out := make(mem.BufferSlice, 0, len(enc.bufs)+1)
 	out = append(out, mem.SliceBuffer(hb))
-	for _, p := range pieces {
-		out = append(out, p.enc)
-	}
-	return out, nil
+	return append(out, enc.bufs...), nil
 }

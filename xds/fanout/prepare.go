@@ -67,6 +67,27 @@ type Piece struct {
 type Group struct {
 	Version string
 	Pieces  []*Piece
+
+	once sync.Once
+	enc  mem.Buffer // every piece's encoding, in order
+}
+
+// buffer returns the encodings of all the group's pieces as one buffer,
+// built once: gRPC writes a few large buffers much faster than a
+// thousand small ones.
+func (g *Group) buffer() mem.Buffer {
+	g.once.Do(func() {
+		n := 0
+		for _, p := range g.Pieces {
+			n += p.enc.Len()
+		}
+		b := make([]byte, 0, n)
+		for _, p := range g.Pieces {
+			b = append(b, p.enc.ReadOnlyData()...)
+		}
+		g.enc = mem.SliceBuffer(b)
+	})
+	return g.enc
 }
 
 func (g *Group) lookup(name string) *Piece {
@@ -88,6 +109,23 @@ type Set struct {
 	versions map[string]string
 	index    map[string]*Piece
 	pieces   []*Piece
+	any      []*anypb.Any
+}
+
+// anys returns every resource, in group order, shared: callers must
+// not modify the slice.
+func (s *Set) anys() []*anypb.Any {
+	s.build()
+	return s.any
+}
+
+// buffers returns the encodings of every resource, a buffer per group.
+func (s *Set) buffers() []mem.Buffer {
+	out := make([]mem.Buffer, len(s.groups))
+	for i, g := range s.groups {
+		out[i] = g.buffer()
+	}
+	return out
 }
 
 // Len is the number of resources in the set.
@@ -105,8 +143,12 @@ func (s *Set) build() {
 		s.versions = make(map[string]string, s.n)
 		s.index = make(map[string]*Piece, s.n)
 		s.pieces = make([]*Piece, 0, s.n)
+		s.any = make([]*anypb.Any, 0, s.n)
 		for _, g := range s.groups {
 			s.pieces = append(s.pieces, g.Pieces...)
+			for _, p := range g.Pieces {
+				s.any = append(s.any, p.any)
+			}
 			for _, p := range g.Pieces {
 				s.versions[p.Name] = p.Version
 				s.index[p.Name] = p

@@ -116,13 +116,15 @@ func New(cfg Config) (*Server, error) {
 // ServerOptions are the options the gRPC server that the Server is
 // registered on should have: a codec that writes the configuration every
 // proxy shares without copying it per stream, and connection buffers
-// sized for thousands of mostly idle streams: the write buffer is taken
-// from a pool only while there is something to write, and the read
-// buffer is small, as requests are.
+// sized for thousands of mostly idle streams that now and then take a
+// megabyte of configuration: the write buffer is large (fewer writes to
+// the socket) but taken from a pool only while there is something to
+// write, and the read buffer is small, as requests are.
 func ServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.ForceServerCodecV2(fanout.Codec()),
 		grpc.SharedWriteBuffer(true),
+		grpc.WriteBufferSize(256 << 10),
 		grpc.ReadBufferSize(4 << 10),
 	}
 }

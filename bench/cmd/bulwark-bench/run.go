@@ -56,6 +56,7 @@ type options struct {
 	timeout   time.Duration
 	debounce  time.Duration
 	baseline  bool
+	impls     string
 	chart     bool
 	chartReps int
 }
@@ -71,6 +72,8 @@ func run(args []string) error {
 	fs.DurationVar(&o.timeout, "timeout", 10*time.Minute, "how long to wait for convergence before calling a run failed")
 	fs.DurationVar(&o.debounce, "debounce", 100*time.Millisecond, "the servers' coalescing window (Bulwark's default)")
 	fs.BoolVar(&o.baseline, "baseline", true, "measure the baseline too")
+	fs.StringVar(&o.impls, "impls", "bulwark,bulwark-plaintext,baseline", "servers the convergence figures measure")
+	fs.IntVar(&o.chartReps, "scale-reps", 2, "full changes per point of the scale sweep")
 	_ = fs.Parse(args)
 	raiseFileLimit()
 	if err := os.MkdirAll(o.out, 0o755); err != nil {
@@ -287,6 +290,7 @@ type result struct {
 	Storm, Full, Endpoint []float64 // seconds
 	RSSPerProxy           float64   // bytes per connected proxy
 	HeapPerProxy          float64
+	StackPerProxy         float64
 	GoroutinesPerProxy    float64
 	RSS, PeakRSS          uint64
 	BytesPerProxy         float64 // response bytes a proxy receives to sync
@@ -373,6 +377,7 @@ func (h *harness) measure(impl string, spec gen.Spec, storms, changes int) (*res
 			p := float64(spec.Proxies)
 			res.RSSPerProxy = (float64(s.RSS) - float64(base.RSS)) / p
 			res.HeapPerProxy = (float64(s.HeapInuse) - float64(base.HeapInuse)) / p
+			res.StackPerProxy = (float64(s.StackInuse) - float64(base.StackInuse)) / p
 			res.GoroutinesPerProxy = float64(s.Goroutines-base.Goroutines) / p
 			current := 0
 			for k := 1; k <= changes; k++ {
@@ -463,11 +468,10 @@ func (h *harness) convergence() ([]Figure, error) {
 	label := fmt.Sprintf("%d proxies x %d services x %d endpoints", spec.Proxies, spec.Services, spec.Endpoints)
 	fmt.Printf("\n== convergence: %s\n", label)
 	results := map[string]*result{}
-	impls := []string{"bulwark", "bulwark-plaintext"}
-	if h.o.baseline {
-		impls = append(impls, "baseline")
-	}
-	for _, impl := range impls {
+	for _, impl := range strings.Split(h.o.impls, ",") {
+		if impl == "baseline" && !h.o.baseline {
+			continue
+		}
 		r, err := h.measure(impl, spec, storms, changes)
 		if err != nil {
 			return nil, err
@@ -488,6 +492,7 @@ func (h *harness) convergence() ([]Figure, error) {
 		{"connect_storm", "s", "every proxy connects at once to a fresh server, until all are in sync", func(r *result) []float64 { return r.Storm }},
 		{"rss_per_proxy", "KiB", "server RSS after the storm minus before, per connected proxy", func(r *result) []float64 { return one(r.RSSPerProxy / 1024) }},
 		{"heap_per_proxy", "KiB", "server heap in use after the storm minus before, per connected proxy", func(r *result) []float64 { return one(r.HeapPerProxy / 1024) }},
+		{"stack_per_proxy", "KiB", "server goroutine stacks after the storm minus before, per connected proxy", func(r *result) []float64 { return one(r.StackPerProxy / 1024) }},
 		{"goroutines_per_proxy", "goroutines", "server goroutines per connected proxy", func(r *result) []float64 { return one(r.GoroutinesPerProxy) }},
 		{"peak_rss", "MiB", "server RSS high-water mark over the whole run", func(r *result) []float64 { return one(float64(r.PeakRSS) / (1 << 20)) }},
 		{"config_per_proxy", "KiB", "response bytes a proxy receives to get in sync", func(r *result) []float64 { return one(r.BytesPerProxy / 1024) }},
@@ -497,6 +502,9 @@ func (h *harness) convergence() ([]Figure, error) {
 		suffix, how := "", "Bulwark over mTLS (as deployed) vs the baseline over plaintext"
 		if impl == "bulwark-plaintext" {
 			suffix, how = "_plaintext", "both over plaintext (identity from metadata, bench only)"
+		}
+		if results[impl] == nil {
+			continue
 		}
 		for _, m := range metrics {
 			var base []float64
@@ -511,8 +519,8 @@ func (h *harness) convergence() ([]Figure, error) {
 }
 
 func report(impl string, r *result) {
-	fmt.Printf("%-8s storm %v  full %v  endpoint %v  rss/proxy %.0f KiB  heap/proxy %.0f KiB  goroutines/proxy %.1f  peak RSS %d MiB  errors %d %s\n",
-		impl, secs(r.Storm), secs(r.Full), secs(r.Endpoint), r.RSSPerProxy/1024, r.HeapPerProxy/1024, r.GoroutinesPerProxy,
+	fmt.Printf("%-8s storm %v  full %v  endpoint %v  rss/proxy %.0f KiB  heap/proxy %.0f KiB  stack/proxy %.0f KiB  goroutines/proxy %.1f  peak RSS %d MiB  errors %d %s\n",
+		impl, secs(r.Storm), secs(r.Full), secs(r.Endpoint), r.RSSPerProxy/1024, r.HeapPerProxy/1024, r.StackPerProxy/1024, r.GoroutinesPerProxy,
 		r.PeakRSS>>20, len(r.Errors), r.Failed)
 }
 

@@ -42,6 +42,7 @@ type Stats struct {
 	RSS        uint64 `json:"rss"`     // bytes resident now
 	PeakRSS    uint64 `json:"peakRSS"` // high-water mark
 	HeapInuse  uint64 `json:"heapInuse"`
+	StackInuse uint64 `json:"stackInuse"`
 	Goroutines int    `json:"goroutines"`
 }
 
@@ -62,7 +63,7 @@ func selfStats() Stats {
 	}
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	st.HeapInuse = ms.HeapInuse
+	st.HeapInuse, st.StackInuse = ms.HeapInuse, ms.StackInuse
 	st.Goroutines = runtime.NumGoroutine()
 	return st
 }
