@@ -249,7 +249,7 @@ func (a *Agent) firstCertificate(ctx context.Context) (*x509svid.SVID, []*x509.C
 		case codes.Unauthenticated, codes.PermissionDenied, codes.InvalidArgument, codes.FailedPrecondition:
 			return nil, nil, fmt.Errorf("agent: the control plane refused the first certificate: %w", err)
 		}
-		a.log.Warn("control plane not reachable yet; retrying", "err", err, "in", backoff)
+		a.log.Warn("control plane not reachable or not ready yet; retrying", "err", err, "in", backoff)
 		if !sleep(ctx, backoff) {
 			return nil, nil, ctx.Err()
 		}

@@ -181,6 +181,12 @@ func (s *Server) sign(ctx context.Context, req *cav1.SignCertificateRequest, met
 	}
 	w := snap.Workload(ns, name)
 	if w == nil {
+		if *method == "serviceaccount_token" {
+			// The API server vouched for the pod; the model may just not
+			// have caught up with it (a pod starting as its namespace
+			// joins the mesh): ask the agent to come back, as it does.
+			return nil, "", status.Errorf(codes.Unavailable, "pod %s is not in the mesh (not yet, or its namespace is not in the mesh); retry", req.GetWorkload())
+		}
 		return nil, "", status.Errorf(codes.PermissionDenied, "workload %s is not in the mesh", req.GetWorkload())
 	}
 	id := w.Identity(td.String())
