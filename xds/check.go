@@ -46,6 +46,9 @@ func Check(r *Resources, secrets []string) error {
 	for _, l := range r.Listeners {
 		c.unique("listener", l.GetName(), listeners)
 		c.valid("listener", l.GetName(), l.ValidateAll())
+		if len(l.GetFilterChains()) == 0 && l.GetDefaultFilterChain() == nil {
+			c.fail("listener %s has no filter chain (Envoy refuses it)", l.GetName())
+		}
 		for _, fc := range l.GetFilterChains() {
 			c.transportSocket("listener "+l.GetName(), fc.GetTransportSocket())
 			for _, f := range fc.GetFilters() {

@@ -40,6 +40,16 @@ func passthroughCluster() *clusterv3.Cluster {
 	}
 }
 
+// blackHoleCluster has no endpoints: a connection sent there is closed.
+func blackHoleCluster() *clusterv3.Cluster {
+	return &clusterv3.Cluster{
+		Name:                 BlackHoleCluster,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
+		ConnectTimeout:       duration(connectTimeout),
+		LoadAssignment:       &endpointv3.ClusterLoadAssignment{ClusterName: BlackHoleCluster},
+	}
+}
+
 // edsCluster reaches a service port through the endpoints that ADS sends
 // under the same name, over mutual TLS that accepts only the identities
 // behind the service. An endpoint whose port has mTLS disabled is marked

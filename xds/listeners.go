@@ -117,7 +117,10 @@ func outboundListener(w *model.Workload, up upstream) *listenerv3.Listener {
 }
 
 // virtualInbound takes every redirected inbound connection. A connection
-// to a port no service declares matches no chain and is closed.
+// to a port no service declares matches no chain and is closed. A
+// workload that backs no service has no chain at all, which Envoy
+// refuses: its listener closes every connection with a default chain to
+// BlackHoleCluster instead.
 func virtualInbound(chains []*listenerv3.FilterChain, inspectTLS bool) *listenerv3.Listener {
 	l := &listenerv3.Listener{
 		Name:             VirtualInbound,
@@ -128,6 +131,18 @@ func virtualInbound(chains []*listenerv3.FilterChain, inspectTLS bool) *listener
 			ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: mustAny(&originaldstv3.OriginalDst{})},
 		}},
 		FilterChains: chains,
+	}
+	if len(chains) == 0 {
+		l.DefaultFilterChain = &listenerv3.FilterChain{
+			Name: BlackHoleCluster,
+			Filters: []*listenerv3.Filter{{
+				Name: "envoy.filters.network.tcp_proxy",
+				ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(&tcpproxyv3.TcpProxy{
+					StatPrefix:       BlackHoleCluster,
+					ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: BlackHoleCluster},
+				})},
+			}},
+		}
 	}
 	if inspectTLS {
 		l.ListenerFilters = append(l.ListenerFilters, tlsInspector())

@@ -26,6 +26,9 @@ import (
 //	                                     the listener of the service address called
 //	PassthroughCluster                   cluster to the original destination, for
 //	                                     outbound calls to anything not in the mesh
+//	BlackHoleCluster                     cluster without endpoints: the inbound
+//	                                     side of a workload that backs no service
+//	                                     sends every connection there (closed)
 //
 // The Envoy node ID of a sidecar is "<namespace>/<workload>" (see
 // model.NodeID).
@@ -35,6 +38,7 @@ const (
 	VirtualInbound     = "virtualInbound"
 	VirtualOutbound    = "virtualOutbound"
 	PassthroughCluster = "PassthroughCluster"
+	BlackHoleCluster   = "BlackHoleCluster"
 )
 
 // InboundName names the inbound resources for a workload's target port.

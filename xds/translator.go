@@ -433,6 +433,9 @@ func (t *Translator) inboundOf(w *model.Workload) *inboundPieces {
 	if w.Transparent() {
 		in.listeners = append(in.listeners, virtualInbound(virtualChains, inspect), virtualOutbound())
 		in.clusters = append(in.clusters, passthroughCluster())
+		if len(virtualChains) == 0 {
+			in.clusters = append(in.clusters, blackHoleCluster())
+		}
 	}
 	t.mu.Lock()
 	if prev, ok := t.inbound[class]; ok {

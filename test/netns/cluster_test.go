@@ -211,3 +211,35 @@ func (c *cluster) writeMesh(body string) error {
 	}
 	return os.Rename(tmp, c.mesh)
 }
+
+// Every sidecar took its configuration: a proxy that rejected some of
+// it (a NACK) keeps running on what it had before, which no other test
+// would necessarily notice. other-1 backs no service, so its inbound
+// side has no port at all.
+func TestEveryEnvoyAcceptsItsConfiguration(t *testing.T) {
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		var problems []string
+		ps := cl.cp.Server.Proxies()
+		for _, p := range ps {
+			for typ, st := range p.Types {
+				if st.NackError != "" {
+					problems = append(problems, fmt.Sprintf("%s rejected %s version %s: %s", p.Node, typ, st.NackedVersion, st.NackError))
+				}
+			}
+			if !p.Synced {
+				problems = append(problems, p.Node+" has not ACKed all it was sent")
+			}
+		}
+		if len(ps) < 3 {
+			problems = append(problems, fmt.Sprintf("%d of 3 sidecars connected", len(ps)))
+		}
+		if len(problems) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sidecars not in sync:\n%s", strings.Join(problems, "\n"))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
