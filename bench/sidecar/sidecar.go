@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"slices"
 	"sort"
 	"sync"
@@ -60,12 +61,13 @@ type Tracker struct {
 	last      time.Time
 	done      chan struct{}
 	errs      []error
+	failed    chan struct{} // closed at the first stream error
 	bytes     int64
 }
 
 // NewTracker tracks n sidecars.
 func NewTracker(n int) *Tracker {
-	return &Tracker{acked: make([]Versions, n)}
+	return &Tracker{acked: make([]Versions, n), failed: make(chan struct{})}
 }
 
 // Arm sets the versions to wait for (one per sidecar; an empty version
@@ -144,8 +146,14 @@ func (t *Tracker) ack(i, kind int, version string, at time.Time, size int) {
 func (t *Tracker) fail(err error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if len(t.errs) == 0 {
+		close(t.failed)
+	}
 	t.errs = append(t.errs, err)
 }
+
+// Failed is closed when a sidecar's stream fails.
+func (t *Tracker) Failed() <-chan struct{} { return t.failed }
 
 // Config describes how sidecars reach the control plane.
 type Config struct {
@@ -175,8 +183,10 @@ func Start(cfg Config, t *Tracker, i int, node string) (*Sidecar, error) {
 	if cfg.TLS != nil {
 		creds = credentials.NewTLS(cfg.TLS(i))
 	}
+	// Like Envoy, no cap on the size of a response: at 10,000 services
+	// the clusters alone are several megabytes.
 	conn, err := grpc.NewClient(cfg.Addr, grpc.WithTransportCredentials(creds),
-		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(newCodec())))
+		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(newCodec()), grpc.MaxCallRecvMsgSize(math.MaxInt32)))
 	if err != nil {
 		return nil, err
 	}

@@ -94,12 +94,26 @@ func run(args []string) error {
 	h.caDir = caDir
 	fmt.Printf("machine: %s\n", machine())
 	var figures []Figure
+	path := filepath.Join(o.out, "results.json")
+	// Written after every group, so a long run that stops part way
+	// keeps what it measured.
+	save := func() error {
+		b, err := json.MarshalIndent(map[string]any{"machine": machine(), "command": "bulwark-bench " + strings.Join(args, " "),
+			"date": time.Now().UTC().Format(time.RFC3339), "figures": figures}, "", "  ")
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(path, append(b, '\n'), 0o644)
+	}
 	if want("convergence") {
 		f, err := h.convergence()
 		if err != nil {
 			return err
 		}
 		figures = append(figures, f...)
+		if err := save(); err != nil {
+			return err
+		}
 	}
 	if want("ca") {
 		f, err := h.caFigure()
@@ -107,6 +121,9 @@ func run(args []string) error {
 			return err
 		}
 		figures = append(figures, f...)
+		if err := save(); err != nil {
+			return err
+		}
 	}
 	if want("envoy") {
 		f, err := h.envoyFigure()
@@ -114,6 +131,9 @@ func run(args []string) error {
 			return err
 		}
 		figures = append(figures, f...)
+		if err := save(); err != nil {
+			return err
+		}
 	}
 	if want("scale") && !o.short {
 		f, err := h.scale()
@@ -121,14 +141,11 @@ func run(args []string) error {
 			return err
 		}
 		figures = append(figures, f...)
+		if err := save(); err != nil {
+			return err
+		}
 	}
-	b, err := json.MarshalIndent(map[string]any{"machine": machine(), "command": "bulwark-bench " + strings.Join(args, " "),
-		"date": time.Now().UTC().Format(time.RFC3339), "figures": figures}, "", "  ")
-	if err != nil {
-		return err
-	}
-	path := filepath.Join(o.out, "results.json")
-	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
+	if err := save(); err != nil {
 		return err
 	}
 	fmt.Printf("\nwrote %s\n", path)
@@ -350,7 +367,7 @@ func (h *harness) measure(impl string, spec gen.Spec, storms, changes int) (*res
 			}
 			c.stop()
 		}
-		if err := c.waitFor(done, h.o.timeout); err != nil {
+		if err := c.waitFor(done, tr, h.o.timeout); err != nil {
 			stopAll()
 			if err != errTimeout {
 				return nil, err
@@ -393,7 +410,7 @@ func (h *harness) measure(impl string, spec gen.Spec, storms, changes int) (*res
 					stopAll()
 					return nil, err
 				}
-				if err := c.waitFor(done, h.o.timeout); err != nil {
+				if err := c.waitFor(done, tr, h.o.timeout); err != nil {
 					stopAll()
 					if err != errTimeout {
 						return nil, err
@@ -418,7 +435,7 @@ func (h *harness) measure(impl string, spec gen.Spec, storms, changes int) (*res
 					stopAll()
 					return nil, err
 				}
-				if err := c.waitFor(done, h.o.timeout); err != nil {
+				if err := c.waitFor(done, tr, h.o.timeout); err != nil {
 					stopAll()
 					if err != errTimeout {
 						return nil, err
@@ -443,13 +460,16 @@ func (h *harness) measure(impl string, spec gen.Spec, storms, changes int) (*res
 	return res, nil
 }
 
-// waitFor waits for done, for at most d, and not past the server's end.
-func (c *child) waitFor(done <-chan struct{}, d time.Duration) error {
+// waitFor waits for done, for at most d, and not past the server's end
+// or a sidecar's failure.
+func (c *child) waitFor(done <-chan struct{}, t *sidecar.Tracker, d time.Duration) error {
 	select {
 	case <-done:
 		return nil
 	case <-c.exited:
 		return fmt.Errorf("the server exited (see %s)", c.log)
+	case <-t.Failed():
+		return fmt.Errorf("a sidecar's stream failed: %v (server log: %s)", t.Errors()[0], c.log)
 	case <-time.After(d):
 		return errTimeout
 	}

@@ -55,7 +55,9 @@ func (h *harness) scale() ([]Figure, error) {
 			}
 			res, err := h.measure(impl, spec, 1, h.o.chartReps)
 			if err != nil {
-				return nil, err
+				fmt.Printf("%s: failed: %v\n", impl, err)
+				figs = append(figs, Figure{Name: name, Unit: "s", Note: "failed: " + err.Error()})
+				continue
 			}
 			report(impl, res)
 			if res.Failed != "" {
