@@ -133,16 +133,7 @@ func virtualInbound(chains []*listenerv3.FilterChain, inspectTLS bool) *listener
 		FilterChains: chains,
 	}
 	if len(chains) == 0 {
-		l.DefaultFilterChain = &listenerv3.FilterChain{
-			Name: BlackHoleCluster,
-			Filters: []*listenerv3.Filter{{
-				Name: "envoy.filters.network.tcp_proxy",
-				ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(&tcpproxyv3.TcpProxy{
-					StatPrefix:       BlackHoleCluster,
-					ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: BlackHoleCluster},
-				})},
-			}},
-		}
+		l.DefaultFilterChain = tcpProxyChain(BlackHoleCluster, false)
 	}
 	if inspectTLS {
 		l.ListenerFilters = append(l.ListenerFilters, tlsInspector())
@@ -155,21 +146,27 @@ func virtualInbound(chains []*listenerv3.FilterChain, inspectTLS bool) *listener
 // mesh is passed through unchanged.
 func virtualOutbound() *listenerv3.Listener {
 	return &listenerv3.Listener{
-		Name:             VirtualOutbound,
-		Address:          socketAddress("0.0.0.0", model.OutboundCapturePort),
-		TrafficDirection: corev3.TrafficDirection_OUTBOUND,
-		UseOriginalDst:   wrapperspb.Bool(true),
-		DefaultFilterChain: &listenerv3.FilterChain{
-			Name: PassthroughCluster,
-			Filters: []*listenerv3.Filter{{
-				Name: "envoy.filters.network.tcp_proxy",
-				ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(&tcpproxyv3.TcpProxy{
-					StatPrefix:       PassthroughCluster,
-					ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: PassthroughCluster},
-					AccessLog:        accessLog(),
-				})},
-			}},
-		},
+		Name:               VirtualOutbound,
+		Address:            socketAddress("0.0.0.0", model.OutboundCapturePort),
+		TrafficDirection:   corev3.TrafficDirection_OUTBOUND,
+		UseOriginalDst:     wrapperspb.Bool(true),
+		DefaultFilterChain: tcpProxyChain(PassthroughCluster, true),
+	}
+}
+
+// tcpProxyChain is a filter chain, named after cluster, that proxies
+// every connection to it, logging each when log is set.
+func tcpProxyChain(cluster string, log bool) *listenerv3.FilterChain {
+	proxy := &tcpproxyv3.TcpProxy{StatPrefix: cluster, ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: cluster}}
+	if log {
+		proxy.AccessLog = accessLog()
+	}
+	return &listenerv3.FilterChain{
+		Name: cluster,
+		Filters: []*listenerv3.Filter{{
+			Name:       "envoy.filters.network.tcp_proxy",
+			ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(proxy)},
+		}},
 	}
 }
 

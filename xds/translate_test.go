@@ -56,14 +56,7 @@ func TestTranslateGolden(t *testing.T) {
 				if err != nil {
 					t.Errorf("parts of %s: %v", w.Key(), err)
 				}
-				var union xds.Resources
-				for _, p := range parts {
-					union.Listeners = append(union.Listeners, p.Listeners...)
-					union.Clusters = append(union.Clusters, p.Clusters...)
-					union.Routes = append(union.Routes, p.Routes...)
-					union.Endpoints = append(union.Endpoints, p.Endpoints...)
-				}
-				union.Sort()
+				union := xds.Union(parts...)
 				if !sameProtos(union.Listeners, r.Listeners) || !sameProtos(union.Clusters, r.Clusters) ||
 					!sameProtos(union.Routes, r.Routes) || !sameProtos(union.Endpoints, r.Endpoints) {
 					t.Errorf("%s: the union of Parts differs from Translate", w.Key())

@@ -200,15 +200,20 @@ func (t *Translator) Translate(w *model.Workload) (*Resources, error) {
 	if w == nil {
 		return nil, errNoWorkload
 	}
+	return Union(t.inboundPart(w), t.outboundPart(w)), nil
+}
+
+// Union returns the resources of parts together, sorted by name.
+func Union(parts ...*Part) *Resources {
 	r := &Resources{}
-	for _, p := range []*Part{t.inboundPart(w), t.outboundPart(w)} {
+	for _, p := range parts {
 		r.Listeners = append(r.Listeners, p.Listeners...)
 		r.Clusters = append(r.Clusters, p.Clusters...)
 		r.Routes = append(r.Routes, p.Routes...)
 		r.Endpoints = append(r.Endpoints, p.Endpoints...)
 	}
 	r.Sort()
-	return r, nil
+	return r
 }
 
 // Parts returns the configuration of w's sidecar as the parts it shares

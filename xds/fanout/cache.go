@@ -315,7 +315,7 @@ func respond(w *watch, s *Set) *response {
 		if w.req.GetVersionInfo() == s.Version {
 			return nil
 		}
-		return newResponse(w, s, s.all(), nil)
+		return &response{w: w, set: s, whole: true}
 	}
 	var names map[string]struct{}
 	if !w.sub.IsWildcard() {
@@ -331,19 +331,21 @@ func respond(w *watch, s *Set) *response {
 	// In the set's order, which is the same for every node sharing it.
 	var pieces []*Piece
 	found, fresh := 0, false
-	for _, p := range s.all() {
-		if !subscribed(p.Name) {
-			continue
-		}
-		found++
-		if had.version(w.kind, p.Name) != p.Version {
-			fresh = true
-			if !w.kind.fullState() {
-				pieces = append(pieces, p)
+	for _, g := range s.groups {
+		for _, p := range g.Pieces {
+			if !subscribed(p.Name) {
+				continue
 			}
-		}
-		if w.kind.fullState() {
-			pieces = append(pieces, p) // all of them, if any is new
+			found++
+			if had.version(w.kind, p.Name) != p.Version {
+				fresh = true
+				if !w.kind.fullState() {
+					pieces = append(pieces, p)
+				}
+			}
+			if w.kind.fullState() {
+				pieces = append(pieces, p) // all of them, if any is new
+			}
 		}
 	}
 	if w.kind.fullState() {
@@ -364,22 +366,24 @@ func respond(w *watch, s *Set) *response {
 	if names == nil || found == s.n {
 		covered = nil // all of the set
 	}
-	return newResponse(w, s, pieces, covered)
+	r := &response{w: w, set: s, whole: len(pieces) == s.n}
+	if !r.whole {
+		r.pieces = pieces
+	}
+	if covered != nil {
+		r.covered = maps.Clone(covered)
+	}
+	return r
 }
 
 // response is one answer to one watch. It implements cachev3.Response.
 type response struct {
-	w       *watch
-	set     *Set
+	w   *watch
+	set *Set
+	// whole: every resource of set, in its order; else pieces.
+	whole   bool
 	pieces  []*Piece
 	covered map[string]struct{} // the names of set the stream has after it; nil: all
-}
-
-func newResponse(w *watch, s *Set, pieces []*Piece, covered map[string]struct{}) *response {
-	if covered != nil {
-		covered = maps.Clone(covered)
-	}
-	return &response{w: w, set: s, pieces: pieces, covered: covered}
 }
 
 // commit records that the stream was sent the response.
@@ -404,7 +408,7 @@ func (r *response) GetDiscoveryResponse() (*discoveryv3.DiscoveryResponse, error
 	r.commit()
 	var anys []*anypb.Any
 	var bufs []mem.Buffer
-	if len(r.pieces) == r.set.n {
+	if r.whole {
 		// The whole set, in its order: its shared slices and buffers.
 		anys, bufs = r.set.anys(), r.set.buffers()
 	} else {

@@ -64,59 +64,70 @@ type Piece struct {
 }
 
 // Group is the resources of one kind of one xds.Part, sorted by name.
+// Groups are shared by every node whose configuration holds the part, so
+// whatever a group builds for lookups and writing, it builds once.
 type Group struct {
 	Version string
 	Pieces  []*Piece
 
-	once sync.Once
-	enc  mem.Buffer // every piece's encoding, in order
+	once  sync.Once
+	enc   mem.Buffer // every piece's encoding, in order
+	anys  []*anypb.Any
+	index map[string]*Piece
 }
 
-// buffer returns the encodings of all the group's pieces as one buffer,
-// built once: gRPC writes a few large buffers much faster than a
-// thousand small ones.
-func (g *Group) buffer() mem.Buffer {
+func (g *Group) build() {
 	g.once.Do(func() {
 		n := 0
 		for _, p := range g.Pieces {
 			n += p.enc.Len()
 		}
 		b := make([]byte, 0, n)
-		for _, p := range g.Pieces {
+		g.anys = make([]*anypb.Any, len(g.Pieces))
+		g.index = make(map[string]*Piece, len(g.Pieces))
+		for i, p := range g.Pieces {
 			b = append(b, p.enc.ReadOnlyData()...)
+			g.anys[i] = p.any
+			g.index[p.Name] = p
 		}
 		g.enc = mem.SliceBuffer(b)
 	})
+}
+
+// buffer returns the encodings of all the group's pieces as one buffer:
+// gRPC writes a few large buffers much faster than a thousand small ones.
+func (g *Group) buffer() mem.Buffer {
+	g.build()
 	return g.enc
 }
 
 func (g *Group) lookup(name string) *Piece {
-	i := sort.Search(len(g.Pieces), func(i int) bool { return g.Pieces[i].Name >= name })
-	if i < len(g.Pieces) && g.Pieces[i].Name == name {
-		return g.Pieces[i]
-	}
-	return nil
+	g.build()
+	return g.index[name]
 }
 
 // Set is what one node is sent of one kind: the union of groups that no
-// two define the same name. Sets are immutable and shared.
+// two define the same name. A set holds nothing but its groups, so a
+// node whose set is its own (its inbound side is) costs a few words.
 type Set struct {
 	Version string
 	groups  []*Group
 	n       int
-
-	once     sync.Once
-	versions map[string]string
-	index    map[string]*Piece
-	pieces   []*Piece
-	any      []*anypb.Any
 }
 
-// anys returns every resource, in group order, shared: callers must
-// not modify the slice.
+// anys returns every resource, in group order: the group's own slice
+// when there is one group.
 func (s *Set) anys() []*anypb.Any {
-	s.build()
-	return s.any
+	if len(s.groups) == 1 {
+		s.groups[0].build()
+		return s.groups[0].anys
+	}
+	out := make([]*anypb.Any, 0, s.n)
+	for _, g := range s.groups {
+		g.build()
+		out = append(out, g.anys...)
+	}
+	return out
 }
 
 // buffers returns the encodings of every resource, a buffer per group.
@@ -132,35 +143,24 @@ func (s *Set) buffers() []mem.Buffer {
 func (s *Set) Len() int { return s.n }
 
 func (s *Set) lookup(name string) *Piece {
-	s.build()
-	return s.index[name]
-}
-
-// build makes the set's indexes, once: a set is shared by every node
-// with the same configuration of its kind.
-func (s *Set) build() {
-	s.once.Do(func() {
-		s.versions = make(map[string]string, s.n)
-		s.index = make(map[string]*Piece, s.n)
-		s.pieces = make([]*Piece, 0, s.n)
-		s.any = make([]*anypb.Any, 0, s.n)
-		for _, g := range s.groups {
-			s.pieces = append(s.pieces, g.Pieces...)
-			for _, p := range g.Pieces {
-				s.any = append(s.any, p.any)
-			}
-			for _, p := range g.Pieces {
-				s.versions[p.Name] = p.Version
-				s.index[p.Name] = p
-			}
+	for _, g := range s.groups {
+		if p := g.lookup(name); p != nil {
+			return p
 		}
-	})
+	}
+	return nil
 }
 
-// all returns every piece, in group order. Callers must not modify it.
+// all returns every piece, in group order.
 func (s *Set) all() []*Piece {
-	s.build()
-	return s.pieces
+	if len(s.groups) == 1 {
+		return s.groups[0].Pieces
+	}
+	out := make([]*Piece, 0, s.n)
+	for _, g := range s.groups {
+		out = append(out, g.Pieces...)
+	}
+	return out
 }
 
 // Names returns every resource name in the set, sorted.
@@ -171,13 +171,6 @@ func (s *Set) Names() []string {
 	}
 	sort.Strings(out)
 	return out
-}
-
-// Versions maps each resource name to its version. The map is built
-// once and shared: callers must not modify it.
-func (s *Set) Versions() map[string]string {
-	s.build()
-	return s.versions
 }
 
 // Config is one node's configuration: a set per kind.
