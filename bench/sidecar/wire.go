@@ -37,41 +37,26 @@ func (c codec) Unmarshal(data mem.BufferSlice, v any) error {
 	}
 	b := data.Materialize()
 	r.Bytes = len(b)
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return protowire.ParseError(n)
-		}
-		b = b[n:]
-		if typ == protowire.BytesType && (num == 1 || num == 2 || num == 4 || num == 5) {
-			v, n := protowire.ConsumeBytes(b)
-			if n < 0 {
-				return protowire.ParseError(n)
+	var bad error
+	err := fields(b, func(num protowire.Number, v []byte) bool {
+		switch num {
+		case 1:
+			r.Version = string(v)
+		case 2:
+			value, err := anyValue(v)
+			if err != nil {
+				bad = err
+				return false
 			}
-			b = b[n:]
-			switch num {
-			case 1:
-				r.Version = string(v)
-			case 2:
-				value, err := anyValue(v)
-				if err != nil {
-					return err
-				}
-				r.Resources = append(r.Resources, value)
-			case 4:
-				r.TypeURL = string(v)
-			case 5:
-				r.Nonce = string(v)
-			}
-			continue
+			r.Resources = append(r.Resources, value)
+		case 4:
+			r.TypeURL = string(v)
+		case 5:
+			r.Nonce = string(v)
 		}
-		n = protowire.ConsumeFieldValue(num, typ, b)
-		if n < 0 {
-			return protowire.ParseError(n)
-		}
-		b = b[n:]
-	}
-	return nil
+		return true
+	})
+	return errors.Join(err, bad)
 }
 
 // fields calls f for each length-delimited field of a message until f

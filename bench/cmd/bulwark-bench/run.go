@@ -74,6 +74,7 @@ func run(args []string) error {
 	fs.BoolVar(&o.baseline, "baseline", true, "measure the baseline too")
 	fs.StringVar(&o.impls, "impls", "bulwark,bulwark-plaintext,baseline", "servers the convergence figures measure")
 	fs.IntVar(&o.chartReps, "scale-reps", 2, "full changes per point of the scale sweep")
+	replot := fs.String("replot", "", "only draw the scale charts again, from this results.json")
 	_ = fs.Parse(args)
 	raiseFileLimit()
 	if err := os.MkdirAll(o.out, 0o755); err != nil {
@@ -83,6 +84,9 @@ func run(args []string) error {
 		return o.only == "" || strings.Contains(","+o.only+",", ","+group+",")
 	}
 	h := &harness{o: o}
+	if *replot != "" {
+		return h.replot(*replot)
+	}
 	caDir, err := os.MkdirTemp("", "bulwark-bench-ca-")
 	if err != nil {
 		return err
@@ -105,38 +109,16 @@ func run(args []string) error {
 		}
 		return os.WriteFile(path, append(b, '\n'), 0o644)
 	}
-	if want("convergence") {
-		f, err := h.convergence()
-		if err != nil {
-			return err
+	for _, g := range []struct {
+		name string
+		run  func() ([]Figure, error)
+	}{
+		{"convergence", h.convergence}, {"ca", h.caFigure}, {"envoy", h.envoyFigure}, {"scale", h.scale},
+	} {
+		if !want(g.name) || (g.name == "scale" && o.short) {
+			continue
 		}
-		figures = append(figures, f...)
-		if err := save(); err != nil {
-			return err
-		}
-	}
-	if want("ca") {
-		f, err := h.caFigure()
-		if err != nil {
-			return err
-		}
-		figures = append(figures, f...)
-		if err := save(); err != nil {
-			return err
-		}
-	}
-	if want("envoy") {
-		f, err := h.envoyFigure()
-		if err != nil {
-			return err
-		}
-		figures = append(figures, f...)
-		if err := save(); err != nil {
-			return err
-		}
-	}
-	if want("scale") && !o.short {
-		f, err := h.scale()
+		f, err := g.run()
 		if err != nil {
 			return err
 		}
@@ -396,54 +378,52 @@ func (h *harness) measure(impl string, spec gen.Spec, storms, changes int) (*res
 			res.HeapPerProxy = (float64(s.HeapInuse) - float64(base.HeapInuse)) / p
 			res.StackPerProxy = (float64(s.StackInuse) - float64(base.StackInuse)) / p
 			res.GoroutinesPerProxy = float64(s.Goroutines-base.Goroutines) / p
-			current := 0
-			for k := 1; k <= changes; k++ {
-				st := spec.State(k)
+			// change has the server apply cmd and waits until every
+			// sidecar has ACKed what st gives it; false if it timed out.
+			change := func(what string, st *model.State, cmd string) (float64, bool, error) {
 				want, err := targets(spec, st)
 				if err != nil {
-					stopAll()
-					return nil, err
+					return 0, false, err
 				}
 				done := tr.Arm(want)
 				t0 := time.Now()
-				if _, err := c.do(fmt.Sprintf("full %d", k)); err != nil {
-					stopAll()
-					return nil, err
+				if _, err := c.do(cmd); err != nil {
+					return 0, false, err
 				}
 				if err := c.waitFor(done, tr, h.o.timeout); err != nil {
-					stopAll()
 					if err != errTimeout {
-						return nil, err
+						return 0, false, err
 					}
-					fail(fmt.Sprintf("full change %d", k), tr)
-					return res, nil
+					fail(what, tr)
+					return 0, false, nil
 				}
-				res.Full = append(res.Full, tr.Last().Sub(t0).Seconds())
-				current = k
+				return tr.Last().Sub(t0).Seconds(), true, nil
 			}
-			for k := 1; k <= changes; k++ {
-				st := spec.State(current)
-				gen.MoveOneEndpoint(st, k)
-				want, err := targets(spec, st)
-				if err != nil {
-					stopAll()
-					return nil, err
+			current := 0
+			for k := 1; k <= 2*changes; k++ {
+				var secs float64
+				var ok bool
+				var err error
+				if k <= changes {
+					current = k
+					secs, ok, err = change(fmt.Sprintf("full change %d", k), spec.State(k), fmt.Sprintf("full %d", k))
+				} else {
+					st := spec.State(current)
+					gen.MoveOneEndpoint(st, k)
+					secs, ok, err = change(fmt.Sprintf("endpoint change %d", k-changes), st, fmt.Sprintf("endpoint %d %d", current, k))
 				}
-				done := tr.Arm(want)
-				t0 := time.Now()
-				if _, err := c.do(fmt.Sprintf("endpoint %d %d", current, k)); err != nil {
+				if err != nil || !ok {
 					stopAll()
-					return nil, err
-				}
-				if err := c.waitFor(done, tr, h.o.timeout); err != nil {
-					stopAll()
-					if err != errTimeout {
+					if err != nil {
 						return nil, err
 					}
-					fail(fmt.Sprintf("endpoint change %d", k), tr)
 					return res, nil
 				}
-				res.Endpoint = append(res.Endpoint, tr.Last().Sub(t0).Seconds())
+				if k <= changes {
+					res.Full = append(res.Full, secs)
+				} else {
+					res.Endpoint = append(res.Endpoint, secs)
+				}
 			}
 			s, err = c.stats()
 			if err != nil {

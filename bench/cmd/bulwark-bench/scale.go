@@ -1,7 +1,9 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
+	"os"
 	"path/filepath"
 
 	"gonum.org/v1/plot"
@@ -29,16 +31,10 @@ const (
 // and services, and draws both.
 func (h *harness) scale() ([]Figure, error) {
 	points := []scalePoint{{100, 1000}, {1000, 1000}, {5000, 1000}, {100, 10000}, {1000, 10000}, {5000, 10000}}
-	type row struct {
-		point   scalePoint
-		results map[string]*result
-	}
-	var rows []row
 	var figs []Figure
 	for _, pt := range points {
 		spec := gen.Spec{Services: pt.services, Endpoints: 5, Proxies: pt.proxies}
 		fmt.Printf("\n== scale: %d proxies x %d services\n", pt.proxies, pt.services)
-		r := row{point: pt, results: map[string]*result{}}
 		for _, impl := range []string{"bulwark", "baseline"} {
 			budget := bulwarkBudget
 			if impl == "baseline" {
@@ -64,7 +60,6 @@ func (h *harness) scale() ([]Figure, error) {
 				figs = append(figs, Figure{Name: name, Unit: "s", Note: "failed: " + res.Failed})
 				continue
 			}
-			r.results[impl] = res
 			label := fmt.Sprintf("%s, %d proxies x %d services x 5 endpoints", impl, pt.proxies, pt.services)
 			figs = append(figs,
 				figure(name+"_full_change", "s", label+": full change until every proxy ACKed", res.Full, nil, false),
@@ -72,16 +67,26 @@ func (h *harness) scale() ([]Figure, error) {
 				figure(name+"_rss_per_proxy", "KiB", label+": RSS per connected proxy", []float64{res.RSSPerProxy / 1024}, nil, false),
 				figure(name+"_rss", "MiB", label+": RSS after the run", []float64{float64(res.RSS) / (1 << 20)}, nil, false))
 		}
-		rows = append(rows, r)
 	}
-	// Charts: convergence and memory against proxies, a line per
-	// implementation and service count.
+	if err := h.charts(figs); err != nil {
+		return nil, err
+	}
+	return figs, nil
+}
+
+// charts draws convergence and memory against proxies, a line per
+// implementation and service count, from the scale sweep's figures
+// (so `-replot` can draw them again from a results.json).
+func (h *harness) charts(figs []Figure) error {
+	byName := map[string]Figure{}
+	for _, f := range figs {
+		byName[f.Name] = f
+	}
 	for _, chart := range []struct {
-		file, title, y string
-		value          func(*result) float64
+		file, title, y, suffix string
 	}{
-		{"convergence.png", "Full change: all proxies ACKed", "seconds (median)", func(r *result) float64 { m, _, _ := summarize(r.Full); return m }},
-		{"memory.png", "Server RSS after the run", "MiB", func(r *result) float64 { return float64(r.RSS) / (1 << 20) }},
+		{"convergence.png", "Full change: until every proxy ACKed", "seconds (median)", "_full_change"},
+		{"memory.png", "Server RSS after the run", "MiB", "_rss"},
 	} {
 		p := plot.New()
 		p.Title.Text = chart.title
@@ -89,14 +94,16 @@ func (h *harness) scale() ([]Figure, error) {
 		p.Y.Label.Text = chart.y
 		p.X.Scale, p.Y.Scale = plot.LogScale{}, plot.LogScale{}
 		p.X.Tick.Marker, p.Y.Tick.Marker = plot.LogTicks{Prec: -1}, plot.LogTicks{Prec: -1}
-		p.Legend.Top, p.Legend.Left = true, true
+		// The lines rise to the right: the legend goes below them.
+		p.Legend.Top, p.Legend.Left = false, false
 		var lines []any
 		for _, impl := range []string{"bulwark", "baseline"} {
 			for _, services := range []int{1000, 10000} {
 				var xy plotter.XYs
-				for _, r := range rows {
-					if res := r.results[impl]; res != nil && r.point.services == services {
-						xy = append(xy, plotter.XY{X: float64(r.point.proxies), Y: chart.value(res)})
+				for _, proxies := range []int{100, 1000, 5000} {
+					f, ok := byName[fmt.Sprintf("scale_%s_%dx%d%s", impl, proxies, services, chart.suffix)]
+					if ok && f.Median > 0 {
+						xy = append(xy, plotter.XY{X: float64(proxies), Y: f.Median})
 					}
 				}
 				if len(xy) > 0 {
@@ -105,13 +112,28 @@ func (h *harness) scale() ([]Figure, error) {
 			}
 		}
 		if err := plotutil.AddLinePoints(p, lines...); err != nil {
-			return nil, err
+			return err
 		}
 		path := filepath.Join(h.o.out, chart.file)
 		if err := p.Save(6*vg.Inch, 4*vg.Inch, path); err != nil {
-			return nil, err
+			return err
 		}
 		fmt.Printf("wrote %s\n", path)
 	}
-	return figs, nil
+	return nil
+}
+
+// replot draws the charts again from a results.json.
+func (h *harness) replot(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	var r struct {
+		Figures []Figure `json:"figures"`
+	}
+	if err := json.Unmarshal(b, &r); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return h.charts(r.Figures)
 }

@@ -234,13 +234,7 @@ func (b *baseline) run() {
 
 func (b *baseline) publish() error {
 	return b.spec.TranslateSnapshot(b.store.Snapshot(), func(i int, _ *model.Workload, parts []*xds.Part, cfg fanout.Config) error {
-		var r xds.Resources
-		for _, p := range parts {
-			r.Listeners = append(r.Listeners, p.Listeners...)
-			r.Clusters = append(r.Clusters, p.Clusters...)
-			r.Routes = append(r.Routes, p.Routes...)
-			r.Endpoints = append(r.Endpoints, p.Endpoints...)
-		}
+		r := xds.Union(parts...)
 		// The versions Bulwark would give the same content, so one
 		// harness can tell when either has converged.
 		v := cfg.Versions()
