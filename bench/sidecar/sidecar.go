@@ -177,6 +177,11 @@ type Sidecar struct {
 	done   chan struct{}
 }
 
+// envoyWindow is Envoy's default HTTP/2 initial stream and connection
+// window, which its gRPC client to the control plane uses unless the
+// bootstrap says otherwise.
+const envoyWindow = 256 << 20
+
 // Start connects sidecar i as node and runs it until Stop.
 func Start(cfg Config, t *Tracker, i int, node string) (*Sidecar, error) {
 	creds := insecure.NewCredentials()
@@ -184,8 +189,12 @@ func Start(cfg Config, t *Tracker, i int, node string) (*Sidecar, error) {
 		creds = credentials.NewTLS(cfg.TLS(i))
 	}
 	// Like Envoy, no cap on the size of a response: at 10,000 services
-	// the clusters alone are several megabytes.
+	// the clusters alone are several megabytes. And like Envoy's HTTP/2
+	// client, whose default stream and connection windows are 256 MiB,
+	// a large response is not held back waiting for window updates
+	// (gRPC's own default starts at 64 KiB and grows).
 	conn, err := grpc.NewClient(cfg.Addr, grpc.WithTransportCredentials(creds),
+		grpc.WithInitialWindowSize(envoyWindow), grpc.WithInitialConnWindowSize(envoyWindow),
 		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(newCodec()), grpc.MaxCallRecvMsgSize(math.MaxInt32)))
 	if err != nil {
 		return nil, err
