@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"maps"
+	"slices"
 	"sync"
 
 	"google.golang.org/grpc/mem"
@@ -37,7 +38,7 @@ type Cache struct {
 	nodes map[string]*node
 
 	bindMu sync.Mutex
-	binds  map[*cachev3.Request]int64
+	binds  map[*cachev3.Request]binding
 	last   map[int64]*cachev3.Request // the bound request of each stream
 	where  map[int64]string           // the node of each stream
 }
@@ -75,6 +76,35 @@ func (s *sent) version(k Kind, name string) string {
 	return ""
 }
 
+// narrow forgets the resources of kind k that the stream no longer
+// subscribes to: a proxy that unsubscribes from a resource drops it, and
+// when it subscribes again it must be sent it again, changed or not.
+// exact is a set whose names are exactly the subscription, or nil.
+func (s *sent) narrow(k Kind, subscribed map[string]struct{}, exact *Set) {
+	e := &s[k]
+	if e.set == nil || (e.names == nil && e.set == exact) {
+		return
+	}
+	if e.names != nil { // the record's own copy
+		for name := range e.names {
+			if _, ok := subscribed[name]; !ok {
+				delete(e.names, name)
+			}
+		}
+		return
+	}
+	all := e.set.all()
+	if !slices.ContainsFunc(all, func(p *Piece) bool { _, ok := subscribed[p.Name]; return !ok }) {
+		return
+	}
+	e.names = map[string]struct{}{}
+	for _, p := range all {
+		if _, ok := subscribed[p.Name]; ok {
+			e.names[p.Name] = struct{}{}
+		}
+	}
+}
+
 type watch struct {
 	kind   Kind
 	req    *cachev3.Request
@@ -82,37 +112,54 @@ type watch struct {
 	out    chan cachev3.Response
 	node   *node
 	stream any
+	// exact is a set of the node whose names are exactly those the
+	// watch subscribes to, when Bind found one; else nil.
+	exact *Set
+}
+
+// binding is what Bind learned of a request.
+type binding struct {
+	stream int64
+	// named is the node's set that holds every name the request names,
+	// when there is one: with as many distinct names as the set has,
+	// the subscription is exactly the set (CreateWatch checks the count).
+	named *Set
 }
 
 var _ cachev3.Cache = (*Cache)(nil)
 
 // NewCache returns an empty cache.
 func NewCache() *Cache {
-	return &Cache{nodes: map[string]*node{}, binds: map[*cachev3.Request]int64{},
+	return &Cache{nodes: map[string]*node{}, binds: map[*cachev3.Request]binding{},
 		last: map[int64]*cachev3.Request{}, where: map[int64]string{}}
 }
 
 // Bind says that req, which the server is about to pass to
-// CreateWatch, comes from stream.
+// CreateWatch, comes from stream. It also replaces each resource name
+// in req that the node's set of its kind holds with the set's own copy
+// of it: the ADS server keeps every stream's last subscription, and
+// with thousands of streams subscribed to the same thousands of load
+// assignments, sharing the strings saves most of that memory.
 func (c *Cache) Bind(req *cachev3.Request, stream int64) {
+	named := c.intern(req.GetNode().GetId(), req.GetTypeUrl(), req.ResourceNames)
 	c.bindMu.Lock()
 	defer c.bindMu.Unlock()
 	if prev := c.last[stream]; prev != nil {
 		delete(c.binds, prev) // never watched (a stale nonce)
 	}
-	c.binds[req], c.last[stream] = stream, req
+	c.binds[req], c.last[stream] = binding{stream: stream, named: named}, req
 	c.where[stream] = req.GetNode().GetId()
 }
 
-func (c *Cache) unbind(req *cachev3.Request) (int64, bool) {
+func (c *Cache) unbind(req *cachev3.Request) (binding, bool) {
 	c.bindMu.Lock()
 	defer c.bindMu.Unlock()
-	id, ok := c.binds[req]
+	b, ok := c.binds[req]
 	if ok {
 		delete(c.binds, req)
-		delete(c.last, id)
+		delete(c.last, b.stream)
 	}
-	return id, ok
+	return b, ok
 }
 
 // ForgetStream drops what the cache knows of a stream that ended.
@@ -210,33 +257,37 @@ func (c *Cache) Node(id string) (Config, bool) {
 	return n.config, n.config != Config{}
 }
 
-// Intern replaces each name that the node's set of typeURL holds with
-// the set's own copy of it. The ADS server keeps every stream's last
-// request and subscription; with thousands of streams subscribed to the
-// same thousands of load assignments, sharing the strings saves most of
-// that memory.
-func (c *Cache) Intern(id, typeURL string, names []string) {
+// intern replaces each name that the node's set of typeURL holds with
+// the set's own copy of it, and returns that set if it holds every
+// name.
+func (c *Cache) intern(id, typeURL string, names []string) *Set {
 	k, ok := kindOf(typeURL)
 	if !ok || len(names) == 0 {
-		return
+		return nil
 	}
 	c.mu.RLock()
 	n := c.nodes[id]
 	c.mu.RUnlock()
 	if n == nil {
-		return
+		return nil
 	}
 	n.mu.Lock()
 	s := n.config[k]
 	n.mu.Unlock()
 	if s == nil {
-		return
+		return nil
 	}
+	found := 0
 	for i, name := range names {
 		if p := s.lookup(name); p != nil {
 			names[i] = p.Name
+			found++
 		}
 	}
+	if found < len(names) {
+		return nil
+	}
+	return s
 }
 
 // ClearNode drops the node's configuration, and the node itself unless
@@ -271,16 +322,23 @@ func (c *Cache) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, out 
 		return func() {}, nil
 	}
 	var stream any = out
-	if id, ok := c.unbind(req); ok {
-		stream = id
+	var exact *Set
+	if b, ok := c.unbind(req); ok {
+		stream = b.stream
+		if b.named != nil && !sub.IsWildcard() && len(sub.SubscribedResources()) == b.named.n {
+			exact = b.named
+		}
 	}
 	n := c.lockNode(req.GetNode().GetId())
 	defer n.mu.Unlock()
+	if had := n.streams[stream]; had != nil && !sub.IsWildcard() {
+		had.narrow(k, sub.SubscribedResources(), exact)
+	}
 	// The watch keeps a copy of the request without its resource names:
 	// thousands of streams each holding the last list of a thousand
 	// names they sent would cost more than all the configuration.
 	light := &cachev3.Request{VersionInfo: req.GetVersionInfo(), Node: req.GetNode(), TypeUrl: req.GetTypeUrl(), ResponseNonce: req.GetResponseNonce()}
-	w := &watch{kind: k, req: light, sub: sub, out: out, node: n, stream: stream}
+	w := &watch{kind: k, req: light, sub: sub, out: out, node: n, stream: stream, exact: exact}
 	if s := n.config[k]; s != nil {
 		if r := respond(w, s); r != nil {
 			out <- r
@@ -316,6 +374,28 @@ func respond(w *watch, s *Set) *response {
 			return nil
 		}
 		return &response{w: w, set: s, whole: true}
+	}
+	if !w.kind.fullState() && had != nil && had[w.kind].names == nil && had[w.kind].set != nil {
+		// The stream has all of a set. Two common cases need no look at
+		// each resource: an ACK of the set (the stream has every resource
+		// of it, so whatever it asks for, nothing is new), and a new set
+		// of the same names for a stream that subscribes to exactly
+		// those (what changed is the same for every stream, see diff).
+		switch prev := had[w.kind].set; {
+		case prev == s:
+			return nil
+		case w.exact == prev:
+			if d := s.diff(prev); d.sameNames {
+				if len(d.fresh) == 0 && !d.allFresh {
+					return nil
+				}
+				r := &response{w: w, set: s, whole: d.allFresh || len(d.fresh) == s.n}
+				if !r.whole {
+					r.pieces = d.fresh
+				}
+				return r
+			}
+		}
 	}
 	var names map[string]struct{}
 	if !w.sub.IsWildcard() {

@@ -2,6 +2,8 @@ package fanout_test
 
 import (
 	"fmt"
+	"maps"
+	"math/rand/v2"
 	"slices"
 	"sync"
 	"testing"
@@ -315,4 +317,156 @@ func TestConcurrentStreamsAndChanges(t *testing.T) {
 		c.SetNode(node, cfgs[i])
 	}
 	wg.Wait()
+}
+
+// What a stream is sent, through any sequence of changes and of
+// subscriptions (to all the node has, to some, to more), must be what
+// the state-of-the-world protocol calls for: once every name it
+// subscribes to exists, the subscribed resources it does not have at
+// their current content, and nothing when there are none. A resource it
+// unsubscribed from is one it no longer has: subscribing again gets it
+// again. Checked for a stream the server bound (whose requests the cache
+// matched against the node's sets, which lets it skip comparing resource
+// by resource) and one it did not.
+func TestStreamsGetWhatTheProtocolCallsFor(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	pool := []string{"a", "b", "c", "d", "e", "f"}
+	c := fanout.NewCache()
+	current := map[string]string{} // name: address, as the node has it now
+	// Two parts, as the server prepares them: the node's own and a
+	// shared one, so sets of several groups (some kept across a change)
+	// are exercised.
+	change := func() {
+		var own, shared []*endpointv3.ClusterLoadAssignment
+		clear(current)
+		for _, n := range pool {
+			if rng.IntN(4) == 0 {
+				continue // absent this time
+			}
+			addr := fmt.Sprintf("10.0.0.%d", rng.IntN(2))
+			current[n] = addr
+			if n < "c" {
+				own = append(own, cla(n, addr))
+			} else {
+				shared = append(shared, cla(n, addr))
+			}
+		}
+		cfg, err := fanout.NewPreparer().Prepare([]*xds.Part{{Resources: xds.Resources{Endpoints: own}}, {Resources: xds.Resources{Endpoints: shared}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetNode(node, cfg)
+	}
+	nd := &corev3.Node{Id: node}
+	type stream struct {
+		id      int64 // bound to this stream ID; 0: not bound
+		sub     *streamv3.Subscription
+		names   []string
+		out     chan cachev3.Response
+		version string
+		cancel  func()
+		have    map[string]string // what the protocol says it has
+	}
+	streams := []*stream{{id: 7}, {}}
+	for _, s := range streams {
+		s.out, s.have = make(chan cachev3.Response, 8), map[string]string{}
+	}
+	request := func(s *stream, names []string) {
+		if s.cancel != nil {
+			s.cancel()
+		}
+		if s.sub == nil {
+			sub := streamv3.NewSotwSubscription(names, false)
+			s.sub = &sub
+		} else {
+			s.sub.SetResourceSubscription(names)
+		}
+		s.names = names
+		maps.DeleteFunc(s.have, func(n, _ string) bool { return !slices.Contains(names, n) })
+		req := &discoveryv3.DiscoveryRequest{Node: nd, TypeUrl: resourcev3.EndpointType, VersionInfo: s.version, ResourceNames: slices.Clone(names)}
+		if s.id != 0 {
+			c.Bind(req, s.id)
+		}
+		cancel, err := c.CreateWatch(req, s.sub, s.out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.cancel = cancel
+	}
+	// got returns the response waiting on s as sorted name=address.
+	got := func(s *stream) []string {
+		select {
+		case r := <-s.out:
+			d, err := r.GetDiscoveryResponse()
+			if err != nil {
+				t.Fatal(err)
+			}
+			s.version = d.GetVersionInfo()
+			var out []string
+			for _, a := range d.GetResources() {
+				m, err := a.UnmarshalNew()
+				if err != nil {
+					t.Fatal(err)
+				}
+				l := m.(*endpointv3.ClusterLoadAssignment)
+				out = append(out, l.GetClusterName()+"="+l.GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetSocketAddress().GetAddress())
+			}
+			slices.Sort(out)
+			return out
+		default:
+			return nil
+		}
+	}
+	// want is what the protocol calls for, and what s has after it.
+	want := func(s *stream) []string {
+		var out []string
+		for _, n := range s.names {
+			if _, ok := current[n]; !ok {
+				return nil // wait for the rest of the change
+			}
+		}
+		for _, n := range s.names {
+			if s.have[n] != current[n] {
+				out = append(out, n+"="+current[n])
+				s.have[n] = current[n]
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	names := func() []string {
+		all := slices.Sorted(maps.Keys(current))
+		switch rng.IntN(4) {
+		case 0: // some of them
+			return slices.DeleteFunc(all, func(string) bool { return rng.IntN(2) == 0 })
+		case 1: // one more than there is
+			return append(all, "z")
+		default: // all of them, as Envoy asks for the load assignments of its clusters
+			return all
+		}
+	}
+	check := func(step, i int, s *stream) bool {
+		g, w := got(s), want(s)
+		if !slices.Equal(g, w) {
+			t.Fatalf("step %d, stream %d (bound: %v), subscribed to %v: sent %v, want %v", step, i, s.id != 0, s.names, g, w)
+		}
+		return len(g) > 0
+	}
+	change()
+	for step := range 2000 {
+		changed := rng.IntN(3) == 0
+		if changed {
+			change()
+		}
+		for i, s := range streams {
+			if !changed {
+				request(s, names())
+			}
+			// A response is ACKed, as a proxy does: the stream watches
+			// again, and the ACK itself calls for nothing new.
+			for check(step, i, s) {
+				request(s, s.names)
+			}
+		}
+	}
 }

@@ -5,8 +5,10 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc/mem"
@@ -107,12 +109,53 @@ func (g *Group) lookup(name string) *Piece {
 }
 
 // Set is what one node is sent of one kind: the union of groups that no
-// two define the same name. A set holds nothing but its groups, so a
+// two define the same name. A set holds little but its groups, so a
 // node whose set is its own (its inbound side is) costs a few words.
 type Set struct {
 	Version string
 	groups  []*Group
 	n       int
+	// last is the most recent diff from another set: after a change,
+	// every stream of every node sharing this set asks for it.
+	last atomic.Pointer[setDiff]
+}
+
+// setDiff is what a set changes relative to a previous one.
+type setDiff struct {
+	from      string // the previous set's version
+	sameNames bool   // both have the same names
+	// fresh are the pieces not in the previous set at the same version,
+	// in set order; when that is every piece, allFresh and nil.
+	fresh    []*Piece
+	allFresh bool
+}
+
+// diff returns what s changes relative to prev. Groups the two share are
+// skipped whole; the result is kept for the next stream that asks.
+func (s *Set) diff(prev *Set) *setDiff {
+	if d := s.last.Load(); d != nil && d.from == prev.Version {
+		return d
+	}
+	d := &setDiff{from: prev.Version, sameNames: s.n == prev.n}
+	for _, g := range s.groups {
+		if slices.Contains(prev.groups, g) {
+			continue
+		}
+		for _, p := range g.Pieces {
+			q := prev.lookup(p.Name)
+			if q == nil {
+				d.sameNames = false
+			}
+			if q == nil || q.Version != p.Version {
+				d.fresh = append(d.fresh, p)
+			}
+		}
+	}
+	if len(d.fresh) == s.n {
+		d.fresh, d.allFresh = nil, true
+	}
+	s.last.Store(d)
+	return d
 }
 
 // anys returns every resource, in group order: the group's own slice

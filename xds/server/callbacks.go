@@ -164,11 +164,16 @@ func (c *callbacks) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest)
 		s.m.rejected.WithLabelValues("node_changed").Inc()
 		return status.Errorf(codes.InvalidArgument, "node ID changed from %q to %q on one stream", st.node, nodeID)
 	}
+	// Binding the request to the stream looks up every name it
+	// subscribes to; no other stream needs to wait for that. (This
+	// stream's state stays: requests and the stream's end are handled
+	// on one goroutine.)
+	s.mu.Unlock()
+	s.cache.Bind(req, id)
+	s.mu.Lock()
 	defer s.mu.Unlock()
 
 	typeURL := req.GetTypeUrl()
-	s.cache.Intern(st.node, typeURL, req.ResourceNames)
-	s.cache.Bind(req, id)
 	ts := s.proxies[st.node].typeStatus(typeURL)
 	now := s.cfg.Now()
 	last, ok := st.sent[typeURL]
