@@ -177,10 +177,16 @@ type Sidecar struct {
 	done   chan struct{}
 }
 
-// envoyWindow is Envoy's default HTTP/2 initial stream and connection
-// window, which its gRPC client to the control plane uses unless the
-// bootstrap says otherwise.
-const envoyWindow = 256 << 20
+// window is the sidecars' HTTP/2 stream and connection window. Envoy's
+// default, which its gRPC client to the control plane uses unless the
+// bootstrap says otherwise, is 256 MiB: a response is never held back by
+// flow control. Here a thousand sidecars share one process, and a window
+// that large lets them buffer every byte the server sends before they
+// read it (21 GB per change at 10,000 services, more than the machine
+// has). 4 MiB holds every response of a sidecar at 1,000 services, so
+// there flow control never holds one back either, and bounds what the
+// process can buffer to 4 MiB per sidecar.
+const window = 4 << 20
 
 // Start connects sidecar i as node and runs it until Stop.
 func Start(cfg Config, t *Tracker, i int, node string) (*Sidecar, error) {
@@ -189,12 +195,9 @@ func Start(cfg Config, t *Tracker, i int, node string) (*Sidecar, error) {
 		creds = credentials.NewTLS(cfg.TLS(i))
 	}
 	// Like Envoy, no cap on the size of a response: at 10,000 services
-	// the clusters alone are several megabytes. And like Envoy's HTTP/2
-	// client, whose default stream and connection windows are 256 MiB,
-	// a large response is not held back waiting for window updates
-	// (gRPC's own default starts at 64 KiB and grows).
+	// the clusters alone are several megabytes.
 	conn, err := grpc.NewClient(cfg.Addr, grpc.WithTransportCredentials(creds),
-		grpc.WithInitialWindowSize(envoyWindow), grpc.WithInitialConnWindowSize(envoyWindow),
+		grpc.WithInitialWindowSize(window), grpc.WithInitialConnWindowSize(window),
 		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(newCodec()), grpc.MaxCallRecvMsgSize(math.MaxInt32)))
 	if err != nil {
 		return nil, err
