@@ -267,19 +267,11 @@ func (s *Sidecar) run(ctx context.Context, t *Tracker) error {
 		}
 		state[kind].version, state[kind].nonce = r.Version, r.Nonce
 		follow := -1
-		var names []string
+		names := r.Follow
 		switch kind {
 		case Clusters:
-			for _, c := range r.Resources {
-				if n := edsName(c); n != "" {
-					names = append(names, n)
-				}
-			}
 			follow = Endpoints
 		case Listeners:
-			for _, l := range r.Resources {
-				names = append(names, routeNames(l)...)
-			}
 			follow = Routes
 		}
 		if err := send(kind); err != nil { // the ACK
