@@ -223,6 +223,15 @@ func TestLocalMeshTrafficFollowsMeshFileEdits(t *testing.T) {
 		t.Errorf("frontend's sidecar still has the api listener:\n%s", listeners)
 	}
 
+	// The service comes back exactly as it was: frontend's sidecar had
+	// dropped its load assignment and asks for it again, and must be sent
+	// it again although it did not change (else the cluster would wait
+	// for it, warming, and then have no endpoints).
+	writeMesh(t, path, meshHead+apiService+frontendService+frontend(true)+apiWorkload(1)+apiWorkload(2)+allowFrontend)
+	eventually(t, "a call to api again after it came back unchanged", 10*time.Second, func() bool {
+		return call(t).Status == http.StatusOK
+	})
+
 	// None of this restarted frontend's sidecar.
 	if after := pids(m); after["demo/frontend-1"] != before["demo/frontend-1"] {
 		t.Errorf("frontend's Envoy was restarted (pid %d -> %d); edits must arrive over xDS", before["demo/frontend-1"], after["demo/frontend-1"])
