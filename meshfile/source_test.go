@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bulwarkmesh/bulwark/internal/testwait"
 	"github.com/bulwarkmesh/bulwark/model"
 )
 
@@ -28,17 +29,6 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 func TestWatchAppliesValidEditsAndKeepsLastGood(t *testing.T) {
@@ -66,7 +56,7 @@ func TestWatchAppliesValidEditsAndKeepsLastGood(t *testing.T) {
 	if err := os.Rename(tmp, path); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the new endpoint", func() bool { return len(store.Snapshot().Endpoints("demo", "api")) == 2 })
+	testwait.Until(t, "the new endpoint", 5*time.Second, func() bool { return len(store.Snapshot().Endpoints("demo", "api")) == 2 })
 
 	// An invalid edit is refused: the store keeps both endpoints, and the
 	// log names the file, line and field.
@@ -74,7 +64,7 @@ func TestWatchAppliesValidEditsAndKeepsLastGood(t *testing.T) {
 	if err := os.WriteFile(path, []byte(broken), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the refusal to be logged", func() bool { return strings.Contains(logs.String(), "mesh files refused") })
+	testwait.Until(t, "the refusal to be logged", 5*time.Second, func() bool { return strings.Contains(logs.String(), "mesh files refused") })
 	if !strings.Contains(logs.String(), `field=spec.workloads[2].address`) || !strings.Contains(logs.String(), "line=22") {
 		t.Errorf("log does not locate the problem:\n%s", logs.String())
 	}
@@ -86,7 +76,7 @@ func TestWatchAppliesValidEditsAndKeepsLastGood(t *testing.T) {
 	if err := os.WriteFile(path, []byte(header+validSpec), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the fix", func() bool { return len(store.Snapshot().Endpoints("demo", "api")) == 1 })
+	testwait.Until(t, "the fix", 5*time.Second, func() bool { return len(store.Snapshot().Endpoints("demo", "api")) == 1 })
 }
 
 func TestNewRefusesAnInvalidFileAtStart(t *testing.T) {

@@ -17,6 +17,7 @@ import (
 	"github.com/bulwarkmesh/bulwark/internal/envoy"
 	"github.com/bulwarkmesh/bulwark/internal/envoy/envoytest"
 	"github.com/bulwarkmesh/bulwark/internal/testlog"
+	"github.com/bulwarkmesh/bulwark/internal/testwait"
 	"github.com/bulwarkmesh/bulwark/localmesh"
 )
 
@@ -126,17 +127,6 @@ func stat(t *testing.T, admin, name string) int {
 	return 0
 }
 
-func eventually(t *testing.T, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 func pids(m *localmesh.Mesh) map[string]int {
 	out := map[string]int{}
 	for _, sc := range m.Sidecars() {
@@ -196,7 +186,7 @@ func TestLocalMeshTrafficFollowsMeshFileEdits(t *testing.T) {
 
 	// A new endpoint: api-2 joins; frontend's sidecar learns it over EDS.
 	writeMesh(t, path, meshHead+apiService+frontendService+frontend(true)+apiWorkload(1)+apiWorkload(2)+allowFrontend)
-	eventually(t, "a call answered by api-2", 20*time.Second, func() bool {
+	testwait.Until(t, "a call answered by api-2", 20*time.Second, func() bool {
 		r := call(t)
 		return r.Status == http.StatusOK && served(t, r).Workload == "api-2"
 	})
@@ -211,7 +201,7 @@ func TestLocalMeshTrafficFollowsMeshFileEdits(t *testing.T) {
 	// A removed service: frontend no longer calls api, and its sidecar
 	// drops the listener; the app's call now fails at its own sidecar.
 	writeMesh(t, path, meshHead+frontendService+frontend(false))
-	eventually(t, "frontend's sidecar to stop listening for api", 20*time.Second, func() bool {
+	testwait.Until(t, "frontend's sidecar to stop listening for api", 20*time.Second, func() bool {
 		_, err := http.Get("http://127.0.82.1:18080/hello")
 		return err != nil && strings.Contains(err.Error(), "connection refused")
 	})
@@ -228,7 +218,7 @@ func TestLocalMeshTrafficFollowsMeshFileEdits(t *testing.T) {
 	// it again although it did not change (else the cluster would wait
 	// for it, warming, and then have no endpoints).
 	writeMesh(t, path, meshHead+apiService+frontendService+frontend(true)+apiWorkload(1)+apiWorkload(2)+allowFrontend)
-	eventually(t, "a call to api again after it came back unchanged", 10*time.Second, func() bool {
+	testwait.Until(t, "a call to api again after it came back unchanged", 10*time.Second, func() bool {
 		return call(t).Status == http.StatusOK
 	})
 

@@ -31,9 +31,6 @@ type readyInfo struct {
 }
 
 func TestSmoke(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a kube-apiserver")
-	}
 	bin := os.Getenv("KUBE_APISERVER_TEST_BIN")
 	if bin == "" {
 		bin = filepath.Join(t.TempDir(), "kube-apiserver-test")

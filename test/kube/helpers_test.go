@@ -37,6 +37,7 @@ import (
 	"github.com/bulwarkmesh/bulwark/controlplane"
 	"github.com/bulwarkmesh/bulwark/internal/spiffetls"
 	"github.com/bulwarkmesh/bulwark/internal/testlog"
+	"github.com/bulwarkmesh/bulwark/internal/testwait"
 	"github.com/bulwarkmesh/bulwark/kube"
 )
 
@@ -108,7 +109,7 @@ func applyCRDs(t testing.TB) {
 		t.Fatal(err)
 	}
 	dyn := dynamicClient(t)
-	eventually(t, "the CRDs to serve", 30*time.Second, func() bool {
+	testwait.Until(t, "the CRDs to serve", 30*time.Second, func() bool {
 		_, e1 := dyn.Resource(kube.AccessPolicyGVR).List(ctx, metav1.ListOptions{})
 		_, e2 := dyn.Resource(kube.MTLSPolicyGVR).List(ctx, metav1.ListOptions{})
 		return e1 == nil && e2 == nil
@@ -122,17 +123,6 @@ func dynamicClient(t testing.TB) dynamic.Interface {
 		t.Fatal(err)
 	}
 	return d
-}
-
-func eventually(t testing.TB, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 }
 
 // namespace creates a namespace, in the mesh or not.

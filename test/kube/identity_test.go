@@ -29,6 +29,7 @@ import (
 	"github.com/bulwarkmesh/bulwark/ca"
 	"github.com/bulwarkmesh/bulwark/controlplane"
 	"github.com/bulwarkmesh/bulwark/internal/spiffetls"
+	"github.com/bulwarkmesh/bulwark/internal/testwait"
 )
 
 // sign asks the control plane's CA service for a certificate with a
@@ -123,7 +124,7 @@ func TestServiceAccountAttestation(t *testing.T) {
 	api2 := pod(t, c, ns, "api-2", "api", "10.42.0.2", nil)
 	gone := pod(t, c, ns, "api-3", "api", "10.42.0.3", nil)
 	cp := controlPlane(t, api.admin(), "bulwark-system", "cp-att")
-	eventually(t, "the pods to reach the model", 20*time.Second, func() bool {
+	testwait.Until(t, "the pods to reach the model", 20*time.Second, func() bool {
 		return cp.Store.Snapshot().Workload(ns, "api-3") != nil
 	})
 
@@ -224,7 +225,7 @@ func TestReplicasShareOneCA(t *testing.T) {
 	if err := cps[0].Stop(); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the pod to reach the second replica's model", 20*time.Second, func() bool {
+	testwait.Until(t, "the pod to reach the second replica's model", 20*time.Second, func() bool {
 		return cps[1].Store.Snapshot().Workload(ns, p.Name) != nil
 	})
 	leaf, err := sign(t, cps[1], ns+"/"+p.Name, tokenFor(t, c, p, "bulwark"))

@@ -13,6 +13,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/bulwarkmesh/bulwark/internal/adstest"
+	"github.com/bulwarkmesh/bulwark/internal/testwait"
 	"github.com/bulwarkmesh/bulwark/kube"
 )
 
@@ -80,11 +81,11 @@ func TestControlPlaneRunsWithTheExampleRBAC(t *testing.T) {
 
 	cp := controlPlane(t, asControlPlane(), "bulwark-system", "cp-rbac")
 
-	eventually(t, "the root certificate in the mesh namespace", 20*time.Second, func() bool {
+	testwait.Until(t, "the root certificate in the mesh namespace", 20*time.Second, func() bool {
 		cm, err := c.CoreV1().ConfigMaps(ns).Get(ctx, kube.RootCertConfigMap, metav1.GetOptions{})
 		return err == nil && strings.Contains(cm.Data[kube.RootCertKey], "BEGIN CERTIFICATE")
 	})
-	eventually(t, "the policy status", 20*time.Second, func() bool {
+	testwait.Until(t, "the policy status", 20*time.Second, func() bool {
 		u, err := dynamicClient(t).Resource(kube.AccessPolicyGVR).Namespace(ns).Get(ctx, "api-from-frontend", metav1.GetOptions{})
 		return err == nil && strings.Contains(stringify(u.Object["status"]), "Accepted")
 	})

@@ -14,6 +14,7 @@ import (
 	"github.com/bulwarkmesh/bulwark/demoapp"
 	"github.com/bulwarkmesh/bulwark/internal/envoy/envoytest"
 	"github.com/bulwarkmesh/bulwark/internal/netnstest"
+	"github.com/bulwarkmesh/bulwark/internal/testwait"
 )
 
 // TestPodsFromTheAPIServer, end to end once: the real API server feeds
@@ -92,7 +93,7 @@ func TestPodsFromTheAPIServer(t *testing.T) {
 		return resp.StatusCode, &r
 	}
 	var r *demoapp.Reply
-	eventually(t, "frontend to reach api", 30*time.Second, func() bool {
+	testwait.Until(t, "frontend to reach api", 30*time.Second, func() bool {
 		var code int
 		code, r = get(pods["frontend-1"])
 		return code == http.StatusOK

@@ -11,6 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/bulwarkmesh/bulwark/internal/adstest"
+	"github.com/bulwarkmesh/bulwark/internal/testwait"
 	"github.com/bulwarkmesh/bulwark/kube"
 )
 
@@ -86,7 +87,7 @@ func TestClusterReachesTheProxy(t *testing.T) {
 	accessPolicy(t, ns, "api-from-frontend", allowFrom("frontend"))
 
 	cp := controlPlane(t, api.admin(), "bulwark-system", "cp-source")
-	eventually(t, "the pods to reach the model", 20*time.Second, func() bool {
+	testwait.Until(t, "the pods to reach the model", 20*time.Second, func() bool {
 		return cp.Store.Snapshot().Workload(ns, fe.Name) != nil
 	})
 	ads := adstest.Dial(t, cp.XDSAddr.String(), ns+"/"+fe.Name, svidFor(t, cp, ns, "frontend"))
@@ -152,7 +153,7 @@ func TestPolicyStatus(t *testing.T) {
 	}
 
 	accessPolicy(t, ns, "api-from-frontend", allowFrom("frontend"))
-	eventually(t, "the policy to be accepted", 20*time.Second, func() bool {
+	testwait.Until(t, "the policy to be accepted", 20*time.Second, func() bool {
 		c := condition("api-from-frontend")
 		return c != nil && c["status"] == "True"
 	})
@@ -160,7 +161,7 @@ func TestPolicyStatus(t *testing.T) {
 	// The API server's schema lets this through; Bulwark's validation
 	// does not: "Front_End" is not a service account name.
 	accessPolicy(t, ns, "api-from-frontend", allowFrom("Front_End"))
-	eventually(t, "the edit to be refused", 20*time.Second, func() bool {
+	testwait.Until(t, "the edit to be refused", 20*time.Second, func() bool {
 		c := condition("api-from-frontend")
 		return c != nil && c["status"] == "False"
 	})
@@ -180,7 +181,7 @@ func TestPolicyStatus(t *testing.T) {
 	// A new invalid policy is refused outright.
 	accessPolicy(t, ns, "broken", map[string]any{"selector": map[string]any{"service": "api"}, "action": "DENY",
 		"rules": []any{map[string]any{"from": []any{map[string]any{"namespaces": []any{"No_Such"}}}}}})
-	eventually(t, "the new policy to be refused", 20*time.Second, func() bool {
+	testwait.Until(t, "the new policy to be refused", 20*time.Second, func() bool {
 		c := condition("broken")
 		return c != nil && c["status"] == "False" && strings.Contains(c["message"].(string), "not in force")
 	})

@@ -25,6 +25,7 @@ import (
 
 	"github.com/bulwarkmesh/bulwark/ca"
 	"github.com/bulwarkmesh/bulwark/internal/netnstest"
+	"github.com/bulwarkmesh/bulwark/internal/testwait"
 )
 
 const (
@@ -142,7 +143,7 @@ func accessLog(t *testing.T, p *netnstest.Pod) []map[string]any {
 func logged(t *testing.T, p *netnstest.Pod, path string, status int) string {
 	t.Helper()
 	var details string
-	eventually(t, "access log line for "+path, 10*time.Second, func() bool {
+	testwait.Until(t, "access log line for "+path, 10*time.Second, func() bool {
 		for _, l := range accessLog(t, p) {
 			if l["path"] == path && fmt.Sprint(l["status"]) == fmt.Sprint(status) {
 				details = fmt.Sprint(l["details"])
@@ -209,7 +210,7 @@ func TestBypassAttemptsAreDenied(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = cl.writeMesh(mesh()) })
-	eventually(t, "/ADMIN to be denied", 15*time.Second, func() bool {
+	testwait.Until(t, "/ADMIN to be denied", 15*time.Second, func() bool {
 		status, _, err := rawHTTP(t, attacker, apiPod, me, "/ADMIN", nil)
 		return err == nil && status == 403
 	})
@@ -308,7 +309,7 @@ spec:
 			t.Logf("rbac stats:\n%s", body)
 		}
 	}()
-	eventually(t, "the dry run to count a request", 15*time.Second, func() bool {
+	testwait.Until(t, "the dry run to count a request", 15*time.Second, func() bool {
 		if _, err := get(t, netnstest.Client(frontend, nil), apiVIP+"/v1/frozen/x", nil); err != nil {
 			t.Fatalf("a dry-run DENY blocked the request: %v", err)
 		}

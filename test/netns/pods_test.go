@@ -20,6 +20,7 @@ import (
 	"github.com/bulwarkmesh/bulwark/ca"
 	"github.com/bulwarkmesh/bulwark/demoapp"
 	"github.com/bulwarkmesh/bulwark/internal/netnstest"
+	"github.com/bulwarkmesh/bulwark/internal/testwait"
 )
 
 const (
@@ -175,7 +176,7 @@ spec:
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = cl.writeMesh(mesh()) })
-	eventually(t, "plaintext to reach authorization", 15*time.Second, func() bool {
+	testwait.Until(t, "plaintext to reach authorization", 15*time.Second, func() bool {
 		status, _, err := rawHTTP(t, attacker, "10.77.0.11:8080", nil, "/hello", map[string]string{
 			"X-Forwarded-Client-Cert": "URI=" + frontendID,
 		})
@@ -196,7 +197,7 @@ spec:
 		t.Fatal(err)
 	}
 	var r *demoapp.Reply
-	eventually(t, "plaintext to be accepted", 15*time.Second, func() bool {
+	testwait.Until(t, "plaintext to be accepted", 15*time.Second, func() bool {
 		var err error
 		r, err = get(t, netnstest.Client(attacker, nil), apiPodURL+"/legacy/x", map[string]string{
 			"X-Forwarded-Client-Cert": "URI=" + frontendID, // a forged identity
@@ -214,7 +215,7 @@ spec:
 	if err := cl.writeMesh(mesh()); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "plaintext to be refused again", 15*time.Second, func() bool {
+	testwait.Until(t, "plaintext to be refused again", 15*time.Second, func() bool {
 		_, _, err := rawHTTP(t, attacker, "10.77.0.11:8080", nil, "/legacy/x", nil)
 		return err != nil
 	})
@@ -309,16 +310,5 @@ func TestCertificatesRotateUnderTraffic(t *testing.T) {
 	}
 	if ok.Load() == 0 {
 		t.Error("no traffic flowed")
-	}
-}
-
-func eventually(t *testing.T, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(100 * time.Millisecond)
 	}
 }
