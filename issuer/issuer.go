@@ -59,9 +59,12 @@ type Config struct {
 	Tokens TokenRedeemer
 	// ServiceAccounts checks ServiceAccount tokens; nil refuses them.
 	ServiceAccounts ServiceAccountReviewer
-	// Synced is closed once the sources have synced; before, requests are
-	// asked to come back (Unavailable). Nil: synced already.
+	// Synced is closed once the sources have synced. A request that comes
+	// before waits for it, at most SyncWait (default 15s) or until the
+	// caller gives up, and is then asked to come back (Unavailable). Nil:
+	// synced already.
 	Synced     <-chan struct{}
+	SyncWait   time.Duration
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 }
@@ -121,9 +124,18 @@ func (s *Server) SignCertificate(ctx context.Context, req *cav1.SignCertificateR
 
 func (s *Server) sign(ctx context.Context, req *cav1.SignCertificateRequest, method *string) (*cav1.SignCertificateResponse, string, error) {
 	if s.cfg.Synced != nil {
+		wait := s.cfg.SyncWait
+		if wait <= 0 {
+			wait = 15 * time.Second
+		}
+		t := time.NewTimer(wait)
 		select {
 		case <-s.cfg.Synced:
-		default:
+			t.Stop()
+		case <-ctx.Done():
+			t.Stop()
+			return nil, "", status.Error(codes.Unavailable, "the control plane is still syncing its sources; retry")
+		case <-t.C:
 			return nil, "", status.Error(codes.Unavailable, "the control plane is still syncing its sources; retry")
 		}
 	}

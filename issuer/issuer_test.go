@@ -66,7 +66,7 @@ type env struct {
 	clock  *fakeClock
 }
 
-func setup(t *testing.T) *env {
+func setup(t *testing.T, opts ...func(*issuer.Config)) *env {
 	t.Helper()
 	dir := t.TempDir()
 	if err := ca.Init(ca.InitConfig{Dir: dir, TrustDomain: td}); err != nil {
@@ -95,7 +95,11 @@ func setup(t *testing.T) *env {
 	if _, err := store.ReplaceState(st); err != nil {
 		t.Fatal(err)
 	}
-	iss, err := issuer.New(issuer.Config{CA: authority, Store: store, Tokens: tokens, Logger: testlog.New(t)})
+	cfg := issuer.Config{CA: authority, Store: store, Tokens: tokens, Logger: testlog.New(t)}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	iss, err := issuer.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -199,6 +203,46 @@ func TestJoinTokenGetsTheWorkloadsOwnIdentity(t *testing.T) {
 	if life := leaf.NotAfter.Sub(leaf.NotBefore); life > 24*time.Hour+time.Minute {
 		t.Errorf("lifetime %s above 24h", life)
 	}
+}
+
+// TestRequestBeforeSyncWaitsForIt: an agent that asks while the sources
+// are still syncing is answered once they have, not refused.
+func TestRequestBeforeSyncWaitsForIt(t *testing.T) {
+	synced := make(chan struct{})
+	e := setup(t, func(c *issuer.Config) { c.Synced = synced })
+	tok := e.token(t, "demo/frontend-1")
+	type result struct {
+		leaf *x509.Certificate
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		leaf, err := e.sign(t, request{token: tok, workload: "demo/frontend-1"})
+		done <- result{leaf, err}
+	}()
+	select {
+	case r := <-done:
+		t.Fatalf("answered before the sources synced: %v", r.err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	close(synced)
+	select {
+	case r := <-done:
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		if r.leaf.URIs[0].String() != frontendID {
+			t.Errorf("issued %s, want %s", r.leaf.URIs[0], frontendID)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("not answered 5s after the sources synced")
+	}
+}
+
+func TestRequestIsAskedToRetryWhenSyncTakesLong(t *testing.T) {
+	e := setup(t, func(c *issuer.Config) { c.Synced, c.SyncWait = make(chan struct{}), 200*time.Millisecond })
+	_, err := e.sign(t, request{token: e.token(t, "demo/frontend-1"), workload: "demo/frontend-1"})
+	wantRefused(t, err, codes.Unavailable, "still syncing")
 }
 
 func TestRefusals(t *testing.T) {

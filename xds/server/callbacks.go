@@ -111,10 +111,15 @@ func (c *callbacks) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest)
 	nodeID := req.GetNode().GetId()
 	if st.node == "" && !s.synced() {
 		// Before the sources sync, an unknown workload may just not be
-		// known yet: ask the proxy to come back rather than refuse it.
+		// known yet. Hold the stream until they have (only this stream's
+		// goroutine waits), and past SyncWait ask the proxy to come back
+		// rather than refuse it.
 		s.mu.Unlock()
-		s.m.rejected.WithLabelValues("not_synced").Inc()
-		return status.Error(codes.Unavailable, "the control plane is still syncing its sources; retry")
+		if !s.waitSynced(st.ctx) {
+			s.m.rejected.WithLabelValues("not_synced").Inc()
+			return status.Error(codes.Unavailable, "the control plane is still syncing its sources; retry")
+		}
+		s.mu.Lock()
 	}
 	if st.node == "" {
 		ns, name, ok := model.ParseNodeID(nodeID)

@@ -10,7 +10,7 @@
 // It handles NACKs itself: a rejected version is logged once with the
 // proxy and Envoy's error, counted, and not sent again until the
 // configuration changes. Nothing is published before the sources have
-// synced.
+// synced; a proxy that connects earlier is held until they have.
 //
 // It must not read sources or talk to Kubernetes; it reads the model.
 package server

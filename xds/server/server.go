@@ -33,6 +33,11 @@ type Config struct {
 	// Synced is closed once every source has written its initial state.
 	// Nothing is published before. Nil means the store is already complete.
 	Synced <-chan struct{}
+	// SyncWait is how long a proxy that connects before the sources have
+	// synced is held before it is told to retry (Unavailable). Holding it
+	// means a control plane restart costs a proxy the sync time, not the
+	// sync time plus its reconnect backoff. Defaults to 15s.
+	SyncWait time.Duration
 	// Debounce is how long the model must stay quiet before a change is
 	// published; changes within it are coalesced. Defaults to 100ms.
 	Debounce time.Duration
@@ -100,6 +105,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.SyncWait <= 0 {
+		cfg.SyncWait = 15 * time.Second
 	}
 	s := &Server{
 		cfg:       cfg,
@@ -303,6 +311,23 @@ func (s *Server) sync(snap *model.Snapshot, changed map[string]bool) {
 	s.m.snapshotsSet.Add(float64(updated))
 	s.m.syncs.Inc()
 	s.m.syncDuration.Observe(time.Since(start).Seconds())
+}
+
+// waitSynced waits, at most SyncWait, for the sources to sync or ctx to
+// end, and reports whether they synced.
+func (s *Server) waitSynced(ctx context.Context) bool {
+	if s.synced() {
+		return true
+	}
+	t := time.NewTimer(s.cfg.SyncWait)
+	defer t.Stop()
+	select {
+	case <-s.cfg.Synced:
+		return true
+	case <-ctx.Done():
+	case <-t.C:
+	}
+	return false
 }
 
 // synced reports whether the sources have synced.

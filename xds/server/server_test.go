@@ -112,12 +112,16 @@ type harness struct {
 }
 
 // startServer serves ADS over mutual TLS, as the control plane does.
-func startServer(t *testing.T, store *model.Store) *harness {
+func startServer(t *testing.T, store *model.Store, opts ...func(*server.Config)) *harness {
 	t.Helper()
 	p := newPKI(t)
 	reg := prometheus.NewRegistry()
-	srv, err := server.New(server.Config{Store: store, Logger: testlog.New(t), Registerer: reg, Debounce: 10 * time.Millisecond,
-		MaxDelay: 50 * time.Millisecond, Identify: spiffetls.PeerID})
+	cfg := server.Config{Store: store, Logger: testlog.New(t), Registerer: reg, Debounce: 10 * time.Millisecond,
+		MaxDelay: 50 * time.Millisecond, Identify: spiffetls.PeerID}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	srv, err := server.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -360,6 +364,47 @@ func TestResourceRequestedBeforeItExists(t *testing.T) {
 	e := c.Recv(resourcev3.EndpointType, 5*time.Second)
 	if want := []string{apiCluster}; !slices.Equal(adstest.Names(e), want) {
 		t.Errorf("endpoints = %v, want %v", adstest.Names(e), want)
+	}
+}
+
+// TestProxyBeforeSyncIsHeldUntilSync: a proxy that connects while the
+// sources are still syncing (a control plane restart) is neither refused
+// nor sent a partial configuration: it waits, and gets its configuration
+// as soon as the sources have synced.
+func TestProxyBeforeSyncIsHeldUntilSync(t *testing.T) {
+	store := model.NewStore()
+	synced := make(chan struct{})
+	h := startServer(t, store, func(c *server.Config) { c.Synced = synced })
+	c := h.dial(t, "demo/frontend-1")
+	c.Subscribe(resourcev3.ClusterType)
+	select {
+	case r := <-c.Resps:
+		t.Fatalf("sent %v before the sources synced", adstest.Names(r))
+	case err := <-c.Errs:
+		t.Fatalf("stream ended before the sources synced: %v", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	if _, err := store.ReplaceState(testMesh("10.0.0.2")); err != nil {
+		t.Fatal(err)
+	}
+	close(synced)
+	cds := c.Recv(resourcev3.ClusterType, 5*time.Second)
+	if !slices.Contains(adstest.Names(cds), apiCluster) {
+		t.Errorf("clusters after sync = %v, want %s among them", adstest.Names(cds), apiCluster)
+	}
+}
+
+// TestProxyIsAskedToRetryWhenSyncTakesLong: past SyncWait the proxy is
+// told to come back (Unavailable, which Envoy retries), not refused.
+func TestProxyIsAskedToRetryWhenSyncTakesLong(t *testing.T) {
+	h := startServer(t, model.NewStore(), func(c *server.Config) {
+		c.Synced, c.SyncWait = make(chan struct{}), 200*time.Millisecond
+	})
+	c := h.dial(t, "demo/frontend-1")
+	c.Subscribe(resourcev3.ClusterType)
+	c.Refused(codes.Unavailable, "still syncing its sources; retry")
+	if n := metric(t, h.reg, "bulwark_xds_rejected_streams_total", "not_synced"); n != 1 {
+		t.Errorf("streams asked to retry = %v, want 1", n)
 	}
 }
 
