@@ -87,16 +87,24 @@ func writeMesh(t *testing.T, path, body string) {
 // call asks frontend's app to call api through the mesh.
 func call(t *testing.T) demoapp.CallReply {
 	t.Helper()
-	resp, err := http.Get("http://127.0.82.1:8080/call/api/hello")
+	r, err := tryCall()
 	if err != nil {
 		t.Fatalf("frontend app: %v", err)
 	}
-	defer resp.Body.Close()
-	var r demoapp.CallReply
-	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
-		t.Fatal(err)
-	}
 	return r
+}
+
+// tryCall is call for polling loops: frontend's app is restarted when
+// its upstreams change, and refuses connections for that moment.
+func tryCall() (demoapp.CallReply, error) {
+	var r demoapp.CallReply
+	resp, err := http.Get("http://127.0.82.1:8080/call/api/hello")
+	if err != nil {
+		return r, err
+	}
+	defer resp.Body.Close()
+	err = json.NewDecoder(resp.Body).Decode(&r)
+	return r, err
 }
 
 func served(t *testing.T, r demoapp.CallReply) demoapp.Reply {
@@ -187,8 +195,8 @@ func TestLocalMeshTrafficFollowsMeshFileEdits(t *testing.T) {
 	// A new endpoint: api-2 joins; frontend's sidecar learns it over EDS.
 	writeMesh(t, path, meshHead+apiService+frontendService+frontend(true)+apiWorkload(1)+apiWorkload(2)+allowFrontend)
 	testwait.Until(t, "a call answered by api-2", 20*time.Second, func() bool {
-		r := call(t)
-		return r.Status == http.StatusOK && served(t, r).Workload == "api-2"
+		r, err := tryCall()
+		return err == nil && r.Status == http.StatusOK && served(t, r).Workload == "api-2"
 	})
 
 	// An invalid edit is refused and traffic keeps flowing.
@@ -219,7 +227,8 @@ func TestLocalMeshTrafficFollowsMeshFileEdits(t *testing.T) {
 	// for it, warming, and then have no endpoints).
 	writeMesh(t, path, meshHead+apiService+frontendService+frontend(true)+apiWorkload(1)+apiWorkload(2)+allowFrontend)
 	testwait.Until(t, "a call to api again after it came back unchanged", 10*time.Second, func() bool {
-		return call(t).Status == http.StatusOK
+		r, err := tryCall()
+		return err == nil && r.Status == http.StatusOK
 	})
 
 	// None of this restarted frontend's sidecar.
