@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"reflect"
+	"slices"
 	"sync"
 	"time"
 
@@ -44,6 +45,12 @@ type Config struct {
 	// MaxDelay bounds how long a steady stream of changes can hold back
 	// a publish. Defaults to 1s.
 	MaxDelay time.Duration
+	// EndpointDebounce is the quiet period when only endpoints changed
+	// (and proxies came or went). Publishing that is cheap, only the load
+	// assignments that changed, and the sources coalesce their own
+	// events already, so an endpoint that went away stops getting
+	// traffic sooner. Defaults to 20ms.
+	EndpointDebounce time.Duration
 	// ProxyDebounce is the quiet period when only proxies connected or
 	// left: a new proxy waits no longer than that for its configuration.
 	// Defaults to 10ms.
@@ -96,6 +103,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Debounce <= 0 {
 		cfg.Debounce = 100 * time.Millisecond
+	}
+	if cfg.EndpointDebounce <= 0 {
+		cfg.EndpointDebounce = 20 * time.Millisecond
 	}
 	if cfg.ProxyDebounce <= 0 {
 		cfg.ProxyDebounce = 10 * time.Millisecond
@@ -187,12 +197,16 @@ func (s *Server) Run(ctx context.Context) error {
 		// Coalesce: wait until the model has been quiet for Debounce, or
 		// MaxDelay has passed since the first change. Proxies connecting
 		// are not a change to coalesce with others: they wait for
-		// ProxyDebounce only, unless the model changes too.
+		// ProxyDebounce only, and endpoint changes for EndpointDebounce,
+		// unless more of the model changes too.
 		deadline := time.NewTimer(s.cfg.MaxDelay)
 		for {
 			wait := s.cfg.Debounce
-			if onlyProxies(watch) {
+			switch {
+			case only(watch, model.TableProxies):
 				wait = s.cfg.ProxyDebounce
+			case only(watch, model.TableProxies, model.TableEndpoints):
+				wait = s.cfg.EndpointDebounce
 			}
 			quiet := time.NewTimer(wait)
 			more := waitAny(ctx, s.cfg.Store.Snapshot().Watch(), quiet.C, deadline.C)
@@ -219,13 +233,12 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 }
 
-// onlyProxies reports whether, of the tables watched, only proxies
-// changed.
-func onlyProxies(watch map[string]<-chan struct{}) bool {
+// only reports whether, of the tables watched, none but tables changed.
+func only(watch map[string]<-chan struct{}, tables ...string) bool {
 	for t, ch := range watch {
 		select {
 		case <-ch:
-			if t != model.TableProxies {
+			if !slices.Contains(tables, t) {
 				return false
 			}
 		default:

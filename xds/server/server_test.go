@@ -237,6 +237,38 @@ func TestEndpointChangeSendsOnlyEndpoints(t *testing.T) {
 	c.Quiet(500 * time.Millisecond) // no CDS, LDS or RDS: their content did not change
 }
 
+// TestEndpointChangeIsNotHeldForTheFullDebounce: an endpoint-only
+// change is published after EndpointDebounce; any other change still
+// waits for the model to be quiet for Debounce.
+func TestEndpointChangeIsNotHeldForTheFullDebounce(t *testing.T) {
+	h := startServer(t, newStore(t, testMesh("10.0.0.2", "10.0.0.3")), func(c *server.Config) {
+		c.Debounce, c.MaxDelay, c.EndpointDebounce = 2*time.Second, 4*time.Second, 20*time.Millisecond
+	})
+	c := h.dial(t, "demo/frontend-1")
+	syncAll(t, c)
+
+	st := testMesh("10.0.0.2", "10.0.0.3")
+	st.Endpoints[1].Ready = false
+	if _, err := h.store.ReplaceState(st); err != nil {
+		t.Fatal(err)
+	}
+	e := c.Recv(resourcev3.EndpointType, time.Second) // well inside Debounce
+	if got := adstest.Addresses(t, e)[apiCluster]; !slices.Equal(got, []string{"10.0.0.2"}) {
+		t.Errorf("api's endpoints = %v, want [10.0.0.2]", got)
+	}
+	c.ACK(e, apiCluster)
+
+	// A service change is coalesced for the whole Debounce.
+	st = testMesh("10.0.0.2", "10.0.0.3")
+	st.Endpoints[1].Ready = false
+	st.Services[0].Ports[0].Protocol = model.ProtocolTCP
+	if _, err := h.store.ReplaceState(st); err != nil {
+		t.Fatal(err)
+	}
+	c.Quiet(time.Second)
+	c.Recv(resourcev3.ListenerType, 5*time.Second) // api's port is TCP now
+}
+
 func TestNACKIsNotResentUntilTheConfigurationChanges(t *testing.T) {
 	h := startServer(t, newStore(t, testMesh("10.0.0.2")))
 	c := h.dial(t, "demo/frontend-1")

@@ -50,17 +50,18 @@ type Figure struct {
 }
 
 type options struct {
-	short     bool
-	out       string
-	reps      int
-	only      string
-	envoyBin  string
-	timeout   time.Duration
-	debounce  time.Duration
-	baseline  bool
-	impls     string
-	chart     bool
-	chartReps int
+	short      bool
+	out        string
+	reps       int
+	only       string
+	envoyBin   string
+	timeout    time.Duration
+	debounce   time.Duration
+	epDebounce time.Duration
+	baseline   bool
+	impls      string
+	chart      bool
+	chartReps  int
 }
 
 func run(args []string) error {
@@ -73,6 +74,7 @@ func run(args []string) error {
 	fs.StringVar(&o.envoyBin, "envoy", os.Getenv("ENVOY_BIN"), "Envoy binary for the real-Envoy figure")
 	fs.DurationVar(&o.timeout, "timeout", 10*time.Minute, "how long to wait for convergence before calling a run failed")
 	fs.DurationVar(&o.debounce, "debounce", 100*time.Millisecond, "the servers' coalescing window (Bulwark's default)")
+	fs.DurationVar(&o.epDebounce, "endpoint-debounce", 20*time.Millisecond, "the servers' coalescing window when only endpoints changed (Bulwark's default)")
 	fs.BoolVar(&o.baseline, "baseline", true, "measure the baseline too")
 	fs.StringVar(&o.impls, "impls", "bulwark,bulwark-plaintext,baseline", "servers the convergence figures measure")
 	fs.IntVar(&o.chartReps, "scale-reps", 2, "full changes per point of the scale sweep")
@@ -182,7 +184,7 @@ func (h *harness) startChild(impl string, spec gen.Spec) (*child, error) {
 		server, plaintext = "bulwark", true
 	}
 	cmd := exec.Command(self, "serve", "-impl", server, fmt.Sprintf("-plaintext=%t", plaintext), "-services", fmt.Sprint(spec.Services), "-endpoints", fmt.Sprint(spec.Endpoints),
-		"-proxies", fmt.Sprint(spec.Proxies), "-ca-dir", h.caDir, "-debounce", h.o.debounce.String())
+		"-proxies", fmt.Sprint(spec.Proxies), "-ca-dir", h.caDir, "-debounce", h.o.debounce.String(), "-endpoint-debounce", h.o.epDebounce.String())
 	cmd.Stderr = logf
 	in, err := cmd.StdinPipe()
 	if err != nil {

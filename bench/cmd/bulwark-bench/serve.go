@@ -86,6 +86,7 @@ func serve(args []string) error {
 	caDir := fs.String("ca-dir", "", "CA directory (bulwark)")
 	plaintext := fs.Bool("plaintext", false, "bulwark: serve without TLS, taking each stream's identity from its metadata (bench only)")
 	debounce := fs.Duration("debounce", 100*time.Millisecond, "how long the model must be quiet before a publish")
+	epDebounce := fs.Duration("endpoint-debounce", 20*time.Millisecond, "the same when only endpoints changed")
 	_ = fs.Parse(args)
 	raiseFileLimit()
 
@@ -119,7 +120,7 @@ func serve(args []string) error {
 		} else {
 			opts = append(opts, grpc.Creds(credentials.NewTLS(spiffetls.ServerConfig(own, own, controlPlaneID.TrustDomain()))))
 		}
-		srv, err := server.New(server.Config{Store: store, Logger: log, Identify: identify, Debounce: *debounce})
+		srv, err := server.New(server.Config{Store: store, Logger: log, Identify: identify, Debounce: *debounce, EndpointDebounce: *epDebounce})
 		if err != nil {
 			return err
 		}
@@ -127,7 +128,8 @@ func serve(args []string) error {
 		srv.Register(ctx, g)
 		go func() { _ = srv.Run(ctx) }()
 	case "baseline":
-		b := &baseline{spec: *spec, store: store, cache: cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil), debounce: *debounce, log: log}
+		b := &baseline{spec: *spec, store: store, cache: cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil),
+			debounce: *debounce, epDebounce: *epDebounce, log: log}
 		g = grpc.NewServer(grpc.MaxConcurrentStreams(1 << 16))
 		discoveryv3.RegisterAggregatedDiscoveryServiceServer(g, serverv3.NewServer(ctx, b.cache, nil))
 		if err := b.publish(); err != nil {
@@ -208,21 +210,27 @@ func metadataIdentity(ctx context.Context) (spiffeid.ID, error) {
 // go-control-plane: a SnapshotCache with one snapshot per node, set
 // for every node after every change.
 type baseline struct {
-	spec     gen.Spec
-	store    *model.Store
-	cache    cachev3.SnapshotCache
-	debounce time.Duration
-	log      *slog.Logger
+	spec       gen.Spec
+	store      *model.Store
+	cache      cachev3.SnapshotCache
+	debounce   time.Duration
+	epDebounce time.Duration
+	log        *slog.Logger
 }
 
 func (b *baseline) run() {
 	for {
 		changed := b.store.Snapshot().Watch()
 		waitAny(changed)
-		// The same coalescing as Bulwark: wait for the model to be quiet.
+		// The same coalescing as Bulwark: wait for the model to be quiet,
+		// for less when only endpoints changed.
 		for {
+			wait := b.debounce
+			if onlyEndpoints(changed) {
+				wait = b.epDebounce
+			}
 			more := b.store.Snapshot().Watch()
-			if !waitAnyFor(more, b.debounce) {
+			if !waitAnyFor(more, wait) {
 				break
 			}
 		}
@@ -253,6 +261,21 @@ func asResources[T types.Resource](in []T) []types.Resource {
 		out[i] = r
 	}
 	return out
+}
+
+// onlyEndpoints reports whether, of the tables watched, only endpoints
+// changed.
+func onlyEndpoints(watch map[string]<-chan struct{}) bool {
+	for t, ch := range watch {
+		select {
+		case <-ch:
+			if t != model.TableEndpoints {
+				return false
+			}
+		default:
+		}
+	}
+	return true
 }
 
 func waitAny(chans map[string]<-chan struct{}) { waitAnyFor(chans, -1) }
