@@ -84,7 +84,11 @@ func (s *Source) reload() error {
 	s.metrics.reloads.WithLabelValues("success").Inc()
 	s.metrics.lastOK.Set(1)
 	s.metrics.lastSuccess.Set(float64(s.cfg.Now().Unix()))
-	s.log.Info("mesh files loaded", "paths", s.cfg.Paths, "services", len(st.Services),
+	level := slog.LevelInfo
+	if len(changed) == 0 {
+		level = slog.LevelDebug // read again, nothing different
+	}
+	s.log.Log(context.Background(), level, "mesh files loaded", "paths", s.cfg.Paths, "services", len(st.Services),
 		"workloads", len(st.Workloads), "changed", changed)
 	return nil
 }
@@ -119,8 +123,10 @@ func (s *Source) Run(ctx context.Context) error {
 		}
 	}
 
-	var timer *time.Timer
-	var fire <-chan time.Time
+	// The files may have changed between New reading them and the
+	// watches starting: read them once more.
+	timer := time.NewTimer(s.cfg.Debounce)
+	fire := timer.C
 	for {
 		select {
 		case <-ctx.Done():
@@ -132,11 +138,7 @@ func (s *Source) Run(ctx context.Context) error {
 			if ev.Op == fsnotify.Chmod {
 				continue
 			}
-			if timer == nil {
-				timer = time.NewTimer(s.cfg.Debounce)
-			} else {
-				timer.Reset(s.cfg.Debounce)
-			}
+			timer.Reset(s.cfg.Debounce)
 			fire = timer.C
 		case err, ok := <-w.Errors:
 			if !ok {

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bulwarkmesh/bulwark/internal/testlog"
 	"github.com/bulwarkmesh/bulwark/internal/testwait"
 	"github.com/bulwarkmesh/bulwark/model"
 )
@@ -44,28 +45,22 @@ func TestWatchAppliesValidEditsAndKeepsLastGood(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- src.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
-	time.Sleep(50 * time.Millisecond) // let the watch start
 
 	// A valid edit: a second api workload, written the way editors do
-	// (to a temporary file, renamed over the original).
+	// (to a temporary file, renamed over the original). It may land
+	// before the watch has started; Run reads the files once more then.
 	added := header + validSpec + "    - {name: api-2, namespace: demo, address: 10.0.0.3, services: [api]}\n"
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(added), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		t.Fatal(err)
-	}
+	replaceFile(t, path, added)
 	testwait.Until(t, "the new endpoint", 5*time.Second, func() bool { return len(store.Snapshot().Endpoints("demo", "api")) == 2 })
 
 	// An invalid edit is refused: the store keeps both endpoints, and the
 	// log names the file, line and field.
 	broken := strings.Replace(added, "address: 10.0.0.3", "address: 10.0.0.300", 1)
-	if err := os.WriteFile(path, []byte(broken), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	testwait.Until(t, "the refusal to be logged", 5*time.Second, func() bool { return strings.Contains(logs.String(), "mesh files refused") })
-	if !strings.Contains(logs.String(), `field=spec.workloads[2].address`) || !strings.Contains(logs.String(), "line=22") {
+	replaceFile(t, path, broken)
+	testwait.Until(t, "the refusal to be logged with its field", 5*time.Second, func() bool {
+		return strings.Contains(logs.String(), `field=spec.workloads[2].address`)
+	})
+	if !strings.Contains(logs.String(), "mesh files refused") || !strings.Contains(logs.String(), "line=22") {
 		t.Errorf("log does not locate the problem:\n%s", logs.String())
 	}
 	if n := len(store.Snapshot().Endpoints("demo", "api")); n != 2 {
@@ -73,10 +68,38 @@ func TestWatchAppliesValidEditsAndKeepsLastGood(t *testing.T) {
 	}
 
 	// Fixing the file applies it.
-	if err := os.WriteFile(path, []byte(header+validSpec), 0o644); err != nil {
+	replaceFile(t, path, header+validSpec)
+	testwait.Until(t, "the fix", 5*time.Second, func() bool { return len(store.Snapshot().Endpoints("demo", "api")) == 1 })
+}
+
+// replaceFile writes body to a temporary file and renames it over path,
+// so a reader never sees it half written.
+func replaceFile(t *testing.T, path, body string) {
+	t.Helper()
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(body), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	testwait.Until(t, "the fix", 5*time.Second, func() bool { return len(store.Snapshot().Endpoints("demo", "api")) == 1 })
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestEditBeforeTheWatchStartsIsApplied: a file changed after New read it
+// but before Run's watches exist produces no event; Run reads it again.
+func TestEditBeforeTheWatchStartsIsApplied(t *testing.T) {
+	path := writeFile(t, header+validSpec)
+	store := model.NewStore()
+	src, err := New(Config{Paths: []string{path}, Store: store, Debounce: 20 * time.Millisecond, Logger: testlog.New(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	replaceFile(t, path, header+validSpec+"    - {name: api-2, namespace: demo, address: 10.0.0.3, services: [api]}\n")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- src.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	testwait.Until(t, "the edit made before Run", 5*time.Second, func() bool { return len(store.Snapshot().Endpoints("demo", "api")) == 2 })
 }
 
 func TestNewRefusesAnInvalidFileAtStart(t *testing.T) {
