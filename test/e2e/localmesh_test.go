@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -201,7 +202,16 @@ func TestLocalMeshTrafficFollowsMeshFileEdits(t *testing.T) {
 
 	// An invalid edit is refused and traffic keeps flowing.
 	writeMesh(t, path, meshHead+apiService+frontendService+frontend(true)+apiWorkload(1)+strings.Replace(apiWorkload(2), "127.0.81.12", "not-an-ip", 1)+allowFrontend)
-	time.Sleep(500 * time.Millisecond)
+	metrics := "http://" + m.ControlPlane().HTTPAddr.String() + "/metrics"
+	testwait.Until(t, "the invalid edit to be refused", 10*time.Second, func() bool {
+		resp, err := http.Get(metrics)
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return strings.Contains(string(body), "\nbulwark_meshfile_last_reload_successful 0\n")
+	})
 	if r := call(t); r.Status != http.StatusOK {
 		t.Fatalf("after an invalid edit the call failed: %+v", r)
 	}

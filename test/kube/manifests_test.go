@@ -79,6 +79,17 @@ func TestControlPlaneRunsWithTheExampleRBAC(t *testing.T) {
 	slice(t, c, ns, "api", 8080, endpoint{api1, true})
 	accessPolicy(t, ns, "api-from-frontend", allowFrom("frontend"))
 
+	// The API server authorizes from caches of Roles and bindings: wait
+	// until the ones just applied are in force for the control plane.
+	asCP, err := kubernetes.NewForConfig(asControlPlane())
+	if err != nil {
+		t.Fatal(err)
+	}
+	testwait.Until(t, "the example RBAC to be in force", 20*time.Second, func() bool {
+		_, err1 := asCP.CoreV1().Secrets("bulwark-system").Get(ctx, "bulwark-ca", metav1.GetOptions{})
+		_, err2 := asCP.CoreV1().Pods("").List(ctx, metav1.ListOptions{Limit: 1})
+		return (err1 == nil || apierrors.IsNotFound(err1)) && err2 == nil
+	})
 	cp := controlPlane(t, asControlPlane(), "bulwark-system", "cp-rbac")
 
 	testwait.Until(t, "the root certificate in the mesh namespace", 20*time.Second, func() bool {

@@ -52,11 +52,11 @@ func allowFrom(sa string) map[string]any {
 	}
 }
 
-// waitEDS subscribes (or follows) until api's load assignment holds
-// exactly want.
-func waitEDS(t *testing.T, c *adstest.Client, cluster string, want []string) {
+// waitEDS follows the stream until api's load assignment holds exactly
+// want, for at most d.
+func waitEDS(t *testing.T, c *adstest.Client, cluster string, want []string, d time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(d)
 	for {
 		left := time.Until(deadline)
 		if left <= 0 {
@@ -99,7 +99,7 @@ func TestClusterReachesTheProxy(t *testing.T) {
 		t.Fatalf("frontend's clusters %v lack %s", adstest.Names(cds), cluster)
 	}
 	ads.Subscribe(resourcev3.EndpointType, cluster)
-	waitEDS(t, ads, cluster, []string{"10.40.0.2", "10.40.0.3"})
+	waitEDS(t, ads, cluster, []string{"10.40.0.2", "10.40.0.3"}, 20*time.Second)
 
 	// The service's ClusterIP is the outbound listener's address.
 	ads.Subscribe(resourcev3.ListenerType)
@@ -115,7 +115,7 @@ func TestClusterReachesTheProxy(t *testing.T) {
 
 	// Readiness: api-2 goes not ready, then its pod is deleted.
 	slice(t, c, ns, "api", 8080, endpoint{api1, true}, endpoint{api2, false})
-	waitEDS(t, ads, cluster, []string{"10.40.0.2"})
+	waitEDS(t, ads, cluster, []string{"10.40.0.2"}, 20*time.Second)
 
 	// The API server restarts; the informers re-list and carry on.
 	if err := api.restart(); err != nil {
@@ -123,7 +123,13 @@ func TestClusterReachesTheProxy(t *testing.T) {
 	}
 	api3 := pod(t, c, ns, "api-3", "api", "10.40.0.4", map[string]string{"app": "api"})
 	slice(t, c, ns, "api", 8080, endpoint{api1, true}, endpoint{api3, true})
-	waitEDS(t, ads, cluster, []string{"10.40.0.2", "10.40.0.4"})
+	// The informers' watches broke for the whole restart, and client-go
+	// backs off between failed re-lists (up to 30 s, jittered): allow
+	// for that, and say which step was slow.
+	testwait.Until(t, "the informers to re-list after the restart", 90*time.Second, func() bool {
+		return cp.Store.Snapshot().Workload(ns, "api-3") != nil
+	})
+	waitEDS(t, ads, cluster, []string{"10.40.0.2", "10.40.0.4"}, 30*time.Second)
 }
 
 // TestPolicyStatus: an invalid policy is refused with the field in its

@@ -224,12 +224,14 @@ spec:
 	}
 }
 
-// leafSerial returns the serial of the workload certificate Envoy holds.
+// leafSerial returns the serial of the workload certificate Envoy holds,
+// or "" if its admin interface did not answer this time (it is polled).
 func leafSerial(t *testing.T, p *netnstest.Pod) string {
 	t.Helper()
 	body, err := netnstest.Admin(p, "/certs")
 	if err != nil {
-		t.Fatalf("certs of %s: %v", p.Name, err)
+		t.Logf("certs of %s: %v", p.Name, err)
+		return ""
 	}
 	var certs struct {
 		Certificates []struct {

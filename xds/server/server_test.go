@@ -29,6 +29,7 @@ import (
 	"github.com/bulwarkmesh/bulwark/internal/adstest"
 	"github.com/bulwarkmesh/bulwark/internal/spiffetls"
 	"github.com/bulwarkmesh/bulwark/internal/testlog"
+	"github.com/bulwarkmesh/bulwark/internal/testwait"
 	"github.com/bulwarkmesh/bulwark/model"
 	"github.com/bulwarkmesh/bulwark/xds/server"
 )
@@ -213,9 +214,9 @@ func TestACKedConfigurationIsNotResent(t *testing.T) {
 		t.Errorf("clusters = %v, want %v", adstest.Names(got["cds"]), want)
 	}
 	c.Quiet(500 * time.Millisecond)
-	if n := metric(t, h.reg, "bulwark_xds_acks_total", "cds"); n != 1 {
-		t.Errorf("cds ACKs counted = %v, want 1", n)
-	}
+	testwait.Until(t, "one cds ACK counted", 5*time.Second, func() bool {
+		return metric(t, h.reg, "bulwark_xds_acks_total", "cds") == 1
+	})
 }
 
 func TestEndpointChangeSendsOnlyEndpoints(t *testing.T) {
@@ -242,7 +243,7 @@ func TestEndpointChangeSendsOnlyEndpoints(t *testing.T) {
 // waits for the model to be quiet for Debounce.
 func TestEndpointChangeIsNotHeldForTheFullDebounce(t *testing.T) {
 	h := startServer(t, newStore(t, testMesh("10.0.0.2", "10.0.0.3")), func(c *server.Config) {
-		c.Debounce, c.MaxDelay, c.EndpointDebounce = 2*time.Second, 4*time.Second, 20*time.Millisecond
+		c.Debounce, c.MaxDelay, c.EndpointDebounce = 3*time.Second, 6*time.Second, 20*time.Millisecond
 	})
 	c := h.dial(t, "demo/frontend-1")
 	syncAll(t, c)
@@ -252,7 +253,7 @@ func TestEndpointChangeIsNotHeldForTheFullDebounce(t *testing.T) {
 	if _, err := h.store.ReplaceState(st); err != nil {
 		t.Fatal(err)
 	}
-	e := c.Recv(resourcev3.EndpointType, time.Second) // well inside Debounce
+	e := c.Recv(resourcev3.EndpointType, 2*time.Second) // well inside Debounce
 	if got := adstest.Addresses(t, e)[apiCluster]; !slices.Equal(got, []string{"10.0.0.2"}) {
 		t.Errorf("api's endpoints = %v, want [10.0.0.2]", got)
 	}
@@ -278,12 +279,12 @@ func TestNACKIsNotResentUntilTheConfigurationChanges(t *testing.T) {
 	// go-control-plane on its own answers a NACK with the same version at
 	// once, and Envoy NACKs it again: a hot loop. Bulwark holds it back.
 	c.Quiet(500 * time.Millisecond)
+	testwait.Until(t, "the NACK in the proxy's status", 5*time.Second, func() bool {
+		ps := h.srv.Proxies()
+		return len(ps) == 1 && ps[0].Types["cds"].NackError == "test: rejected on purpose" && ps[0].Types["cds"].NackedVersion == cds.GetVersionInfo()
+	})
 	if n := metric(t, h.reg, "bulwark_xds_nacks_total", "cds"); n != 1 {
 		t.Errorf("NACKs counted = %v, want 1", n)
-	}
-	ps := h.srv.Proxies()
-	if len(ps) != 1 || ps[0].Types["cds"].NackError != "test: rejected on purpose" || ps[0].Types["cds"].NackedVersion != cds.GetVersionInfo() {
-		t.Errorf("status does not show the NACK: %+v", ps)
 	}
 
 	// A change to the clusters is sent: it may fix what was rejected.
@@ -303,9 +304,9 @@ func TestNACKIsNotResentUntilTheConfigurationChanges(t *testing.T) {
 	}
 	c.ACK(next)
 	c.Quiet(300 * time.Millisecond)
-	if ps := h.srv.Proxies(); ps[0].Types["cds"].NackError != "" {
-		t.Errorf("NACK still reported after the new version was ACKed: %+v", ps[0].Types["cds"])
-	}
+	testwait.Until(t, "the NACK cleared by the ACK of the new version", 5*time.Second, func() bool {
+		return h.srv.Proxies()[0].Types["cds"].NackError == ""
+	})
 }
 
 func TestStaleNonceIsIgnored(t *testing.T) {
@@ -327,13 +328,13 @@ func TestStaleNonceIsIgnored(t *testing.T) {
 	// ACKed and superseded): the server must neither count nor answer it.
 	c.NACK(first, first.GetVersionInfo())
 	c.Quiet(300 * time.Millisecond)
+	c.ACK(second)
+	testwait.Until(t, "the ACK of the second version", 5*time.Second, func() bool {
+		return h.srv.Proxies()[0].Types["cds"].AckedVersion == second.GetVersionInfo()
+	})
+	// A stream's requests are handled in order: the stale NACK was too.
 	if n := metric(t, h.reg, "bulwark_xds_nacks_total", "cds"); n != 0 {
 		t.Errorf("stale NACK was counted: %v", n)
-	}
-	c.ACK(second)
-	c.Quiet(300 * time.Millisecond)
-	if got := h.srv.Proxies()[0].Types["cds"].AckedVersion; got != second.GetVersionInfo() {
-		t.Errorf("acked version = %q, want %q", got, second.GetVersionInfo())
 	}
 }
 
