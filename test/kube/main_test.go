@@ -83,14 +83,22 @@ func startAPIServer() (*apiServer, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &apiServer{bin: bin, dir: filepath.Join(dir, "apiserver")}
-	if a.port, err = freePort(); err != nil {
-		return nil, err
+	// The ports are free when picked, not necessarily when the harness
+	// binds them (another test package may take one meanwhile): pick
+	// again if it could not start.
+	for attempt := 1; ; attempt++ {
+		a := &apiServer{bin: bin, dir: filepath.Join(dir, fmt.Sprintf("apiserver-%d", attempt))}
+		if a.port, err = freePort(); err != nil {
+			return nil, err
+		}
+		if a.etcdPort, err = freePort(); err != nil {
+			return nil, err
+		}
+		if err = a.start(); err == nil || attempt == 3 {
+			return a, err
+		}
+		fmt.Fprintf(os.Stderr, "kube-apiserver harness did not start (%v); trying other ports\n", err)
 	}
-	if a.etcdPort, err = freePort(); err != nil {
-		return nil, err
-	}
-	return a, a.start()
 }
 
 // start runs the harness on the server's directory and ports, so a
