@@ -11,9 +11,10 @@ import (
 	"crypto"
 	"crypto/x509"
 	"errors"
-
 	"log/slog"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -75,6 +76,43 @@ type Server struct {
 	cfg      Config
 	log      *slog.Logger
 	requests *prometheus.CounterVec
+
+	mu     sync.Mutex
+	issued map[string]Issued // the latest certificate per workload
+}
+
+// Issued describes the latest certificate this server issued to a
+// workload: what an operator checks to see that rotation works.
+type Issued struct {
+	// Workload is the namespace/name the request named. The identity is
+	// what the issuer enforces: a renewing agent proves its identity with
+	// its current certificate, and any workload of that identity may name
+	// itself.
+	Workload string    `json:"workload"`
+	ID       string    `json:"id"`
+	Serial   string    `json:"serial"`
+	Method   string    `json:"method"`
+	IssuedAt time.Time `json:"issuedAt"`
+	Expires  time.Time `json:"expires"`
+}
+
+// Certificates returns the latest certificate issued to each workload
+// still in the model, sorted by workload.
+func (s *Server) Certificates() []Issued {
+	snap := s.cfg.Store.Snapshot()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]Issued, 0, len(s.issued))
+	for key, c := range s.issued {
+		ns, name, _ := strings.Cut(key, "/")
+		if snap.Workload(ns, name) == nil {
+			delete(s.issued, key) // gone from the mesh
+			continue
+		}
+		out = append(out, c)
+	}
+	slices.SortFunc(out, func(a, b Issued) int { return strings.Compare(a.Workload, b.Workload) })
+	return out
 }
 
 // New returns a Server.
@@ -85,13 +123,14 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger.With("component", "issuer"),
+	s := &Server{cfg: cfg, log: cfg.Logger.With("component", "issuer"), issued: map[string]Issued{},
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "bulwark_issuer_requests_total",
 			Help: "Certificate signing requests, by how the caller authenticated and the result.",
 		}, []string{"method", "result"})}
 	if cfg.Registerer != nil {
 		cfg.Registerer.MustRegister(s.requests)
+		cfg.Registerer.MustRegister(expiryCollector{s})
 	}
 	return s, nil
 }
@@ -119,6 +158,10 @@ func (s *Server) SignCertificate(ctx context.Context, req *cav1.SignCertificateR
 	leaf, _ := x509.ParseCertificate(resp.GetCertChain()[0])
 	s.log.Info("certificate issued", "workload", req.GetWorkload(), "id", id, "method", method,
 		"serial", leaf.SerialNumber.Text(16), "expires", leaf.NotAfter.Format(time.RFC3339))
+	s.mu.Lock()
+	s.issued[req.GetWorkload()] = Issued{Workload: req.GetWorkload(), ID: id, Serial: leaf.SerialNumber.Text(16),
+		Method: method, IssuedAt: time.Now(), Expires: leaf.NotAfter}
+	s.mu.Unlock()
 	return resp, nil
 }
 
@@ -229,6 +272,24 @@ func (s *Server) sign(ctx context.Context, req *cav1.SignCertificateRequest, met
 		resp.TrustBundle = append(resp.TrustBundle, r.Raw)
 	}
 	return resp, id.String(), nil
+}
+
+// expiryCollector exports, per workload, when the latest certificate
+// this server issued to it expires. Read at scrape time, so a workload
+// that left the mesh leaves no series behind.
+type expiryCollector struct{ s *Server }
+
+var expiryDesc = prometheus.NewDesc("bulwark_issuer_workload_certificate_expiry_timestamp_seconds",
+	"Unix time at which the latest certificate this control plane issued to the workload expires. "+
+		"Agents renew with 40-60% of the lifetime left; with several replicas, take the max by workload.",
+	[]string{"workload"}, nil)
+
+func (c expiryCollector) Describe(ch chan<- *prometheus.Desc) { ch <- expiryDesc }
+
+func (c expiryCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, cert := range c.s.Certificates() {
+		ch <- prometheus.MustNewConstMetric(expiryDesc, prometheus.GaugeValue, float64(cert.Expires.Unix()), cert.Workload)
+	}
 }
 
 // bearer returns the credential of the given scheme from the

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
@@ -59,6 +60,8 @@ func (c *fakeClock) Add(d time.Duration) {
 }
 
 type env struct {
+	iss    *issuer.Server
+	store  *model.Store
 	addr   string
 	ca     *ca.CA
 	cp     *ca.Source
@@ -111,7 +114,7 @@ func setup(t *testing.T, opts ...func(*issuer.Config)) *env {
 	}
 	go func() { _ = g.Serve(lis) }()
 	t.Cleanup(g.Stop)
-	return &env{addr: lis.Addr().String(), ca: authority, cp: own, tokens: tokens, clock: clock}
+	return &env{iss: iss, store: store, addr: lis.Addr().String(), ca: authority, cp: own, tokens: tokens, clock: clock}
 }
 
 type request struct {
@@ -243,6 +246,69 @@ func TestRequestIsAskedToRetryWhenSyncTakesLong(t *testing.T) {
 	e := setup(t, func(c *issuer.Config) { c.Synced, c.SyncWait = make(chan struct{}), 200*time.Millisecond })
 	_, err := e.sign(t, request{token: e.token(t, "demo/frontend-1"), workload: "demo/frontend-1"})
 	wantRefused(t, err, codes.Unavailable, "still syncing")
+}
+
+// TestCertificatesReportTheLatestPerWorkload: what proxy-status shows is
+// the last certificate each workload got, and a workload that left the
+// mesh is not reported.
+func TestCertificatesReportTheLatestPerWorkload(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	e := setup(t, func(c *issuer.Config) { c.Registerer = reg })
+	expiries := func() map[string]float64 {
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]float64{}
+		for _, mf := range mfs {
+			if mf.GetName() == "bulwark_issuer_workload_certificate_expiry_timestamp_seconds" {
+				for _, m := range mf.GetMetric() {
+					out[m.GetLabel()[0].GetValue()] = m.GetGauge().GetValue()
+				}
+			}
+		}
+		return out
+	}
+	if got := e.iss.Certificates(); len(got) != 0 {
+		t.Fatalf("before any request: %+v", got)
+	}
+	if _, err := e.sign(t, request{token: e.token(t, "demo/frontend-1"), workload: "demo/frontend-1"}); err != nil {
+		t.Fatal(err)
+	}
+	api, err := e.sign(t, request{token: e.token(t, "demo/api-1"), workload: "demo/api-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := e.sign(t, request{token: e.token(t, "demo/frontend-1"), workload: "demo/frontend-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := e.iss.Certificates()
+	if len(got) != 2 || got[0].Workload != "demo/api-1" || got[1].Workload != "demo/frontend-1" {
+		t.Fatalf("certificates = %+v, want api-1 and frontend-1", got)
+	}
+	if got[1].Serial != second.SerialNumber.Text(16) || got[1].ID != frontendID || !got[1].Expires.Equal(second.NotAfter) {
+		t.Errorf("frontend-1: %+v, want the second certificate %s", got[1], second.SerialNumber.Text(16))
+	}
+	if got[0].Serial != api.SerialNumber.Text(16) || got[0].Method != "join_token" {
+		t.Errorf("api-1: %+v", got[0])
+	}
+	if m := expiries(); len(m) != 2 || m["demo/frontend-1"] != float64(second.NotAfter.Unix()) || m["demo/api-1"] != float64(api.NotAfter.Unix()) {
+		t.Errorf("expiry metric = %v", m)
+	}
+
+	// api-1 leaves the mesh.
+	st := &model.State{Mesh: model.Mesh{TrustDomain: "cluster.local"}, Workloads: []*model.Workload{
+		{Namespace: "demo", Name: "frontend-1", ServiceAccount: "frontend", Address: "10.0.0.1", LocalAddress: "127.0.0.1"}}}
+	if _, err := e.store.ReplaceState(st); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.iss.Certificates(); len(got) != 1 || got[0].Workload != "demo/frontend-1" {
+		t.Errorf("after api-1 left: %+v", got)
+	}
+	if m := expiries(); len(m) != 1 || m["demo/api-1"] != 0 {
+		t.Errorf("expiry metric after api-1 left = %v", m)
+	}
 }
 
 func TestRefusals(t *testing.T) {
