@@ -109,6 +109,7 @@ type ControlPlane struct {
 	// CADir is where the CA files are.
 	CADir string
 
+	issuer *issuer.Server
 	cancel context.CancelFunc
 	ctx    context.Context
 	group  *errgroup.Group
@@ -255,7 +256,7 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 
 	g, ctx := errgroup.WithContext(ctx)
 	cp := &ControlPlane{XDSAddr: xdsLis.Addr(), Store: store, Server: srv, CA: authority, Tokens: tokens, Identity: id, CADir: cfg.CADir,
-		cancel: cancel, ctx: ctx, group: g}
+		issuer: iss, cancel: cancel, ctx: ctx, group: g}
 
 	grpcServer := grpc.NewServer(append(server.ServerOptions(),
 		grpc.Creds(credentials.NewTLS(spiffetls.ServerConfig(own, own, td))),
@@ -287,7 +288,7 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	})
 	if httpLis != nil {
 		cp.HTTPAddr = httpLis.Addr()
-		hs := &http.Server{Handler: debugMux(reg, srv), ReadHeaderTimeout: 10 * time.Second}
+		hs := &http.Server{Handler: cp.debugMux(reg), ReadHeaderTimeout: 10 * time.Second}
 		g.Go(func() error {
 			if err := hs.Serve(httpLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				return fmt.Errorf("HTTP server: %w", err)
@@ -333,17 +334,53 @@ func addrString(a net.Addr) string {
 	return a.String()
 }
 
-func debugMux(reg *prometheus.Registry, srv *server.Server) *http.ServeMux {
+// ProxyReport is what /debug/proxies says of one connected proxy: its
+// xDS status, and the latest certificate this control plane issued to
+// its workload (none if another replica did, or before the first).
+type ProxyReport struct {
+	server.ProxyStatus
+	Certificate *issuer.Issued `json:"certificate,omitempty"`
+}
+
+// Proxies reports every connected proxy, sorted by node.
+func (cp *ControlPlane) Proxies() []ProxyReport {
+	certs := map[string]issuer.Issued{}
+	for _, c := range cp.issuer.Certificates() {
+		certs[c.Workload] = c
+	}
+	ps := cp.Server.Proxies()
+	out := make([]ProxyReport, 0, len(ps))
+	for _, p := range ps {
+		r := ProxyReport{ProxyStatus: p}
+		if c, ok := certs[p.Workload]; ok {
+			r.Certificate = &c
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// Certificates returns the latest certificate issued to each workload.
+func (cp *ControlPlane) Certificates() []issuer.Issued { return cp.issuer.Certificates() }
+
+func (cp *ControlPlane) debugMux(reg *prometheus.Registry) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("GET /debug/proxies", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		_ = enc.Encode(srv.Proxies())
+		writeJSON(w, cp.Proxies())
+	})
+	mux.HandleFunc("GET /debug/certificates", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, cp.Certificates())
 	})
 	return mux
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
 }

@@ -21,7 +21,8 @@ func (m *Mesh) Banner(out io.Writer) {
 	fmt.Fprintf(out, "\nBulwark local mesh %q (trust domain %s) is up.\n\n", mesh.Name, mesh.TrustDomain)
 	fmt.Fprintf(out, "Control plane: ADS on %s", m.cp.XDSAddr)
 	if m.cp.HTTPAddr != nil {
-		fmt.Fprintf(out, "; status http://%s/debug/proxies, metrics http://%s/metrics", m.cp.HTTPAddr, m.cp.HTTPAddr)
+		fmt.Fprintf(out, "; metrics http://%s/metrics\n", m.cp.HTTPAddr)
+		fmt.Fprintf(out, "Proxy status:  bin/bulwark proxy-status --http-address %s", m.cp.HTTPAddr)
 	}
 	fmt.Fprintln(out)
 	fmt.Fprintln(out)

@@ -34,6 +34,7 @@ func commands() []command {
 		{"token", "create a one-time join token for a workload", runToken},
 		{"policy", "check access policies, explain a decision, print who can call whom", runPolicy},
 		{"mtls", "list the mTLS exceptions: everything weaker than STRICT", runMTLS},
+		{"proxy-status", "ask a running control plane which proxies run what they were sent, and their certificates", runProxyStatus},
 		{"iptables", "set up transparent capture in this network namespace (what an init container runs)", runIPTables},
 		{"bootstrap", "print the Envoy bootstrap for a workload's sidecar", runBootstrap},
 		{"validate", "check mesh files and report every problem", runValidate},

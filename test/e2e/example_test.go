@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/http"
 	"path/filepath"
@@ -12,9 +13,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bulwarkmesh/bulwark/controlplane"
 	"github.com/bulwarkmesh/bulwark/demoapp"
+	"github.com/bulwarkmesh/bulwark/internal/envoy"
 	"github.com/bulwarkmesh/bulwark/internal/envoy/envoytest"
 	"github.com/bulwarkmesh/bulwark/internal/testlog"
+	"github.com/bulwarkmesh/bulwark/internal/testwait"
 	"github.com/bulwarkmesh/bulwark/localmesh"
 )
 
@@ -39,7 +43,8 @@ func TestExampleMesh(t *testing.T) {
 	}()
 	var banner bytes.Buffer
 	m.Banner(&banner)
-	for _, want := range []string{"frontend-1 -> api: allowed by demo/api-from-frontend/0", "other-1 -> api: denied (403) by ~default-deny", "8080 STRICT"} {
+	for _, want := range []string{"frontend-1 -> api: allowed by demo/api-from-frontend/0", "other-1 -> api: denied (403) by ~default-deny", "8080 STRICT",
+		"bulwark proxy-status --http-address " + m.ControlPlane().HTTPAddr.String()} {
 		if !strings.Contains(banner.String(), want) {
 			t.Errorf("banner lacks %q:\n%s", want, banner.String())
 		}
@@ -79,4 +84,78 @@ func TestExampleMesh(t *testing.T) {
 	if err != nil || line != "db-1: select 1\n" {
 		t.Errorf("api -> db: %q, %v", line, err)
 	}
+
+	// `bulwark proxy-status`: every sidecar is connected and runs what it
+	// was sent, and the certificate the control plane reports for it is
+	// the one its Envoy holds.
+	var reports []controlplane.ProxyReport
+	testwait.Until(t, "every sidecar connected and synced", 10*time.Second, func() bool {
+		reports, err = controlplane.FetchProxies(ctx, m.ControlPlane().HTTPAddr.String())
+		if err != nil || len(reports) != len(m.Sidecars()) {
+			return false
+		}
+		for _, r := range reports {
+			if !r.Synced {
+				return false
+			}
+		}
+		return true
+	})
+	byWorkload := map[string]controlplane.ProxyReport{}
+	for _, r := range reports {
+		byWorkload[r.Workload] = r
+	}
+	for _, sc := range m.Sidecars() {
+		r, ok := byWorkload[sc.Workload.Key()]
+		if !ok || r.Certificate == nil {
+			t.Errorf("%s: no certificate in the status: %+v", sc.Workload.Key(), r)
+			continue
+		}
+		if held := envoySerial(t, sc.Admin); !strings.EqualFold(strings.TrimLeft(held, "0"), strings.TrimLeft(r.Certificate.Serial, "0")) {
+			t.Errorf("%s: status reports certificate %s, Envoy holds %s", sc.Workload.Key(), r.Certificate.Serial, held)
+		}
+		if left := time.Until(r.Certificate.Expires); left < 23*time.Hour || left > 24*time.Hour {
+			t.Errorf("%s: certificate expires in %s, want about 24h", sc.Workload.Key(), left)
+		}
+	}
+	var table bytes.Buffer
+	controlplane.WriteProxyStatus(&table, reports, time.Now())
+	if want := fmt.Sprintf("%d of %d proxies run everything they were sent", len(reports), len(reports)); !strings.Contains(table.String(), want) ||
+		strings.Contains(table.String(), "NACKED") || !strings.Contains(table.String(), "demo/frontend-1  spiffe://cluster.local/ns/demo/sa/frontend  SYNCED") {
+		t.Errorf("proxy status table:\n%s", table.String())
+	}
+}
+
+// envoySerial returns the serial of the workload certificate an Envoy
+// holds, from its admin interface.
+func envoySerial(t *testing.T, admin string) string {
+	t.Helper()
+	body, err := envoy.AdminGet(context.Background(), admin, "/certs")
+	if err != nil {
+		t.Fatalf("certs from %s: %v", admin, err)
+	}
+	var certs struct {
+		Certificates []struct {
+			CertChain []struct {
+				Serial string `json:"serial_number"`
+				SANs   []struct {
+					URI string `json:"uri"`
+				} `json:"subject_alt_names"`
+			} `json:"cert_chain"`
+		} `json:"certificates"`
+	}
+	if err := json.Unmarshal([]byte(body), &certs); err != nil {
+		t.Fatalf("certs from %s: %v", admin, err)
+	}
+	for _, c := range certs.Certificates {
+		for _, cc := range c.CertChain {
+			for _, san := range cc.SANs {
+				if strings.HasPrefix(san.URI, "spiffe://") {
+					return cc.Serial
+				}
+			}
+		}
+	}
+	t.Fatalf("%s holds no workload certificate:\n%s", admin, body)
+	return ""
 }
