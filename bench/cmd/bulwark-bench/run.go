@@ -232,8 +232,13 @@ func (c *child) do(cmd string) (string, error) {
 	return c.line()
 }
 
-func (c *child) stats() (Stats, error) {
-	line, err := c.do("stats")
+func (c *child) stats() (Stats, error) { return c.statsAfter("stats") }
+
+// settled is stats after a collection that hands free memory back.
+func (c *child) settled() (Stats, error) { return c.statsAfter("settled") }
+
+func (c *child) statsAfter(cmd string) (Stats, error) {
+	line, err := c.do(cmd)
 	if err != nil {
 		return Stats{}, err
 	}
@@ -294,12 +299,15 @@ type result struct {
 	Storm, Full, Endpoint []float64 // seconds
 	RSSPerProxy           float64   // bytes per connected proxy
 	HeapPerProxy          float64
-	StackPerProxy         float64
-	GoroutinesPerProxy    float64
-	RSS, PeakRSS          uint64
-	BytesPerProxy         float64 // response bytes a proxy receives to sync
-	Errors                []string
-	Failed                string
+	// The same after a collection that hands free memory back, before
+	// and after the storm (on the last storm's server).
+	SettledRSSPerProxy, SettledHeapPerProxy float64
+	StackPerProxy                           float64
+	GoroutinesPerProxy                      float64
+	RSS, PeakRSS                            uint64
+	BytesPerProxy                           float64 // response bytes a proxy receives to sync
+	Errors                                  []string
+	Failed                                  string
 }
 
 // measure runs storms (each a fresh server process), and on the first,
@@ -335,6 +343,17 @@ func (h *harness) measure(impl string, spec gen.Spec, storms, changes int) (*res
 			c.stop()
 			return nil, err
 		}
+		// The settled figures come from the last storm's server, so the
+		// collection they force does not touch the first's "as it stands"
+		// figures (with a single storm, the smoke test, both come from it).
+		settledRun := r == storms-1
+		var baseSettled Stats
+		if settledRun {
+			if baseSettled, err = c.settled(); err != nil {
+				c.stop()
+				return nil, err
+			}
+		}
 		tr := sidecar.NewTracker(spec.Proxies)
 		done := tr.Arm(initial)
 		t0 := time.Now()
@@ -365,6 +384,17 @@ func (h *harness) measure(impl string, spec gen.Spec, storms, changes int) (*res
 		res.Storm = append(res.Storm, tr.Last().Sub(t0).Seconds())
 		for _, e := range tr.Errors() {
 			res.Errors = append(res.Errors, e.Error())
+		}
+		if settledRun {
+			time.Sleep(2 * time.Second) // let the connections settle
+			s, err := c.settled()
+			if err != nil {
+				stopAll()
+				return nil, err
+			}
+			p := float64(spec.Proxies)
+			res.SettledRSSPerProxy = (float64(s.RSS) - float64(baseSettled.RSS)) / p
+			res.SettledHeapPerProxy = (float64(s.HeapInuse) - float64(baseSettled.HeapInuse)) / p
 		}
 		if r == 0 {
 			res.BytesPerProxy = float64(tr.Bytes()) / float64(spec.Proxies)
@@ -497,6 +527,8 @@ func (h *harness) convergence() ([]Figure, error) {
 		{"connect_storm", "s", "every proxy connects at once to a fresh server, until all are in sync", func(r *result) []float64 { return r.Storm }},
 		{"rss_per_proxy", "KiB", "server RSS after the storm minus before, per connected proxy", func(r *result) []float64 { return one(r.RSSPerProxy / 1024) }},
 		{"heap_per_proxy", "KiB", "server heap in use after the storm minus before, per connected proxy", func(r *result) []float64 { return one(r.HeapPerProxy / 1024) }},
+		{"settled_rss_per_proxy", "KiB", "as rss_per_proxy, each measured after a collection that hands free memory back", func(r *result) []float64 { return one(r.SettledRSSPerProxy / 1024) }},
+		{"settled_heap_per_proxy", "KiB", "as heap_per_proxy, each measured after a collection that hands free memory back", func(r *result) []float64 { return one(r.SettledHeapPerProxy / 1024) }},
 		{"stack_per_proxy", "KiB", "server goroutine stacks after the storm minus before, per connected proxy", func(r *result) []float64 { return one(r.StackPerProxy / 1024) }},
 		{"goroutines_per_proxy", "goroutines", "server goroutines per connected proxy", func(r *result) []float64 { return one(r.GoroutinesPerProxy) }},
 		{"peak_rss", "MiB", "server RSS high-water mark over the whole run", func(r *result) []float64 { return one(float64(r.PeakRSS) / (1 << 20)) }},
@@ -524,8 +556,8 @@ func (h *harness) convergence() ([]Figure, error) {
 }
 
 func report(impl string, r *result) {
-	fmt.Printf("%-8s storm %v  full %v  endpoint %v  rss/proxy %.0f KiB  heap/proxy %.0f KiB  stack/proxy %.0f KiB  goroutines/proxy %.1f  peak RSS %d MiB  errors %d %s\n",
-		impl, secs(r.Storm), secs(r.Full), secs(r.Endpoint), r.RSSPerProxy/1024, r.HeapPerProxy/1024, r.StackPerProxy/1024, r.GoroutinesPerProxy,
+	fmt.Printf("%-8s storm %v  full %v  endpoint %v  rss/proxy %.0f KiB (settled %.0f)  heap/proxy %.0f KiB (settled %.0f)  stack/proxy %.0f KiB  goroutines/proxy %.1f  peak RSS %d MiB  errors %d %s\n",
+		impl, secs(r.Storm), secs(r.Full), secs(r.Endpoint), r.RSSPerProxy/1024, r.SettledRSSPerProxy/1024, r.HeapPerProxy/1024, r.SettledHeapPerProxy/1024, r.StackPerProxy/1024, r.GoroutinesPerProxy,
 		r.PeakRSS>>20, len(r.Errors), r.Failed)
 }
 

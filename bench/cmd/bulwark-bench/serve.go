@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"runtime"
+	"runtime/debug"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -188,6 +189,13 @@ func serve(args []string) error {
 		case "stats":
 			// Measured as it stands: no forced collection, no memory
 			// handed back to the kernel first.
+			b, _ := json.Marshal(selfStats())
+			fmt.Println(string(b))
+		case "settled":
+			// What the server holds: garbage collected and free memory
+			// handed back to the kernel, as the runtime does by itself
+			// given a few quiet minutes.
+			debug.FreeOSMemory()
 			b, _ := json.Marshal(selfStats())
 			fmt.Println(string(b))
 		default:
