@@ -6,6 +6,7 @@ package envoy
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -194,4 +195,33 @@ func (p *Process) Stop(grace time.Duration) error {
 		<-p.done
 		return fmt.Errorf("envoy did not exit within %s; killed", grace)
 	}
+}
+
+// CertSerial returns, from the body of Envoy's /certs admin page, the
+// serial of the first certificate whose URI SAN starts with uriPrefix,
+// or "" when there is none.
+func CertSerial(certsJSON, uriPrefix string) (string, error) {
+	var certs struct {
+		Certificates []struct {
+			CertChain []struct {
+				Serial string `json:"serial_number"`
+				SANs   []struct {
+					URI string `json:"uri"`
+				} `json:"subject_alt_names"`
+			} `json:"cert_chain"`
+		} `json:"certificates"`
+	}
+	if err := json.Unmarshal([]byte(certsJSON), &certs); err != nil {
+		return "", fmt.Errorf("envoy /certs: %w", err)
+	}
+	for _, c := range certs.Certificates {
+		for _, cc := range c.CertChain {
+			for _, san := range cc.SANs {
+				if strings.HasPrefix(san.URI, uriPrefix) {
+					return cc.Serial, nil
+				}
+			}
+		}
+	}
+	return "", nil
 }

@@ -134,28 +134,9 @@ func envoySerial(t *testing.T, admin string) string {
 	if err != nil {
 		t.Fatalf("certs from %s: %v", admin, err)
 	}
-	var certs struct {
-		Certificates []struct {
-			CertChain []struct {
-				Serial string `json:"serial_number"`
-				SANs   []struct {
-					URI string `json:"uri"`
-				} `json:"subject_alt_names"`
-			} `json:"cert_chain"`
-		} `json:"certificates"`
+	serial, err := envoy.CertSerial(body, "spiffe://")
+	if err != nil || serial == "" {
+		t.Fatalf("%s holds no workload certificate (%v):\n%s", admin, err, body)
 	}
-	if err := json.Unmarshal([]byte(body), &certs); err != nil {
-		t.Fatalf("certs from %s: %v", admin, err)
-	}
-	for _, c := range certs.Certificates {
-		for _, cc := range c.CertChain {
-			for _, san := range cc.SANs {
-				if strings.HasPrefix(san.URI, "spiffe://") {
-					return cc.Serial
-				}
-			}
-		}
-	}
-	t.Fatalf("%s holds no workload certificate:\n%s", admin, body)
-	return ""
+	return serial
 }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/bulwarkmesh/bulwark/ca"
 	"github.com/bulwarkmesh/bulwark/demoapp"
+	"github.com/bulwarkmesh/bulwark/internal/envoy"
 	"github.com/bulwarkmesh/bulwark/internal/netnstest"
 	"github.com/bulwarkmesh/bulwark/internal/testwait"
 )
@@ -233,29 +234,11 @@ func leafSerial(t *testing.T, p *netnstest.Pod) string {
 		t.Logf("certs of %s: %v", p.Name, err)
 		return ""
 	}
-	var certs struct {
-		Certificates []struct {
-			CertChain []struct {
-				Serial string `json:"serial_number"`
-				SANs   []struct {
-					URI string `json:"uri"`
-				} `json:"subject_alt_names"`
-			} `json:"cert_chain"`
-		} `json:"certificates"`
-	}
-	if err := json.Unmarshal([]byte(body), &certs); err != nil {
+	serial, err := envoy.CertSerial(body, "spiffe://cluster.local/ns/demo/")
+	if err != nil {
 		t.Fatalf("certs of %s: %v", p.Name, err)
 	}
-	for _, c := range certs.Certificates {
-		for _, cc := range c.CertChain {
-			for _, san := range cc.SANs {
-				if strings.HasPrefix(san.URI, "spiffe://cluster.local/ns/demo/") {
-					return cc.Serial
-				}
-			}
-		}
-	}
-	return ""
+	return serial
 }
 
 // TestCertificatesRotateUnderTraffic: with 40s certificates, the agents
