@@ -77,8 +77,9 @@ type Server struct {
 	log      *slog.Logger
 	requests *prometheus.CounterVec
 
-	mu     sync.Mutex
-	issued map[string]Issued // the latest certificate per workload
+	mu      sync.Mutex
+	issued  map[string]Issued // the latest certificate per workload
+	pruneAt int               // prune workloads gone from the mesh past this many records
 }
 
 // Issued describes the latest certificate this server issued to a
@@ -99,20 +100,38 @@ type Issued struct {
 // Certificates returns the latest certificate issued to each workload
 // still in the model, sorted by workload.
 func (s *Server) Certificates() []Issued {
-	snap := s.cfg.Store.Snapshot()
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.pruneLocked()
 	out := make([]Issued, 0, len(s.issued))
-	for key, c := range s.issued {
-		ns, name, _ := strings.Cut(key, "/")
-		if snap.Workload(ns, name) == nil {
-			delete(s.issued, key) // gone from the mesh
-			continue
-		}
+	for _, c := range s.issued {
 		out = append(out, c)
 	}
+	s.mu.Unlock()
 	slices.SortFunc(out, func(a, b Issued) int { return strings.Compare(a.Workload, b.Workload) })
 	return out
+}
+
+// record notes a certificate issued. Workloads that left the mesh are
+// dropped when the records have doubled since the last pruning, so pod
+// churn cannot grow them without bound even if nobody reads them.
+func (s *Server) record(c Issued) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.issued[c.Workload] = c
+	if len(s.issued) > s.pruneAt {
+		s.pruneLocked()
+	}
+}
+
+func (s *Server) pruneLocked() {
+	snap := s.cfg.Store.Snapshot()
+	for key := range s.issued {
+		ns, name, _ := strings.Cut(key, "/")
+		if snap.Workload(ns, name) == nil {
+			delete(s.issued, key)
+		}
+	}
+	s.pruneAt = max(64, 2*len(s.issued))
 }
 
 // New returns a Server.
@@ -158,10 +177,8 @@ func (s *Server) SignCertificate(ctx context.Context, req *cav1.SignCertificateR
 	leaf, _ := x509.ParseCertificate(resp.GetCertChain()[0])
 	s.log.Info("certificate issued", "workload", req.GetWorkload(), "id", id, "method", method,
 		"serial", leaf.SerialNumber.Text(16), "expires", leaf.NotAfter.Format(time.RFC3339))
-	s.mu.Lock()
-	s.issued[req.GetWorkload()] = Issued{Workload: req.GetWorkload(), ID: id, Serial: leaf.SerialNumber.Text(16),
-		Method: method, IssuedAt: time.Now(), Expires: leaf.NotAfter}
-	s.mu.Unlock()
+	s.record(Issued{Workload: req.GetWorkload(), ID: id, Serial: leaf.SerialNumber.Text(16),
+		Method: method, IssuedAt: time.Now(), Expires: leaf.NotAfter})
 	return resp, nil
 }
 
