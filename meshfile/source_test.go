@@ -4,12 +4,12 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
-	"os"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/bulwarkmesh/bulwark/internal/testfs"
 	"github.com/bulwarkmesh/bulwark/internal/testlog"
 	"github.com/bulwarkmesh/bulwark/internal/testwait"
 	"github.com/bulwarkmesh/bulwark/model"
@@ -50,13 +50,13 @@ func TestWatchAppliesValidEditsAndKeepsLastGood(t *testing.T) {
 	// (to a temporary file, renamed over the original). It may land
 	// before the watch has started; Run reads the files once more then.
 	added := header + validSpec + "    - {name: api-2, namespace: demo, address: 10.0.0.3, services: [api]}\n"
-	replaceFile(t, path, added)
+	testfs.Replace(t, path, added)
 	testwait.Until(t, "the new endpoint", 5*time.Second, func() bool { return len(store.Snapshot().Endpoints("demo", "api")) == 2 })
 
 	// An invalid edit is refused: the store keeps both endpoints, and the
 	// log names the file, line and field.
 	broken := strings.Replace(added, "address: 10.0.0.3", "address: 10.0.0.300", 1)
-	replaceFile(t, path, broken)
+	testfs.Replace(t, path, broken)
 	testwait.Until(t, "the refusal to be logged with its field", 5*time.Second, func() bool {
 		return strings.Contains(logs.String(), `field=spec.workloads[2].address`)
 	})
@@ -68,21 +68,8 @@ func TestWatchAppliesValidEditsAndKeepsLastGood(t *testing.T) {
 	}
 
 	// Fixing the file applies it.
-	replaceFile(t, path, header+validSpec)
+	testfs.Replace(t, path, header+validSpec)
 	testwait.Until(t, "the fix", 5*time.Second, func() bool { return len(store.Snapshot().Endpoints("demo", "api")) == 1 })
-}
-
-// replaceFile writes body to a temporary file and renames it over path,
-// so a reader never sees it half written.
-func replaceFile(t *testing.T, path, body string) {
-	t.Helper()
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(body), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // TestEditBeforeTheWatchStartsIsApplied: a file changed after New read it
@@ -94,7 +81,7 @@ func TestEditBeforeTheWatchStartsIsApplied(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	replaceFile(t, path, header+validSpec+"    - {name: api-2, namespace: demo, address: 10.0.0.3, services: [api]}\n")
+	testfs.Replace(t, path, header+validSpec+"    - {name: api-2, namespace: demo, address: 10.0.0.3, services: [api]}\n")
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- src.Run(ctx) }()

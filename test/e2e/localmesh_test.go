@@ -17,6 +17,7 @@ import (
 	"github.com/bulwarkmesh/bulwark/demoapp"
 	"github.com/bulwarkmesh/bulwark/internal/envoy"
 	"github.com/bulwarkmesh/bulwark/internal/envoy/envoytest"
+	"github.com/bulwarkmesh/bulwark/internal/testfs"
 	"github.com/bulwarkmesh/bulwark/internal/testlog"
 	"github.com/bulwarkmesh/bulwark/internal/testwait"
 	"github.com/bulwarkmesh/bulwark/localmesh"
@@ -73,17 +74,6 @@ spec:
   action: ALLOW
   rules: [{from: [{serviceAccounts: [frontend]}]}]
 `
-
-func writeMesh(t *testing.T, path, body string) {
-	t.Helper()
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(body), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		t.Fatal(err)
-	}
-}
 
 // call asks frontend's app to call api through the mesh.
 func call(t *testing.T) demoapp.CallReply {
@@ -148,7 +138,7 @@ func TestLocalMeshTrafficFollowsMeshFileEdits(t *testing.T) {
 	bin := envoytest.Bin(t)
 	dir := t.TempDir()
 	path := filepath.Join(dir, "mesh.yaml")
-	writeMesh(t, path, meshHead+apiService+frontendService+frontend(true)+apiWorkload(1)+allowFrontend)
+	testfs.Replace(t, path, meshHead+apiService+frontendService+frontend(true)+apiWorkload(1)+allowFrontend)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -194,14 +184,14 @@ func TestLocalMeshTrafficFollowsMeshFileEdits(t *testing.T) {
 	before := pids(m)
 
 	// A new endpoint: api-2 joins; frontend's sidecar learns it over EDS.
-	writeMesh(t, path, meshHead+apiService+frontendService+frontend(true)+apiWorkload(1)+apiWorkload(2)+allowFrontend)
+	testfs.Replace(t, path, meshHead+apiService+frontendService+frontend(true)+apiWorkload(1)+apiWorkload(2)+allowFrontend)
 	testwait.Until(t, "a call answered by api-2", 20*time.Second, func() bool {
 		r, err := tryCall()
 		return err == nil && r.Status == http.StatusOK && served(t, r).Workload == "api-2"
 	})
 
 	// An invalid edit is refused and traffic keeps flowing.
-	writeMesh(t, path, meshHead+apiService+frontendService+frontend(true)+apiWorkload(1)+strings.Replace(apiWorkload(2), "127.0.81.12", "not-an-ip", 1)+allowFrontend)
+	testfs.Replace(t, path, meshHead+apiService+frontendService+frontend(true)+apiWorkload(1)+strings.Replace(apiWorkload(2), "127.0.81.12", "not-an-ip", 1)+allowFrontend)
 	metrics := "http://" + m.ControlPlane().HTTPAddr.String() + "/metrics"
 	testwait.Until(t, "the invalid edit to be refused", 10*time.Second, func() bool {
 		resp, err := http.Get(metrics)
@@ -218,7 +208,7 @@ func TestLocalMeshTrafficFollowsMeshFileEdits(t *testing.T) {
 
 	// A removed service: frontend no longer calls api, and its sidecar
 	// drops the listener; the app's call now fails at its own sidecar.
-	writeMesh(t, path, meshHead+frontendService+frontend(false))
+	testfs.Replace(t, path, meshHead+frontendService+frontend(false))
 	testwait.Until(t, "frontend's sidecar to stop listening for api", 20*time.Second, func() bool {
 		_, err := http.Get("http://127.0.82.1:18080/hello")
 		return err != nil && strings.Contains(err.Error(), "connection refused")
@@ -235,7 +225,7 @@ func TestLocalMeshTrafficFollowsMeshFileEdits(t *testing.T) {
 	// dropped its load assignment and asks for it again, and must be sent
 	// it again although it did not change (else the cluster would wait
 	// for it, warming, and then have no endpoints).
-	writeMesh(t, path, meshHead+apiService+frontendService+frontend(true)+apiWorkload(1)+apiWorkload(2)+allowFrontend)
+	testfs.Replace(t, path, meshHead+apiService+frontendService+frontend(true)+apiWorkload(1)+apiWorkload(2)+allowFrontend)
 	testwait.Until(t, "a call to api again after it came back unchanged", 10*time.Second, func() bool {
 		r, err := tryCall()
 		return err == nil && r.Status == http.StatusOK

@@ -18,6 +18,7 @@ import (
 	"github.com/bulwarkmesh/bulwark/controlplane"
 	"github.com/bulwarkmesh/bulwark/internal/envoy"
 	"github.com/bulwarkmesh/bulwark/internal/netnstest"
+	"github.com/bulwarkmesh/bulwark/internal/testfs"
 )
 
 // The cluster every test in this package shares: a bridge, a namespace
@@ -204,13 +205,7 @@ func setupCluster() (*cluster, error) {
 	return c, netnstest.WaitLive(60*time.Second, sidecars...)
 }
 
-func (c *cluster) writeMesh(body string) error {
-	tmp := c.mesh + ".tmp"
-	if err := os.WriteFile(tmp, []byte(body), 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, c.mesh)
-}
+func (c *cluster) writeMesh(body string) error { return testfs.ReplaceFile(c.mesh, body) }
 
 // Every sidecar took its configuration: a proxy that rejected some of
 // it (a NACK) keeps running on what it had before, which no other test
