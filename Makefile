@@ -16,7 +16,7 @@ RACE_PKGS := ./model/... ./meshfile/... ./xds/... ./authz/... ./attest/... ./iss
 # has no deadline. Longer: make fuzz FUZZ_SCALE=50.
 FUZZ_SCALE ?= 1
 
-.PHONY: all build run test envoy lint fmt bench bench-smoke clean proto fuzz kind-up kube-apiserver
+.PHONY: all build run test envoy lint fmt bench bench-smoke clean proto fuzz kind-up kube-apiserver generate
 
 all: build
 
@@ -82,6 +82,12 @@ bench-smoke: envoy
 
 clean:
 	rm -rf bin
+
+# The CRDs of examples/kind and the DeepCopy methods, from the types in
+# api/v1alpha1 (controller-gen, a tool of go.mod). Output is committed; a
+# test fails when it drifts from the types.
+generate:
+	scripts/generate.sh
 
 # Regenerate api/**/*.pb.go (committed; only needed after editing a .proto).
 # protoc comes from PyPI's grpcio-tools, the Go plugins from go.mod's tools.
