@@ -11,19 +11,19 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/bulwarkmesh/bulwark/model"
 	yaml "go.yaml.in/yaml/v3"
+
+	"github.com/bulwarkmesh/bulwark/api/v1alpha1"
+	"github.com/bulwarkmesh/bulwark/kinds"
+	"github.com/bulwarkmesh/bulwark/model"
 )
 
 // APIVersion is the only apiVersion this version of Bulwark reads.
-const APIVersion = "bulwark.dev/v1alpha1"
+const APIVersion = v1alpha1.APIVersion
 
-// Kinds of document a mesh file may hold.
-const (
-	KindMesh         = "Mesh"
-	KindMTLSPolicy   = "MTLSPolicy"
-	KindAccessPolicy = "AccessPolicy"
-)
+// KindMesh is the one document every mesh has; the other kinds are the
+// policy kinds of package kinds.
+const KindMesh = v1alpha1.KindMesh
 
 // document is one YAML document of a mesh file, decoded and checked.
 type document struct {
@@ -73,12 +73,15 @@ func (d *document) lineOf(path string) int {
 	return d.line
 }
 
-// specTypes maps a kind to the Go type of its spec.
-var specTypes = map[string]reflect.Type{
-	KindMesh:         reflect.TypeFor[model.MeshSpec](),
-	KindMTLSPolicy:   reflect.TypeFor[model.MTLSPolicySpec](),
-	KindAccessPolicy: reflect.TypeFor[model.AccessPolicySpec](),
-}
+// specTypes maps a kind to the API type of its spec: the Mesh document
+// and every registered policy kind.
+var specTypes = func() map[string]reflect.Type {
+	m := map[string]reflect.Type{KindMesh: reflect.TypeFor[v1alpha1.MeshSpec]()}
+	for _, k := range kinds.Policies {
+		m[k.Name] = k.SpecType()
+	}
+	return m
+}()
 
 type metadata struct {
 	Name      string `json:"name"`
@@ -223,7 +226,7 @@ func isUnknownField(err error) bool {
 }
 
 // decodeNode decodes n into out through JSON, so the json tags of the
-// model types (shared with the Kubernetes CRDs) are the schema.
+// API types (which the Kubernetes CRDs are generated from) are the schema.
 func decodeNode(n *yaml.Node, out any) error {
 	var v any
 	if err := n.Decode(&v); err != nil {

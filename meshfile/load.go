@@ -3,11 +3,14 @@ package meshfile
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 
+	"github.com/bulwarkmesh/bulwark/api/v1alpha1"
+	"github.com/bulwarkmesh/bulwark/kinds"
 	"github.com/bulwarkmesh/bulwark/model"
 )
 
@@ -92,7 +95,7 @@ func build(docs []*document, files []string) (*model.State, error) {
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
-	spec := meshDoc.spec.(*model.MeshSpec)
+	spec := kinds.MeshSpec(meshDoc.spec.(*v1alpha1.MeshSpec))
 	spec.Default()
 	errs = append(errs, meshDoc.problems...)
 	specErr := spec.Validate("spec")
@@ -103,44 +106,33 @@ func build(docs []*document, files []string) (*model.State, error) {
 		st = stateOf(meshDoc.name, spec)
 	}
 
-	policyDoc := map[string]*document{}
+	// Every policy kind, the same way: each object on its own, then the
+	// checks across objects against the workloads.
+	placed := map[kinds.Ref]*document{}
+	var objs []kinds.Object
 	for _, d := range docs {
-		if d.kind != KindMTLSPolicy {
+		k := kinds.Lookup(d.kind)
+		if k == nil {
 			continue
 		}
-		p := &model.MTLSPolicy{Namespace: d.namespace, Name: d.name, Spec: *d.spec.(*model.MTLSPolicySpec)}
-		if prev := policyDoc[p.Key()]; prev != nil {
+		ref := kinds.Ref{Kind: k.Name, Namespace: d.namespace, Name: d.name}
+		if prev := placed[ref]; prev != nil {
 			errs = append(errs, &Error{File: d.file, Line: d.line, Object: d.object(),
 				Detail: fmt.Sprintf("defined twice; the other is at %s:%d", prev.file, prev.line)})
 			continue
 		}
-		policyDoc[p.Key()] = d
+		placed[ref] = d
 		errs = append(errs, d.problems...)
-		if err := p.Validate("spec"); err != nil {
+		obj, err := k.Accept(kinds.Meta{Namespace: d.namespace, Name: d.name}, d.spec, &model.Mesh{TrustDomain: spec.TrustDomain})
+		if err != nil {
 			errs = append(errs, d.errorAt(err))
-		}
-		st.MTLS = append(st.MTLS, p)
-	}
-	accessDoc := map[string]*document{}
-	for _, d := range docs {
-		if d.kind != KindAccessPolicy {
 			continue
 		}
-		p := &model.AccessPolicy{Namespace: d.namespace, Name: d.name, Spec: *d.spec.(*model.AccessPolicySpec)}
-		if prev := accessDoc[p.Key()]; prev != nil {
-			errs = append(errs, &Error{File: d.file, Line: d.line, Object: d.object(),
-				Detail: fmt.Sprintf("defined twice; the other is at %s:%d", prev.file, prev.line)})
-			continue
-		}
-		accessDoc[p.Key()] = d
-		errs = append(errs, d.problems...)
-		if err := p.Validate("spec", spec.TrustDomain); err != nil {
-			errs = append(errs, d.errorAt(err))
-		}
-		st.Access = append(st.Access, p)
+		objs = append(objs, obj)
 	}
-	for key, perrs := range model.CheckMTLSOverlap(st.MTLS, st.Workloads) { // no workloads if the spec is invalid
-		errs = append(errs, policyDoc[key].errorAt(errors.Join(perrs...)))
+	refused := kinds.Settle(st, objs) // no workloads if the spec is invalid
+	for _, ref := range slices.SortedFunc(maps.Keys(refused), func(a, b kinds.Ref) int { return strings.Compare(a.String(), b.String()) }) {
+		errs = append(errs, placed[ref].errorAt(refused[ref]))
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)

@@ -33,11 +33,11 @@ const (
 // Authorization holds the mesh-wide authorization settings.
 type Authorization struct {
 	// Default is deny (the default) or allow-mesh.
-	Default DefaultAccess `json:"default,omitempty"`
+	Default DefaultAccess
 	// ScopeConfig, on by default, sends a transparent sidecar only the
 	// services its identity may call. Set it to false to send every
 	// service with an address to every sidecar.
-	ScopeConfig *bool `json:"scopeConfig,omitempty"`
+	ScopeConfig *bool
 }
 
 // Scoped reports whether configuration is scoped by policy.
@@ -46,8 +46,8 @@ func (a Authorization) Scoped() bool { return a.ScopeConfig == nil || *a.ScopeCo
 // AccessSelector picks the workloads a policy protects: those backing a
 // service of the policy's namespace, or those with the given labels.
 type AccessSelector struct {
-	Service     string            `json:"service,omitempty"`
-	MatchLabels map[string]string `json:"matchLabels,omitempty"`
+	Service     string
+	MatchLabels map[string]string
 }
 
 // Source says who a rule is about: a caller with any of the identities it
@@ -55,31 +55,31 @@ type AccessSelector struct {
 type Source struct {
 	// ServiceAccounts are "name" (in the policy's namespace) or
 	// "namespace/name".
-	ServiceAccounts []string `json:"serviceAccounts,omitempty"`
+	ServiceAccounts []string
 	// Namespaces match any service account of the namespace; "*" matches
 	// every identity of the trust domain.
-	Namespaces []string `json:"namespaces,omitempty"`
+	Namespaces []string
 	// SPIFFEIDs match exactly.
-	SPIFFEIDs []string `json:"spiffeIDs,omitempty"`
+	SPIFFEIDs []string
 	// Unauthenticated matches callers that presented no certificate:
 	// plaintext on a PERMISSIVE or DISABLE port. It cannot be combined
 	// with identities.
-	Unauthenticated bool `json:"unauthenticated,omitempty"`
+	Unauthenticated bool
 }
 
 // Operation says what a rule is about. The fields set must all match; an
 // empty list matches anything.
 type Operation struct {
 	// Ports are target ports of the selected workloads.
-	Ports []uint32 `json:"ports,omitempty"`
+	Ports []uint32
 	// Methods are HTTP methods, upper case.
-	Methods []string `json:"methods,omitempty"`
+	Methods []string
 	// Paths are matched against the normalized path, without the query:
 	// "/admin" exactly, "/v1/*" as a prefix ("/v1/"), and globs where "*"
 	// is one path segment and "**" any number: "/users/*/profile".
-	Paths []string `json:"paths,omitempty"`
+	Paths []string
 	// IgnoreCase makes the path match case-insensitive.
-	IgnoreCase bool `json:"ignoreCase,omitempty"`
+	IgnoreCase bool
 }
 
 // HTTPOnly reports whether the operation names anything only HTTP has.
@@ -89,18 +89,19 @@ func (o *Operation) HTTPOnly() bool { return len(o.Methods)+len(o.Paths) > 0 }
 // operations match. An empty To matches every operation; an empty From is
 // an error, never "everyone".
 type AccessRule struct {
-	From []Source    `json:"from"`
-	To   []Operation `json:"to,omitempty"`
+	From []Source
+	To   []Operation
 }
 
-// AccessPolicySpec is the spec of an AccessPolicy document (also the CRD).
+// AccessPolicySpec is what an AccessPolicy says (public form:
+// v1alpha1.AccessPolicySpec).
 type AccessPolicySpec struct {
-	Selector AccessSelector `json:"selector"`
-	Action   Action         `json:"action"`
+	Selector AccessSelector
+	Action   Action
 	// DryRun evaluates the policy without enforcing it: Envoy counts what
 	// it would do in its shadow statistics.
-	DryRun bool         `json:"dryRun,omitempty"`
-	Rules  []AccessRule `json:"rules"`
+	DryRun bool
+	Rules  []AccessRule
 }
 
 // AccessPolicy allows or denies calls to the workloads it selects.

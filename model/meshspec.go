@@ -2,21 +2,22 @@ package model
 
 import "errors"
 
-// MeshSpec is the body of a mesh file: the mesh-wide settings and, when
-// there is no Kubernetes, the services and workloads themselves.
+// MeshSpec is the mesh-wide settings and, when there is no Kubernetes,
+// the services and workloads themselves: what a mesh file's Mesh document
+// says, converted from api/v1alpha1 by package kinds.
 //
 // Callers call Default, then Validate, then read it; a MeshSpec is not
 // safe for concurrent mutation.
 type MeshSpec struct {
 	// TrustDomain is the SPIFFE trust domain; empty means cluster.local.
-	TrustDomain string `json:"trustDomain,omitempty"`
+	TrustDomain string
 	// MTLS is the mesh-wide mTLS mode; STRICT unless set.
-	MTLS MeshMTLS `json:"mtls,omitempty"`
+	MTLS MeshMTLS
 	// Authorization sets what workloads no ALLOW policy selects accept,
 	// and whether sidecars get only what their identity may call.
-	Authorization Authorization `json:"authorization,omitempty"`
-	Services      []Service     `json:"services,omitempty"`
-	Workloads     []Workload    `json:"workloads,omitempty"`
+	Authorization Authorization
+	Services      []Service
+	Workloads     []Workload
 }
 
 // Default fills in every optional field left empty, in place.

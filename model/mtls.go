@@ -42,12 +42,12 @@ func validMode(m MTLSMode) error {
 // carry one; `bulwark mtls exceptions` lists them.
 type Exception struct {
 	// Reason says why; required.
-	Reason string `json:"reason"`
+	Reason string
 	// Owner is who to ask.
-	Owner string `json:"owner,omitempty"`
+	Owner string
 	// Expires is the last day (YYYY-MM-DD, UTC) the exception holds.
 	// After it, the weaker mode no longer applies: the port is STRICT.
-	Expires string `json:"expires,omitempty"`
+	Expires string
 }
 
 // ExpiresAt returns the first instant the exception no longer holds, or
@@ -91,14 +91,14 @@ func (e *Exception) validate(p Path, weakened bool) []error {
 // MeshMTLS is the mesh-wide mTLS mode.
 type MeshMTLS struct {
 	// Mode defaults to STRICT.
-	Mode      MTLSMode   `json:"mode,omitempty"`
-	Exception *Exception `json:"exception,omitempty"`
+	Mode      MTLSMode
+	Exception *Exception
 }
 
 // Selector picks workloads of a policy's namespace by their labels. An
 // empty selector picks the whole namespace.
 type Selector struct {
-	MatchLabels map[string]string `json:"matchLabels,omitempty"`
+	MatchLabels map[string]string
 }
 
 // Empty reports whether the selector picks the whole namespace.
@@ -117,15 +117,16 @@ func (s *Selector) Matches(labels map[string]string) bool {
 	return true
 }
 
-// MTLSPolicySpec is the spec of an MTLSPolicy document.
+// MTLSPolicySpec is what an MTLSPolicy says (public form:
+// v1alpha1.MTLSPolicySpec).
 type MTLSPolicySpec struct {
-	Selector *Selector `json:"selector,omitempty"`
+	Selector *Selector
 	// Mode applies to every port the policy does not list in PortModes;
 	// empty leaves them to the next policy out (namespace, then mesh).
-	Mode MTLSMode `json:"mode,omitempty"`
+	Mode MTLSMode
 	// PortModes sets the mode of single target ports: {"9090": PERMISSIVE}.
-	PortModes map[string]MTLSMode `json:"portModes,omitempty"`
-	Exception *Exception          `json:"exception,omitempty"`
+	PortModes map[string]MTLSMode
+	Exception *Exception
 }
 
 // MTLSPolicy sets the mTLS mode of a namespace, or of the workloads its

@@ -49,25 +49,25 @@ type Mesh struct {
 type ServicePort struct {
 	// Name tells ports of one service apart; optional for a service with
 	// one port.
-	Name string `json:"name,omitempty"`
+	Name string
 	// Port is the port callers use.
-	Port uint32 `json:"port"`
+	Port uint32
 	// TargetPort is the port the workloads behind the service listen on.
 	// Zero means the same as Port.
-	TargetPort uint32 `json:"targetPort,omitempty"`
+	TargetPort uint32
 	// Protocol is http or tcp.
-	Protocol Protocol `json:"protocol"`
+	Protocol Protocol
 }
 
 // Service is a named set of ports served by the workloads that back it.
 type Service struct {
-	Namespace string `json:"namespace,omitempty"`
-	Name      string `json:"name"`
+	Namespace string
+	Name      string
 	// Address is the service's virtual IP (a ClusterIP): what apps call
 	// under transparent capture. Optional; a service without one is
 	// reachable only through explicit upstreams.
-	Address string        `json:"address,omitempty"`
-	Ports   []ServicePort `json:"ports"`
+	Address string
+	Ports   []ServicePort
 }
 
 // Key returns "namespace/name".
@@ -91,15 +91,15 @@ func (s *Service) Port(port uint32) *ServicePort {
 // carries the call to a workload behind the service.
 type Upstream struct {
 	// Service is the name of the service called.
-	Service string `json:"service"`
+	Service string
 	// Namespace of the service; empty means the caller's namespace.
-	Namespace string `json:"namespace,omitempty"`
+	Namespace string
 	// Port is the service port called; it may be left out when the
 	// service has exactly one port.
-	Port uint32 `json:"port,omitempty"`
+	Port uint32
 	// LocalPort is where the sidecar listens for the app's calls; zero
 	// means the same as Port.
-	LocalPort uint32 `json:"localPort,omitempty"`
+	LocalPort uint32
 }
 
 // ServiceKey returns the "namespace/name" of the called service.
@@ -130,29 +130,29 @@ const (
 // Workload is one instance of an application with its sidecar: a pod in
 // Kubernetes, a process on a host elsewhere.
 type Workload struct {
-	Namespace string `json:"namespace,omitempty"`
-	Name      string `json:"name"`
+	Namespace string
+	Name      string
 	// ServiceAccount names the identity of the workload within its
 	// namespace.
-	ServiceAccount string            `json:"serviceAccount,omitempty"`
-	Labels         map[string]string `json:"labels,omitempty"`
+	ServiceAccount string
+	Labels         map[string]string
 	// Address is where other sidecars reach this workload's sidecar (the
 	// pod IP).
-	Address string `json:"address"`
+	Address string
 	// Services lists the services, in the workload's namespace, that this
 	// workload backs.
-	Services []string `json:"services,omitempty"`
+	Services []string
 	// LocalAddress is the address inside the workload shared by the app
 	// and its sidecar: the app listens on LocalAddress:targetPort and the
 	// sidecar's outbound listeners bind LocalAddress:localPort. In a pod
 	// it is 127.0.0.1; several workloads on one host each need their own.
-	LocalAddress string `json:"localAddress,omitempty"`
+	LocalAddress string
 	// Capture is explicit (the default) or transparent.
-	Capture Capture `json:"capture,omitempty"`
+	Capture Capture
 	// Upstreams lists the service ports the app calls through its
 	// sidecar, under explicit capture. Under transparent capture the app
 	// calls any service that has an address.
-	Upstreams []Upstream `json:"upstreams,omitempty"`
+	Upstreams []Upstream
 }
 
 // Transparent reports whether the workload's traffic is captured.

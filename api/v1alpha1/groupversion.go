@@ -6,18 +6,16 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 )
 
-// Group and Version of every kind in this package.
+// Group and Version of every kind in this package, and APIVersion as
+// documents spell the two.
 const (
-	Group   = "bulwark.dev"
-	Version = "v1alpha1"
+	Group      = "bulwark.dev"
+	Version    = "v1alpha1"
+	APIVersion = Group + "/" + Version
 )
 
-// GroupVersion is bulwark.dev/v1alpha1; APIVersion spells it as documents
-// do.
-var (
-	GroupVersion = schema.GroupVersion{Group: Group, Version: Version}
-	APIVersion   = GroupVersion.String()
-)
+// GroupVersion is bulwark.dev/v1alpha1.
+var GroupVersion = schema.GroupVersion{Group: Group, Version: Version}
 
 // Kinds, as documents and objects name them.
 const (
