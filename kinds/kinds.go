@@ -51,7 +51,9 @@ type Kind struct {
 }
 
 // GVR is the kind's custom resource.
-func (k *Kind) GVR() schema.GroupVersionResource { return v1alpha1.GroupVersion.WithResource(k.Resource) }
+func (k *Kind) GVR() schema.GroupVersionResource {
+	return v1alpha1.GroupVersion.WithResource(k.Resource)
+}
 
 // SpecType is the API type a document's spec decodes into.
 func (k *Kind) SpecType() reflect.Type { return k.specType }

@@ -6,6 +6,11 @@
 // ServiceAccount tokens with TokenReview; and it keeps the CA in a Secret,
 // created once under a Lease.
 //
+// The mapping from the informers' caches to the model (Mapper) does no
+// I/O: it returns the model state and the status writes to make, which
+// the Source applies after writing the model. Policy kinds come from
+// package kinds, so this package refuses the same mistakes as a mesh file.
+//
 // Only namespaces labeled bulwark.dev/mesh=enabled are in the mesh. Nothing
 // is written to the model before every informer has synced, and events
 // are coalesced into one model write. It must never know about Envoy.

@@ -26,7 +26,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		invalidPolicies: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "bulwark_kube_invalid_policies_total",
-			Help: "Policy objects refused by validation (counted per evaluation).",
+			Help: "Policy objects refused, as invalid or in conflict with another (counted per evaluation).",
 		}),
 	}
 	if reg != nil {

@@ -2,13 +2,8 @@ package kube
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"fmt"
 	"log/slog"
-	"sort"
-	"strings"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -17,14 +12,15 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/bulwarkmesh/bulwark/api/v1alpha1"
+	"github.com/bulwarkmesh/bulwark/kinds"
 	"github.com/bulwarkmesh/bulwark/model"
 )
 
@@ -34,10 +30,17 @@ const (
 	MeshLabelValue = "enabled"
 )
 
-// The policy CRDs.
+// The policy CRDs, as registered in package kinds.
 var (
-	AccessPolicyGVR = schema.GroupVersionResource{Group: "bulwark.dev", Version: "v1alpha1", Resource: "accesspolicies"}
-	MTLSPolicyGVR   = schema.GroupVersionResource{Group: "bulwark.dev", Version: "v1alpha1", Resource: "mtlspolicies"}
+	AccessPolicyGVR = kinds.AccessPolicy.GVR()
+	MTLSPolicyGVR   = kinds.MTLSPolicy.GVR()
+)
+
+// Condition reasons in policy status.
+const (
+	ReasonAccepted = v1alpha1.ReasonAccepted
+	ReasonInvalid  = v1alpha1.ReasonInvalid
+	ReasonConflict = v1alpha1.ReasonConflict
 )
 
 // Config configures a Source.
@@ -62,11 +65,15 @@ type Config struct {
 	// bulwark-root-cert (key root-cert.pem) in every mesh namespace, for
 	// agents to verify the control plane with.
 	RootCertPEM []byte
-	Logger      *slog.Logger
-	Registerer  prometheus.Registerer
+	// Now is the clock for status transition times; defaults to time.Now.
+	Now        func() time.Time
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
 }
 
-// Source keeps the model in line with the cluster.
+// Source keeps the model in line with the cluster: informers feed a
+// Mapper, which decides without I/O; the source then writes the model and
+// what the mapping asked to write back.
 type Source struct {
 	cfg     Config
 	log     *slog.Logger
@@ -75,25 +82,14 @@ type Source struct {
 	synced  chan struct{}
 	kick    chan struct{}
 	m       *metrics
+	mapper  *Mapper
 
-	services, slices, pods, namespaces, access, mtls cache.SharedIndexInformer
+	services, slices, pods, namespaces cache.SharedIndexInformer
+	policies                           map[*kinds.Kind]cache.SharedIndexInformer
 
-	mu sync.Mutex
-	// accepted keeps the last valid spec of each policy, so an invalid
-	// edit keeps the last good one serving.
-	acceptedAccess map[string]acceptedAccess
-	acceptedMTLS   map[string]acceptedMTLS
-	published      map[string]bool // namespaces holding the current root ConfigMap
-}
-
-type acceptedAccess struct {
-	generation int64
-	spec       model.AccessPolicySpec
-}
-
-type acceptedMTLS struct {
-	generation int64
-	spec       model.MTLSPolicySpec
+	// Touched only by the Run goroutine.
+	reported  map[kinds.Ref]string // refusals logged, by their message
+	published map[string]bool      // namespaces holding the current root ConfigMap
 }
 
 // New builds the informers; Run starts them.
@@ -101,14 +97,11 @@ func New(cfg Config) (*Source, error) {
 	if cfg.Client == nil || cfg.Dynamic == nil || cfg.Store == nil {
 		return nil, errors.New("kube: Client, Dynamic and Store are required")
 	}
-	if cfg.TrustDomain == "" {
-		cfg.TrustDomain = model.DefaultTrustDomain
-	}
-	if cfg.DefaultAccess == "" {
-		cfg.DefaultAccess = model.DefaultDeny
-	}
 	if cfg.Debounce <= 0 {
 		cfg.Debounce = 100 * time.Millisecond
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -118,20 +111,25 @@ func New(cfg Config) (*Source, error) {
 		factory: informers.NewSharedInformerFactory(cfg.Client, 0),
 		dynamic: dynamicinformer.NewDynamicSharedInformerFactory(cfg.Dynamic, 0),
 		synced:  make(chan struct{}), kick: make(chan struct{}, 1), m: newMetrics(cfg.Registerer),
-		acceptedAccess: map[string]acceptedAccess{}, acceptedMTLS: map[string]acceptedMTLS{}, published: map[string]bool{},
+		mapper:   NewMapper(MapperConfig{TrustDomain: cfg.TrustDomain, DefaultAccess: cfg.DefaultAccess, RootNamespace: cfg.RootNamespace}),
+		policies: map[*kinds.Kind]cache.SharedIndexInformer{},
+		reported: map[kinds.Ref]string{}, published: map[string]bool{},
 	}
 	s.services = s.factory.Core().V1().Services().Informer()
 	s.slices = s.factory.Discovery().V1().EndpointSlices().Informer()
 	s.pods = s.factory.Core().V1().Pods().Informer()
 	s.namespaces = s.factory.Core().V1().Namespaces().Informer()
-	s.access = s.dynamic.ForResource(AccessPolicyGVR).Informer()
-	s.mtls = s.dynamic.ForResource(MTLSPolicyGVR).Informer()
+	all := []cache.SharedIndexInformer{s.services, s.slices, s.pods, s.namespaces}
+	for _, k := range kinds.Policies {
+		s.policies[k] = s.dynamic.ForResource(k.GVR()).Informer()
+		all = append(all, s.policies[k])
+	}
 	handler := cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { s.poke() },
 		UpdateFunc: func(any, any) { s.poke() },
 		DeleteFunc: func(any) { s.poke() },
 	}
-	for _, inf := range []cache.SharedIndexInformer{s.services, s.slices, s.pods, s.namespaces, s.access, s.mtls} {
+	for _, inf := range all {
 		if _, err := inf.AddEventHandler(handler); err != nil {
 			return nil, err
 		}
@@ -163,8 +161,11 @@ func (s *Source) Run(ctx context.Context) error {
 	s.factory.Start(ctx.Done())
 	s.dynamic.Start(ctx.Done())
 	s.log.Info("waiting for informers to sync")
-	if !cache.WaitForCacheSync(ctx.Done(), s.services.HasSynced, s.slices.HasSynced, s.pods.HasSynced,
-		s.namespaces.HasSynced, s.access.HasSynced, s.mtls.HasSynced) {
+	synced := []cache.InformerSynced{s.services.HasSynced, s.slices.HasSynced, s.pods.HasSynced, s.namespaces.HasSynced}
+	for _, inf := range s.policies {
+		synced = append(synced, inf.HasSynced)
+	}
+	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -197,342 +198,88 @@ func (s *Source) Run(ctx context.Context) error {
 	}
 }
 
-// rebuild writes the model the caches describe now.
+// rebuild maps the caches to the model, writes it, then makes the
+// cluster say what was decided: policy status and the root ConfigMap.
 func (s *Source) rebuild(ctx context.Context) {
 	start := time.Now()
-	st := s.state(ctx)
-	changed, err := s.cfg.Store.ReplaceState(st)
+	res := s.mapper.Map(s.inputs())
+	changed, err := s.cfg.Store.ReplaceState(res.State)
 	if err != nil {
 		s.log.Error("cannot write the model", "err", err)
 		return
 	}
 	s.m.rebuilds.Inc()
 	s.m.rebuildSeconds.Observe(time.Since(start).Seconds())
-	s.publishRoot(ctx)
+	s.report(ctx, res)
+	s.publishRoot(ctx, res.MeshNamespaces)
 	if len(changed) > 0 {
+		st := res.State
 		s.log.Debug("model updated", "changed", changed, "services", len(st.Services), "workloads", len(st.Workloads),
 			"endpoints", len(st.Endpoints))
 	}
 }
 
-func (s *Source) meshNamespaces() map[string]bool {
-	out := map[string]bool{}
+// inputs reads the informers' caches.
+func (s *Source) inputs() Inputs {
+	in := Inputs{Policies: map[*kinds.Kind][]*unstructured.Unstructured{}}
 	for _, o := range s.namespaces.GetStore().List() {
-		ns := o.(*corev1.Namespace)
-		if ns.Labels[MeshLabel] == MeshLabelValue && ns.DeletionTimestamp == nil {
-			out[ns.Name] = true
-		}
+		in.Namespaces = append(in.Namespaces, o.(*corev1.Namespace))
 	}
-	return out
-}
-
-// state maps the caches to a model state.
-func (s *Source) state(ctx context.Context) *model.State {
-	inMesh := s.meshNamespaces()
-	st := &model.State{Mesh: model.Mesh{Name: "kubernetes", TrustDomain: s.cfg.TrustDomain,
-		Authorization: model.Authorization{Default: s.cfg.DefaultAccess}}}
-
-	// EndpointSlices: endpoints, the target port numbers of named ports,
-	// and which pod backs which service.
-	type svcKey struct{ ns, name string }
-	targets := map[svcKey]map[string]uint32{}
-	backs := map[string]map[string]bool{} // ns/pod -> services
-	for _, o := range s.slices.GetStore().List() {
-		sl := o.(*discoveryv1.EndpointSlice)
-		svc := sl.Labels[discoveryv1.LabelServiceName]
-		if svc == "" || !inMesh[sl.Namespace] || sl.AddressType == discoveryv1.AddressTypeFQDN {
-			continue
-		}
-		k := svcKey{sl.Namespace, svc}
-		if targets[k] == nil {
-			targets[k] = map[string]uint32{}
-		}
-		var ports []model.EndpointPort
-		for _, p := range sl.Ports {
-			if p.Port == nil || (p.Protocol != nil && *p.Protocol != corev1.ProtocolTCP) {
-				continue
-			}
-			name := ""
-			if p.Name != nil {
-				name = *p.Name
-			}
-			targets[k][name] = uint32(*p.Port)
-			ports = append(ports, model.EndpointPort{Name: name, Port: uint32(*p.Port)})
-		}
-		for _, ep := range sl.Endpoints {
-			ready := ep.Conditions.Ready == nil || *ep.Conditions.Ready
-			workload := ""
-			if ep.TargetRef != nil && ep.TargetRef.Kind == "Pod" {
-				workload = ep.TargetRef.Name
-				key := sl.Namespace + "/" + workload
-				if backs[key] == nil {
-					backs[key] = map[string]bool{}
-				}
-				backs[key][svc] = true
-			}
-			for _, addr := range ep.Addresses {
-				st.Endpoints = append(st.Endpoints, &model.Endpoint{Namespace: sl.Namespace, Service: svc, Address: addr,
-					Ports: ports, Ready: ready, Workload: workload})
-			}
-		}
-	}
-	st.Endpoints = dedupeEndpoints(st.Endpoints)
-
 	for _, o := range s.services.GetStore().List() {
-		svc := o.(*corev1.Service)
-		if !inMesh[svc.Namespace] {
-			continue
-		}
-		ms := &model.Service{Namespace: svc.Namespace, Name: svc.Name}
-		if ip := svc.Spec.ClusterIP; ip != "" && ip != corev1.ClusterIPNone {
-			ms.Address = ip
-		}
-		for _, p := range svc.Spec.Ports {
-			if p.Protocol != "" && p.Protocol != corev1.ProtocolTCP {
-				continue
-			}
-			target, ok := targetPort(p, targets[svcKey{svc.Namespace, svc.Name}])
-			if !ok {
-				continue // a named target port no endpoint resolves yet
-			}
-			ms.Ports = append(ms.Ports, model.ServicePort{Name: p.Name, Port: uint32(p.Port), TargetPort: target, Protocol: protocolOf(p)})
-		}
-		if len(ms.Ports) > 0 {
-			st.Services = append(st.Services, ms)
-		}
+		in.Services = append(in.Services, o.(*corev1.Service))
 	}
-
+	for _, o := range s.slices.GetStore().List() {
+		in.EndpointSlices = append(in.EndpointSlices, o.(*discoveryv1.EndpointSlice))
+	}
 	for _, o := range s.pods.GetStore().List() {
-		pod := o.(*corev1.Pod)
-		if !inMesh[pod.Namespace] || pod.Status.PodIP == "" || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
+		in.Pods = append(in.Pods, o.(*corev1.Pod))
+	}
+	for k, inf := range s.policies {
+		for _, o := range inf.GetStore().List() {
+			in.Policies[k] = append(in.Policies[k], o.(*unstructured.Unstructured))
+		}
+	}
+	return in
+}
+
+// report logs each policy refusal once, when it first appears or changes,
+// counts refusals, and writes the status the mapping asked for.
+func (s *Source) report(ctx context.Context, res Result) {
+	refused := map[kinds.Ref]bool{}
+	for _, v := range res.Verdicts {
+		if v.Verdict.Err == nil {
 			continue
 		}
-		sa := pod.Spec.ServiceAccountName
-		if sa == "" {
-			sa = model.DefaultServiceAccount
-		}
-		w := &model.Workload{Namespace: pod.Namespace, Name: pod.Name, ServiceAccount: sa, Labels: pod.Labels,
-			Address: pod.Status.PodIP, LocalAddress: model.DefaultLocalAddress, Capture: model.CaptureTransparent}
-		for svc := range backs[pod.Namespace+"/"+pod.Name] {
-			w.Services = append(w.Services, svc)
-		}
-		sort.Strings(w.Services)
-		st.Workloads = append(st.Workloads, w)
-	}
-
-	st.Access, st.MTLS = s.policies(ctx, inMesh, &st.Mesh)
-	return st
-}
-
-func dedupeEndpoints(in []*model.Endpoint) []*model.Endpoint {
-	seen := map[string]bool{}
-	var out []*model.Endpoint
-	for _, e := range in {
-		if !seen[e.Key()] {
-			seen[e.Key()] = true
-			out = append(out, e)
-		}
-	}
-	return out
-}
-
-// targetPort resolves a service port's target port: a number, or a name
-// the EndpointSlices resolve.
-func targetPort(p corev1.ServicePort, resolved map[string]uint32) (uint32, bool) {
-	switch {
-	case p.TargetPort.Type == intstr.Int && p.TargetPort.IntVal != 0:
-		return uint32(p.TargetPort.IntVal), true
-	case p.TargetPort.Type == intstr.String && p.TargetPort.StrVal != "":
-		n, ok := resolved[p.Name]
-		return n, ok
-	}
-	return uint32(p.Port), true
-}
-
-// protocolOf reads a service port's application protocol: appProtocol,
-// else the port name's prefix (http, http-*, grpc*), else TCP.
-func protocolOf(p corev1.ServicePort) model.Protocol {
-	if p.AppProtocol != nil {
-		switch strings.ToLower(*p.AppProtocol) {
-		case "http", "http2", "grpc", "kubernetes.io/h2c":
-			return model.ProtocolHTTP
-		default:
-			return model.ProtocolTCP
-		}
-	}
-	name := strings.ToLower(p.Name)
-	if name == "http" || strings.HasPrefix(name, "http-") || strings.HasPrefix(name, "grpc") {
-		return model.ProtocolHTTP
-	}
-	return model.ProtocolTCP
-}
-
-// policies validates the policy objects; an invalid one keeps its last
-// valid spec (or is left out if it never had one), and its status says
-// why.
-func (s *Source) policies(ctx context.Context, inMesh map[string]bool, mesh *model.Mesh) ([]*model.AccessPolicy, []*model.MTLSPolicy) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var access []*model.AccessPolicy
-	seenA := map[string]bool{}
-	for _, o := range s.access.GetStore().List() {
-		u := o.(*unstructured.Unstructured)
-		key := u.GetNamespace() + "/" + u.GetName()
-		seenA[key] = true
-		p := &model.AccessPolicy{Namespace: u.GetNamespace(), Name: u.GetName()}
-		err := specOf(u, &p.Spec)
-		if err == nil {
-			err = p.Validate("spec", s.cfg.TrustDomain)
-		}
-		prev, had := s.acceptedAccess[key]
-		switch {
-		case err == nil:
-			s.acceptedAccess[key] = acceptedAccess{u.GetGeneration(), p.Spec}
-			s.setStatus(ctx, AccessPolicyGVR, u, nil, 0)
-		case had:
-			p.Spec = prev.spec
-			s.setStatus(ctx, AccessPolicyGVR, u, err, prev.generation)
-		default:
-			s.setStatus(ctx, AccessPolicyGVR, u, err, 0)
-			continue
-		}
-		if inMesh[p.Namespace] {
-			access = append(access, p)
-		}
-	}
-	for k := range s.acceptedAccess {
-		if !seenA[k] {
-			delete(s.acceptedAccess, k)
-		}
-	}
-	var mtls []*model.MTLSPolicy
-	seenM := map[string]bool{}
-	for _, o := range s.mtls.GetStore().List() {
-		u := o.(*unstructured.Unstructured)
-		key := u.GetNamespace() + "/" + u.GetName()
-		seenM[key] = true
-		p := &model.MTLSPolicy{Namespace: u.GetNamespace(), Name: u.GetName()}
-		err := specOf(u, &p.Spec)
-		if err == nil {
-			err = p.Validate("spec")
-		}
-		prev, had := s.acceptedMTLS[key]
-		switch {
-		case err == nil:
-			s.acceptedMTLS[key] = acceptedMTLS{u.GetGeneration(), p.Spec}
-			s.setStatus(ctx, MTLSPolicyGVR, u, nil, 0)
-		case had:
-			p.Spec = prev.spec
-			s.setStatus(ctx, MTLSPolicyGVR, u, err, prev.generation)
-		default:
-			s.setStatus(ctx, MTLSPolicyGVR, u, err, 0)
-			continue
-		}
-		switch {
-		case p.Namespace == s.cfg.RootNamespace && p.Spec.Selector.Empty() && len(p.Spec.PortModes) == 0:
-			mesh.MTLS = model.MeshMTLS{Mode: p.Spec.Mode, Exception: p.Spec.Exception}
-		case inMesh[p.Namespace]:
-			mtls = append(mtls, p)
-		}
-	}
-	for k := range s.acceptedMTLS {
-		if !seenM[k] {
-			delete(s.acceptedMTLS, k)
-		}
-	}
-	return access, mtls
-}
-
-// specOf decodes an object's spec into out.
-func specOf(u *unstructured.Unstructured, out any) error {
-	raw, ok := u.Object["spec"]
-	if !ok {
-		return &model.FieldError{Path: "spec", Detail: "required"}
-	}
-	b, err := json.Marshal(raw)
-	if err != nil {
-		return err
-	}
-	if err := json.Unmarshal(b, out); err != nil {
-		return &model.FieldError{Path: "spec", Detail: err.Error()}
-	}
-	return nil
-}
-
-// Condition reasons in policy status.
-const (
-	ReasonAccepted = "Accepted"
-	ReasonInvalid  = "Invalid"
-)
-
-// setStatus reports acceptance in the object's status, unless it already
-// says the same.
-func (s *Source) setStatus(ctx context.Context, gvr schema.GroupVersionResource, u *unstructured.Unstructured, verr error, keptGeneration int64) {
-	if verr != nil {
 		s.m.invalidPolicies.Inc()
-		s.log.Error("policy refused", "kind", u.GetKind(), "policy", u.GetNamespace()+"/"+u.GetName(), "problems", verr.Error())
+		refused[v.Ref] = true
+		if msg := v.Verdict.Err.Error(); s.reported[v.Ref] != msg {
+			s.reported[v.Ref] = msg
+			s.log.Error("policy refused", "kind", v.Ref.Kind, "policy", v.Ref.Namespace+"/"+v.Ref.Name,
+				"kept_generation", v.Verdict.Kept, "problems", msg)
+		}
+	}
+	for ref := range s.reported {
+		if !refused[ref] {
+			delete(s.reported, ref)
+		}
 	}
 	if !s.cfg.WriteStatus {
 		return
 	}
-	cond := metav1.Condition{Type: "Accepted", Status: metav1.ConditionTrue, Reason: ReasonAccepted,
-		Message: "in force", ObservedGeneration: u.GetGeneration()}
-	if verr != nil {
-		var lines []string
-		for _, fe := range model.FieldErrors(verr) {
-			lines = append(lines, fe.Error())
+	for _, w := range res.StatusWrites {
+		w.Condition.LastTransitionTime = metav1.NewTime(s.cfg.Now())
+		obj := w.Object.DeepCopy()
+		condMap, err := runtime.DefaultUnstructuredConverter.ToUnstructured(&w.Condition)
+		if err == nil {
+			err = unstructured.SetNestedSlice(obj.Object, []any{condMap}, "status", "conditions")
 		}
-		msg := strings.Join(lines, "; ")
-		if keptGeneration > 0 {
-			msg += fmt.Sprintf(" (generation %d stays in force)", keptGeneration)
-		} else {
-			msg += " (not in force)"
+		if err == nil {
+			_, err = s.cfg.Dynamic.Resource(w.Kind.GVR()).Namespace(obj.GetNamespace()).UpdateStatus(ctx, obj, metav1.UpdateOptions{})
 		}
-		cond = metav1.Condition{Type: "Accepted", Status: metav1.ConditionFalse, Reason: ReasonInvalid,
-			Message: msg, ObservedGeneration: u.GetGeneration()}
-	}
-	if current := currentCondition(u); current != nil && current.Status == cond.Status && current.Reason == cond.Reason &&
-		current.Message == cond.Message && current.ObservedGeneration == cond.ObservedGeneration {
-		return
-	}
-	cond.LastTransitionTime = metav1.Now()
-	obj := u.DeepCopy()
-	condMap, err := toMap(cond)
-	if err != nil {
-		return
-	}
-	if err := unstructured.SetNestedSlice(obj.Object, []any{condMap}, "status", "conditions"); err != nil {
-		return
-	}
-	_, err = s.cfg.Dynamic.Resource(gvr).Namespace(u.GetNamespace()).UpdateStatus(ctx, obj, metav1.UpdateOptions{})
-	if err != nil {
-		s.log.Debug("cannot write policy status", "policy", u.GetNamespace()+"/"+u.GetName(), "err", err)
-	}
-}
-
-func currentCondition(u *unstructured.Unstructured) *metav1.Condition {
-	list, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
-	for _, c := range list {
-		m, ok := c.(map[string]any)
-		if !ok || m["type"] != "Accepted" {
-			continue
-		}
-		b, _ := json.Marshal(m)
-		var cond metav1.Condition
-		if json.Unmarshal(b, &cond) == nil {
-			return &cond
+		if err != nil {
+			s.log.Debug("cannot write policy status", "kind", w.Kind.Name, "policy", obj.GetNamespace()+"/"+obj.GetName(), "err", err)
 		}
 	}
-	return nil
-}
-
-func toMap(v any) (map[string]any, error) {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return nil, err
-	}
-	var m map[string]any
-	return m, json.Unmarshal(b, &m)
 }
 
 // RootCertConfigMap is the ConfigMap that carries the trust anchors into
@@ -543,11 +290,11 @@ const (
 )
 
 // publishRoot makes every mesh namespace hold the root certificate.
-func (s *Source) publishRoot(ctx context.Context) {
+func (s *Source) publishRoot(ctx context.Context, namespaces []string) {
 	if len(s.cfg.RootCertPEM) == 0 {
 		return
 	}
-	for ns := range s.meshNamespaces() {
+	for _, ns := range namespaces {
 		if s.published[ns] {
 			continue
 		}
