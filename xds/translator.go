@@ -99,14 +99,14 @@ func NewTranslator(snap *model.Snapshot, opts Options) *Translator {
 
 // Next returns a translator for snap, a later snapshot of the same store
 // that differs from t's in the tables in changed only, with opts. When
-// only endpoints (or proxies) changed, it keeps what t built that does
+// only endpoints changed, it keeps what t built that does
 // not depend on the endpoints of the services whose endpoints changed:
 // every inbound side, and the outbound pieces, upstream lists and
 // outbound parts of every other service. Otherwise it starts afresh. t
 // must not be used after.
 func (t *Translator) Next(snap *model.Snapshot, opts Options, changed map[string]bool) *Translator {
 	for table := range changed {
-		if table != model.TableEndpoints && table != model.TableProxies {
+		if table != model.TableEndpoints {
 			return NewTranslator(snap, opts)
 		}
 	}
