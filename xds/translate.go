@@ -2,7 +2,6 @@ package xds
 
 import (
 	"errors"
-	"fmt"
 	"sort"
 	"time"
 
@@ -16,6 +15,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/bulwarkmesh/bulwark/authz"
+	"github.com/bulwarkmesh/bulwark/internal/protoany"
 	"github.com/bulwarkmesh/bulwark/model"
 )
 
@@ -240,17 +240,8 @@ func adsSource() *corev3.ConfigSource {
 	}
 }
 
-// mustAny wraps a message we built ourselves. anypb.New fails only for a
-// message that cannot be marshalled, which would be a bug here.
-func mustAny(m proto.Message) *anypb.Any {
-	// Deterministic, so equal configuration gives equal bytes (and an
-	// equal version hash): anypb.New would order map entries at random.
-	a := &anypb.Any{}
-	err := anypb.MarshalFrom(a, m, proto.MarshalOptions{Deterministic: true})
-	if err != nil {
-		panic(fmt.Sprintf("xds: marshal %T: %v", m, err))
-	}
-	return a
-}
+// mustAny packs a message we built ourselves for a typed config; see
+// protoany.Must.
+func mustAny(m proto.Message) *anypb.Any { return protoany.Must(m) }
 
 func duration(d time.Duration) *durationpb.Duration { return durationpb.New(d) }
