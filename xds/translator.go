@@ -412,8 +412,8 @@ func (t *Translator) inboundOf(w *model.Workload) *inboundPieces {
 	var virtualChains []*listenerv3.FilterChain
 	inspect := false
 	for _, ip := range inboundPorts(t.snap, w) {
-		name := InboundName(ip.port.TargetPort)
-		table := t.idx.Table(w, ip.port.TargetPort, ip.port.Protocol)
+		name := InboundName(ip.Port)
+		table := t.idx.Table(w, ip.Port, ip.Protocol)
 		l := inboundListener(w, ip, table, t.td)
 		if w.Transparent() {
 			// One listener takes all redirected traffic; each port is a
@@ -422,7 +422,7 @@ func (t *Translator) inboundOf(w *model.Workload) *inboundPieces {
 				if fc.FilterChainMatch == nil {
 					fc.FilterChainMatch = &listenerv3.FilterChainMatch{}
 				}
-				fc.FilterChainMatch.DestinationPort = wrapperspb.UInt32(ip.port.TargetPort)
+				fc.FilterChainMatch.DestinationPort = wrapperspb.UInt32(ip.Port)
 				fc.Name = name + "|" + fc.Name
 				virtualChains = append(virtualChains, fc)
 			}
@@ -430,8 +430,8 @@ func (t *Translator) inboundOf(w *model.Workload) *inboundPieces {
 		} else {
 			in.listeners = append(in.listeners, l)
 		}
-		in.clusters = append(in.clusters, staticCluster(name, w.LocalAddress, ip.port.TargetPort))
-		if ip.port.Protocol == model.ProtocolHTTP {
+		in.clusters = append(in.clusters, staticCluster(name, w.LocalAddress, ip.Port))
+		if ip.Protocol == model.ProtocolHTTP {
 			in.routes = append(in.routes, routeConfig(name, name, nil))
 		}
 	}

@@ -4,7 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"sort"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -51,20 +51,15 @@ func runMTLS(_ context.Context, args []string, stdout, stderr io.Writer) error {
 	for _, s := range st.Services {
 		services[s.Key()] = s
 	}
+	service := func(namespace, name string) *model.Service { return services[namespace+"/"+name] }
 	type row struct{ workload, port, mode, source, reason, owner, expires, state string }
 	var rows []row
 	for _, w := range st.Workloads {
-		ports := map[uint32]bool{}
-		for _, name := range w.Services {
-			for _, p := range services[w.Namespace+"/"+name].Ports {
-				ports[p.TargetPort] = true
-			}
-		}
 		var sorted []uint32
-		for p := range ports {
-			sorted = append(sorted, p)
+		for _, p := range w.InboundPorts(service) {
+			sorted = append(sorted, p.Port)
 		}
-		sort.Slice(sorted, func(i, j int) bool { return sorted[i] < sorted[j] })
+		slices.Sort(sorted)
 		for _, p := range sorted {
 			d := model.ResolveMTLS(st.Mesh, st.MTLS, w, p, now)
 			if !d.Mode.Weaker() && !d.Expired {
