@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -47,39 +46,24 @@ func runMTLS(_ context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		return fmt.Errorf("the mesh files do not load")
 	}
-	services := map[string]*model.Service{}
-	for _, s := range st.Services {
-		services[s.Key()] = s
-	}
-	service := func(namespace, name string) *model.Service { return services[namespace+"/"+name] }
 	type row struct{ workload, port, mode, source, reason, owner, expires, state string }
 	var rows []row
-	for _, w := range st.Workloads {
-		var sorted []uint32
-		for _, p := range w.InboundPorts(service) {
-			sorted = append(sorted, p.Port)
+	for _, x := range model.MTLSExceptions(st, now) {
+		d := x.Decision
+		r := row{workload: x.Workload, port: fmt.Sprint(x.Port), mode: string(d.Mode), source: d.Source, reason: "-", owner: "-", expires: "-", state: "active"}
+		if e := d.Exception; e != nil {
+			r.reason = e.Reason
+			if e.Owner != "" {
+				r.owner = e.Owner
+			}
+			if e.Expires != "" {
+				r.expires = e.Expires
+			}
 		}
-		slices.Sort(sorted)
-		for _, p := range sorted {
-			d := model.ResolveMTLS(st.Mesh, st.MTLS, w, p, now)
-			if !d.Mode.Weaker() && !d.Expired {
-				continue
-			}
-			r := row{workload: w.Key(), port: fmt.Sprint(p), mode: string(d.Mode), source: d.Source, reason: "-", owner: "-", expires: "-", state: "active"}
-			if e := d.Exception; e != nil {
-				r.reason = e.Reason
-				if e.Owner != "" {
-					r.owner = e.Owner
-				}
-				if e.Expires != "" {
-					r.expires = e.Expires
-				}
-			}
-			if d.Expired {
-				r.state = "EXPIRED: enforced as STRICT"
-			}
-			rows = append(rows, r)
+		if d.Expired {
+			r.state = "EXPIRED: enforced as STRICT"
 		}
+		rows = append(rows, r)
 	}
 	if len(rows) == 0 {
 		fmt.Fprintln(stdout, "no exceptions: every port of every workload is STRICT")
