@@ -17,8 +17,7 @@ import (
 // expired: the list an auditor asks for.
 func runMTLS(_ context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || args[0] != "exceptions" {
-		fmt.Fprintln(stderr, "Usage: bulwark mtls exceptions --mesh FILE|DIR")
-		return errUsage
+		return groupUsage(args, "Usage: bulwark mtls exceptions --mesh FILE|DIR", stderr)
 	}
 	fs := newFlags("mtls exceptions", "--mesh FILE|DIR [--mesh ...]", stderr)
 	var mesh listFlag

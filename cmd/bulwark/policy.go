@@ -15,9 +15,8 @@ import (
 )
 
 func runPolicy(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		fmt.Fprintln(stderr, "Usage: bulwark policy check|explain|matrix [flags]")
-		return errUsage
+	if len(args) == 0 || isHelp(args[0]) {
+		return groupUsage(args, "Usage: bulwark policy check|explain|matrix [flags]", stderr)
 	}
 	switch args[0] {
 	case "check":
