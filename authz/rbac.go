@@ -1,8 +1,6 @@
 package authz
 
 import (
-	"fmt"
-
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
@@ -11,9 +9,8 @@ import (
 	mtlsauthv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/rbac/principals/mtls_authenticated/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/bulwarkmesh/bulwark/internal/protoany"
 	"github.com/bulwarkmesh/bulwark/model"
 )
 
@@ -171,7 +168,7 @@ func (p PathMatch) stringMatcher() *matcherv3.StringMatcher {
 func mtlsPrincipal(c *mtlsauthv3.Config) *rbacv3.Principal {
 	return &rbacv3.Principal{Identifier: &rbacv3.Principal_Custom{Custom: &corev3.TypedExtensionConfig{
 		Name:        "envoy.rbac.principals.mtls_authenticated",
-		TypedConfig: mustAny(c),
+		TypedConfig: protoany.Must(c),
 	}}}
 }
 
@@ -201,15 +198,4 @@ func and(ps []*rbacv3.Principal) *rbacv3.Principal {
 		return ps[0]
 	}
 	return &rbacv3.Principal{Identifier: &rbacv3.Principal_AndIds{AndIds: &rbacv3.Principal_Set{Ids: ps}}}
-}
-
-func mustAny(m proto.Message) *anypb.Any {
-	// Deterministic, so equal configuration gives equal bytes (and an
-	// equal version hash): anypb.New would order map entries at random.
-	a := &anypb.Any{}
-	err := anypb.MarshalFrom(a, m, proto.MarshalOptions{Deterministic: true})
-	if err != nil {
-		panic(fmt.Sprintf("authz: marshal %T: %v", m, err))
-	}
-	return a
 }

@@ -203,37 +203,31 @@ func Lint(snap *model.Snapshot, now time.Time) []Finding {
 	}
 	// Per workload port, with the compiled tables: shadowing and TCP.
 	for _, w := range snap.Workloads() {
-		for _, sname := range w.Services {
-			svc := snap.Service(w.Namespace, sname)
-			if svc == nil {
-				continue
-			}
-			for _, port := range svc.Ports {
-				t := idx.Table(w, port.TargetPort, port.Protocol)
-				where := fmt.Sprintf("%s port %d", w.Key(), port.TargetPort)
-				for _, b := range t.Allow {
-					for _, a := range t.Deny {
-						if covers(a, b) && first("void "+b.Name+" "+a.Name) {
-							add(Finding{Policy: b.Policy, Rule: b.Name, Detail: fmt.Sprintf("never takes effect on %s: DENY rule %s covers it", where, a.Name)})
-						}
-					}
-					for _, a := range t.Allow {
-						if a.Name != b.Name && covers(a, b) && !(covers(b, a) && b.Name < a.Name) && first("shadow "+b.Name+" "+a.Name) {
-							add(Finding{Policy: b.Policy, Rule: b.Name, Detail: fmt.Sprintf("is shadowed on %s by ALLOW rule %s, which matches all it matches", where, a.Name)})
-						}
+		for _, port := range snap.InboundPorts(w) {
+			t := idx.Table(w, port.Port, port.Protocol)
+			where := fmt.Sprintf("%s port %d", w.Key(), port.Port)
+			for _, b := range t.Allow {
+				for _, a := range t.Deny {
+					if covers(a, b) && first("void "+b.Name+" "+a.Name) {
+						add(Finding{Policy: b.Policy, Rule: b.Name, Detail: fmt.Sprintf("never takes effect on %s: DENY rule %s covers it", where, a.Name)})
 					}
 				}
-				if port.Protocol != model.ProtocolHTTP {
-					for _, p := range snap.AccessPolicies() {
-						if p.Spec.Action != model.ActionDeny || !p.Selects(w) {
-							continue
-						}
-						for i, r := range p.Spec.Rules {
-							for _, o := range r.To {
-								if o.HTTPOnly() && (len(o.Ports) == 0 || slices.Contains(o.Ports, port.TargetPort)) {
-									add(Finding{Policy: p.Key(), Rule: p.RuleName(i), Detail: fmt.Sprintf(
-										"names methods or paths, which TCP has not: on TCP %s it denies every connection of its callers", where)})
-								}
+				for _, a := range t.Allow {
+					if a.Name != b.Name && covers(a, b) && !(covers(b, a) && b.Name < a.Name) && first("shadow "+b.Name+" "+a.Name) {
+						add(Finding{Policy: b.Policy, Rule: b.Name, Detail: fmt.Sprintf("is shadowed on %s by ALLOW rule %s, which matches all it matches", where, a.Name)})
+					}
+				}
+			}
+			if port.Protocol != model.ProtocolHTTP {
+				for _, p := range snap.AccessPolicies() {
+					if p.Spec.Action != model.ActionDeny || !p.Selects(w) {
+						continue
+					}
+					for i, r := range p.Spec.Rules {
+						for _, o := range r.To {
+							if o.HTTPOnly() && (len(o.Ports) == 0 || slices.Contains(o.Ports, port.Port)) {
+								add(Finding{Policy: p.Key(), Rule: p.RuleName(i), Detail: fmt.Sprintf(
+									"names methods or paths, which TCP has not: on TCP %s it denies every connection of its callers", where)})
 							}
 						}
 					}

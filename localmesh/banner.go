@@ -33,16 +33,10 @@ func (m *Mesh) Banner(out io.Writer) {
 	for _, sc := range m.Sidecars() {
 		w := sc.Workload
 		var inbound, app, ups []string
-		for _, name := range w.Services {
-			svc := snap.Service(w.Namespace, name)
-			if svc == nil {
-				continue
-			}
-			for _, p := range svc.Ports {
-				mode := snap.MTLSMode(w, p.TargetPort, time.Now()).Mode
-				inbound = append(inbound, net.JoinHostPort(w.Address, strconv.Itoa(int(p.TargetPort)))+" "+string(mode))
-				app = append(app, fmt.Sprintf("%s/%s", net.JoinHostPort(w.LocalAddress, strconv.Itoa(int(p.TargetPort))), p.Protocol))
-			}
+		for _, p := range snap.InboundPorts(w) {
+			mode := snap.MTLSMode(w, p.Port, time.Now()).Mode
+			inbound = append(inbound, net.JoinHostPort(w.Address, strconv.Itoa(int(p.Port)))+" "+string(mode))
+			app = append(app, fmt.Sprintf("%s/%s", net.JoinHostPort(w.LocalAddress, strconv.Itoa(int(p.Port))), p.Protocol))
 		}
 		for _, u := range w.Upstreams {
 			ups = append(ups, fmt.Sprintf("%s -> %s", UpstreamName(w, u), net.JoinHostPort(w.LocalAddress, strconv.Itoa(int(u.LocalPort)))))

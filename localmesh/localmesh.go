@@ -378,23 +378,12 @@ type appShape struct {
 // sidecar process depends on (not its configuration: that comes over xDS).
 func shapes(snap *model.Snapshot, w *model.Workload) (appShape, string, map[string]string) {
 	var a appShape
-	seen := map[uint32]bool{}
-	for _, name := range w.Services {
-		svc := snap.Service(w.Namespace, name)
-		if svc == nil {
-			continue
-		}
-		for _, p := range svc.Ports {
-			if seen[p.TargetPort] {
-				continue
-			}
-			seen[p.TargetPort] = true
-			addr := net.JoinHostPort(w.LocalAddress, strconv.Itoa(int(p.TargetPort)))
-			if p.Protocol == model.ProtocolHTTP {
-				a.http = append(a.http, addr)
-			} else {
-				a.tcp = append(a.tcp, addr)
-			}
+	for _, p := range snap.InboundPorts(w) {
+		addr := net.JoinHostPort(w.LocalAddress, strconv.Itoa(int(p.Port)))
+		if p.Protocol == model.ProtocolHTTP {
+			a.http = append(a.http, addr)
+		} else {
+			a.tcp = append(a.tcp, addr)
 		}
 	}
 	sort.Strings(a.http)

@@ -6,9 +6,6 @@ import (
 	"strconv"
 )
 
-// ErrNotFound is returned by lookups for an object the store does not hold.
-var ErrNotFound = errors.New("not found")
-
 // Path is the location of a field inside an object, written the way an
 // operator reads it in YAML: "spec.workloads[2].address".
 type Path string

@@ -72,12 +72,6 @@ func (s *Snapshot) Endpoints(namespace, service string) []*Endpoint {
 // AllEndpoints returns every endpoint, sorted by key.
 func (s *Snapshot) AllEndpoints() []*Endpoint { return list[*Endpoint](s, TableEndpoints, "id") }
 
-// Proxies returns every connected proxy, sorted by node ID.
-func (s *Snapshot) Proxies() []*Proxy { return list[*Proxy](s, TableProxies, "id") }
-
-// Proxy returns the connected proxy with the node ID, or nil.
-func (s *Snapshot) Proxy(id string) *Proxy { return first[*Proxy](s, TableProxies, id) }
-
 // MTLSPolicies returns every mTLS policy, sorted by key.
 func (s *Snapshot) MTLSPolicies() []*MTLSPolicy { return list[*MTLSPolicy](s, TableMTLS, "id") }
 

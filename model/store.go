@@ -9,19 +9,19 @@ import (
 	memdb "github.com/hashicorp/go-memdb"
 )
 
-// Table names. They are also what Snapshot.Changed reports.
+// Table names. They are the keys of Snapshot.Watch and what
+// ReplaceState reports as changed.
 const (
 	TableMesh      = "mesh"
 	TableServices  = "services"
 	TableWorkloads = "workloads"
 	TableEndpoints = "endpoints"
-	TableProxies   = "proxies"
 	TableMTLS      = "mtls_policies"
 	TableAccess    = "access_policies"
 )
 
 // Tables lists every table, in a fixed order.
-var Tables = []string{TableMesh, TableServices, TableWorkloads, TableEndpoints, TableProxies, TableMTLS, TableAccess}
+var Tables = []string{TableMesh, TableServices, TableWorkloads, TableEndpoints, TableMTLS, TableAccess}
 
 type keyed interface{ Key() string }
 
@@ -95,9 +95,8 @@ func schema() *memdb.DBSchema {
 		TableEndpoints: table(TableEndpoints, &memdb.IndexSchema{
 			Name: "service", Indexer: keyIndex{byServiceKey},
 		}),
-		TableProxies: table(TableProxies),
-		TableMTLS:    table(TableMTLS),
-		TableAccess:  table(TableAccess),
+		TableMTLS:   table(TableMTLS),
+		TableAccess: table(TableAccess),
 	}}
 }
 
@@ -131,7 +130,7 @@ func (s *Store) Snapshot() *Snapshot {
 }
 
 // State is everything a source that owns the whole mesh (the mesh file)
-// describes. Proxies are not part of it: the xDS server owns them.
+// describes.
 type State struct {
 	Mesh      Mesh
 	Services  []*Service
@@ -141,8 +140,7 @@ type State struct {
 	Access    []*AccessPolicy
 }
 
-// ReplaceState makes the store hold exactly st (apart from proxies) in one
-// transaction. Objects equal to what the store holds are left alone, so
+// ReplaceState makes the store hold exactly st in one transaction. Objects equal to what the store holds are left alone, so
 // only tables that really change fire their watch channels. It returns the
 // tables that changed.
 func (s *Store) ReplaceState(st *State) ([]string, error) {
@@ -231,27 +229,4 @@ func replaceTable(tx *memdb.Txn, table string, objs []keyed) (bool, error) {
 		changed = true
 	}
 	return changed, nil
-}
-
-// UpsertProxy records a connected proxy.
-func (s *Store) UpsertProxy(p *Proxy) error {
-	tx := s.db.Txn(true)
-	defer tx.Abort()
-	if err := tx.Insert(TableProxies, p); err != nil {
-		return err
-	}
-	tx.Commit()
-	return nil
-}
-
-// DeleteProxy forgets a proxy. Deleting one the store does not hold is
-// not an error.
-func (s *Store) DeleteProxy(id string) error {
-	tx := s.db.Txn(true)
-	defer tx.Abort()
-	if _, err := tx.DeleteAll(TableProxies, "id", id); err != nil {
-		return err
-	}
-	tx.Commit()
-	return nil
 }

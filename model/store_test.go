@@ -75,25 +75,6 @@ func TestReplaceStateReportsOnlyWhatChanged(t *testing.T) {
 	}
 }
 
-func TestProxiesAreNotPartOfTheState(t *testing.T) {
-	s := NewStore()
-	if err := s.UpsertProxy(&Proxy{ID: "ns/w", Namespace: "ns", Workload: "w"}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.ReplaceState(state("10.0.0.1")); err != nil {
-		t.Fatal(err)
-	}
-	if p := s.Snapshot().Proxy("ns/w"); p == nil {
-		t.Fatal("ReplaceState dropped a connected proxy")
-	}
-	if err := s.DeleteProxy("ns/w"); err != nil {
-		t.Fatal(err)
-	}
-	if p := s.Snapshot().Proxy("ns/w"); p != nil {
-		t.Fatal("proxy still there after DeleteProxy")
-	}
-}
-
 func TestParseNodeID(t *testing.T) {
 	for _, tc := range []struct {
 		id     string

@@ -4,7 +4,6 @@ import (
 	"maps"
 	"slices"
 	"strings"
-	"time"
 )
 
 // Protocol is what a service port speaks. It decides whether the sidecar
@@ -203,25 +202,6 @@ func (e *Endpoint) PortFor(name string) uint32 {
 	}
 	return 0
 }
-
-// Proxy is an Envoy connected to the control plane.
-type Proxy struct {
-	// ID is the Envoy node ID; see NodeID.
-	ID string
-	// Namespace and Workload name the workload the proxy serves.
-	Namespace string
-	Workload  string
-	// Identity is the SPIFFE ID the proxy authenticated with.
-	Identity string
-	// ConnectedAt is when its first stream opened.
-	ConnectedAt time.Time
-}
-
-// Key returns the node ID.
-func (p *Proxy) Key() string { return p.ID }
-
-// WorkloadKey returns the "namespace/name" of the workload it serves.
-func (p *Proxy) WorkloadKey() string { return p.Namespace + "/" + p.Workload }
 
 // NodeID returns the Envoy node ID of the sidecar of a workload:
 // "namespace/name".

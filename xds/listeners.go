@@ -22,22 +22,22 @@ import (
 // follow the port's mTLS mode: STRICT has only the mutual TLS chain,
 // DISABLE only a plaintext one, PERMISSIVE both, told apart by the TLS
 // inspector.
-func inboundListener(w *model.Workload, in inbound, table *authz.Table, td string) *listenerv3.Listener {
-	name := InboundName(in.port.TargetPort)
+func inboundListener(w *model.Workload, in model.InboundPort, table *authz.Table, td string) *listenerv3.Listener {
+	name := InboundName(in.Port)
 	mode := table.Mode
 	l := &listenerv3.Listener{
 		Name:             name,
-		Address:          socketAddress(w.Address, in.port.TargetPort),
+		Address:          socketAddress(w.Address, in.Port),
 		TrafficDirection: corev3.TrafficDirection_INBOUND,
 	}
 	mtls := &listenerv3.FilterChain{
 		Name:            "mtls",
 		TransportSocket: serverTLS(td),
-		Filters:         inboundFilters(name, in.port.Protocol, true, table),
+		Filters:         inboundFilters(name, in.Protocol, true, table),
 	}
 	plain := &listenerv3.FilterChain{
 		Name:    "plaintext",
-		Filters: inboundFilters(name, in.port.Protocol, false, table),
+		Filters: inboundFilters(name, in.Protocol, false, table),
 	}
 	switch mode {
 	case model.MTLSDisable:

@@ -1,8 +1,9 @@
 package xds
 
 import (
+	"cmp"
 	"errors"
-	"fmt"
+	"slices"
 	"sort"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/bulwarkmesh/bulwark/authz"
+	"github.com/bulwarkmesh/bulwark/internal/protoany"
 	"github.com/bulwarkmesh/bulwark/model"
 )
 
@@ -94,33 +96,11 @@ func ServiceIdentities(snap *model.Snapshot, svc *model.Service) []string {
 	return out
 }
 
-// inbound is one target port of a workload with the service port that
-// defines its protocol.
-type inbound struct {
-	port *model.ServicePort
-}
-
-// inboundPorts lists the distinct target ports of the services w backs,
-// ordered by port. Validation guarantees that services sharing a target
-// port agree on its protocol.
-func inboundPorts(snap *model.Snapshot, w *model.Workload) []inbound {
-	seen := map[uint32]bool{}
-	var out []inbound
-	for _, name := range w.Services {
-		svc := snap.Service(w.Namespace, name)
-		if svc == nil {
-			continue
-		}
-		for i := range svc.Ports {
-			p := &svc.Ports[i]
-			if seen[p.TargetPort] {
-				continue
-			}
-			seen[p.TargetPort] = true
-			out = append(out, inbound{port: p})
-		}
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].port.TargetPort < out[j].port.TargetPort })
+// inboundPorts lists w's inbound ports (see model.Workload.InboundPorts)
+// ordered by port.
+func inboundPorts(snap *model.Snapshot, w *model.Workload) []model.InboundPort {
+	out := snap.InboundPorts(w)
+	slices.SortFunc(out, func(a, b model.InboundPort) int { return cmp.Compare(a.Port, b.Port) })
 	return out
 }
 
@@ -240,17 +220,8 @@ func adsSource() *corev3.ConfigSource {
 	}
 }
 
-// mustAny wraps a message we built ourselves. anypb.New fails only for a
-// message that cannot be marshalled, which would be a bug here.
-func mustAny(m proto.Message) *anypb.Any {
-	// Deterministic, so equal configuration gives equal bytes (and an
-	// equal version hash): anypb.New would order map entries at random.
-	a := &anypb.Any{}
-	err := anypb.MarshalFrom(a, m, proto.MarshalOptions{Deterministic: true})
-	if err != nil {
-		panic(fmt.Sprintf("xds: marshal %T: %v", m, err))
-	}
-	return a
-}
+// mustAny packs a message we built ourselves for a typed config; see
+// protoany.Must.
+func mustAny(m proto.Message) *anypb.Any { return protoany.Must(m) }
 
 func duration(d time.Duration) *durationpb.Duration { return durationpb.New(d) }

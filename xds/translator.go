@@ -99,14 +99,14 @@ func NewTranslator(snap *model.Snapshot, opts Options) *Translator {
 
 // Next returns a translator for snap, a later snapshot of the same store
 // that differs from t's in the tables in changed only, with opts. When
-// only endpoints (or proxies) changed, it keeps what t built that does
+// only endpoints changed, it keeps what t built that does
 // not depend on the endpoints of the services whose endpoints changed:
 // every inbound side, and the outbound pieces, upstream lists and
 // outbound parts of every other service. Otherwise it starts afresh. t
 // must not be used after.
 func (t *Translator) Next(snap *model.Snapshot, opts Options, changed map[string]bool) *Translator {
 	for table := range changed {
-		if table != model.TableEndpoints && table != model.TableProxies {
+		if table != model.TableEndpoints {
 			return NewTranslator(snap, opts)
 		}
 	}
@@ -412,8 +412,8 @@ func (t *Translator) inboundOf(w *model.Workload) *inboundPieces {
 	var virtualChains []*listenerv3.FilterChain
 	inspect := false
 	for _, ip := range inboundPorts(t.snap, w) {
-		name := InboundName(ip.port.TargetPort)
-		table := t.idx.Table(w, ip.port.TargetPort, ip.port.Protocol)
+		name := InboundName(ip.Port)
+		table := t.idx.Table(w, ip.Port, ip.Protocol)
 		l := inboundListener(w, ip, table, t.td)
 		if w.Transparent() {
 			// One listener takes all redirected traffic; each port is a
@@ -422,7 +422,7 @@ func (t *Translator) inboundOf(w *model.Workload) *inboundPieces {
 				if fc.FilterChainMatch == nil {
 					fc.FilterChainMatch = &listenerv3.FilterChainMatch{}
 				}
-				fc.FilterChainMatch.DestinationPort = wrapperspb.UInt32(ip.port.TargetPort)
+				fc.FilterChainMatch.DestinationPort = wrapperspb.UInt32(ip.Port)
 				fc.Name = name + "|" + fc.Name
 				virtualChains = append(virtualChains, fc)
 			}
@@ -430,8 +430,8 @@ func (t *Translator) inboundOf(w *model.Workload) *inboundPieces {
 		} else {
 			in.listeners = append(in.listeners, l)
 		}
-		in.clusters = append(in.clusters, staticCluster(name, w.LocalAddress, ip.port.TargetPort))
-		if ip.port.Protocol == model.ProtocolHTTP {
+		in.clusters = append(in.clusters, staticCluster(name, w.LocalAddress, ip.Port))
+		if ip.Protocol == model.ProtocolHTTP {
 			in.routes = append(in.routes, routeConfig(name, name, nil))
 		}
 	}

@@ -17,9 +17,8 @@ import (
 )
 
 func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		fmt.Fprintln(stderr, "Usage: bulwark ca init|issue [flags]")
-		return errUsage
+	if len(args) == 0 || isHelp(args[0]) {
+		return groupUsage(args, "Usage: bulwark ca init|issue [flags]", stderr)
 	}
 	switch args[0] {
 	case "init":

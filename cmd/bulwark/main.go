@@ -4,6 +4,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -39,15 +40,39 @@ func commands() []command {
 		{"bootstrap", "print the Envoy bootstrap for a workload's sidecar", runBootstrap},
 		{"validate", "check mesh files and report every problem", runValidate},
 		{"demo-app", "run the demo app (HTTP echo, /call/<upstream>, TCP line echo)", runDemoApp},
-		{"version", "print the version", func(_ context.Context, _ []string, stdout, _ io.Writer) error {
-			fmt.Fprintln(stdout, "bulwark", version)
-			return nil
-		}},
+		{"version", "print the version", runVersion},
 	}
 }
 
-// errUsage means the command line was wrong; the usage was already printed.
+// errUsage means the command line was wrong; the usage was already
+// printed to stderr.
 var errUsage = errors.New("usage")
+
+// helpRequested is what a command returns when asked for its usage
+// (-h or --help): run prints usage to stdout and exits 0.
+type helpRequested struct{ usage string }
+
+func (*helpRequested) Error() string { return "help requested" }
+
+// isHelp reports whether arg asks for help, as the flag package reads it.
+func isHelp(arg string) bool {
+	switch arg {
+	case "-h", "--h", "-help", "--help":
+		return true
+	}
+	return false
+}
+
+// groupUsage answers a command made of subcommands when args names none
+// of them: asked for help, with usage for stdout; otherwise it prints
+// usage to stderr and returns errUsage.
+func groupUsage(args []string, usage string, stderr io.Writer) error {
+	if len(args) > 0 && isHelp(args[0]) {
+		return &helpRequested{usage: usage + "\n"}
+	}
+	fmt.Fprintln(stderr, usage)
+	return errUsage
+}
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -56,11 +81,12 @@ func main() {
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+	if len(args) == 0 {
 		usage(stderr)
-		if len(args) == 0 {
-			return 2
-		}
+		return 2
+	}
+	if isHelp(args[0]) || args[0] == "help" {
+		usage(stdout)
 		return 0
 	}
 	for _, c := range commands() {
@@ -68,10 +94,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			continue
 		}
 		err := c.run(ctx, args[1:], stdout, stderr)
+		var help *helpRequested
 		switch {
 		case err == nil:
 			return 0
-		case errors.Is(err, errUsage), errors.Is(err, flag.ErrHelp):
+		case errors.As(err, &help):
+			fmt.Fprint(stdout, help.usage)
+			return 0
+		case errors.Is(err, errUsage):
 			return 2
 		default:
 			fmt.Fprintf(stderr, "bulwark %s: %v\n", c.name, err)
@@ -92,25 +122,43 @@ func usage(w io.Writer) {
 	fmt.Fprintln(w, "\nRun 'bulwark <command> -h' for a command's flags.")
 }
 
-// newFlags returns a flag set that prints its usage to stderr.
+// newFlags returns a flag set for the command name whose usage goes to
+// stderr, except when parse finds -h or --help (see parse).
 func newFlags(name, synopsis string, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet("bulwark "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: bulwark %s %s\n\nFlags:\n", name, synopsis)
+		fmt.Fprintf(fs.Output(), "%s\n\nFlags:\n", strings.TrimSpace("Usage: bulwark "+name+" "+synopsis))
 		fs.PrintDefaults()
 	}
 	return fs
 }
 
-// parse parses args, turning a parse error into errUsage.
+// parse parses args into fs. Asked for help, it returns a helpRequested
+// with fs's usage, for run to print on stdout. A parse error is reported
+// with the usage on fs's output, stderr, and returned as errUsage.
 func parse(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
+	out := fs.Output()
+	var buf bytes.Buffer
+	fs.SetOutput(&buf)
+	err := fs.Parse(args)
+	fs.SetOutput(out)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		return &helpRequested{usage: buf.String()}
+	case err != nil:
+		_, _ = out.Write(buf.Bytes())
 		return errUsage
 	}
+	return nil
+}
+
+// runVersion prints the version.
+func runVersion(_ context.Context, args []string, stdout, stderr io.Writer) error {
+	if err := parse(newFlags("version", "", stderr), args); err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, "bulwark", version)
 	return nil
 }
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -18,8 +17,7 @@ import (
 // expired: the list an auditor asks for.
 func runMTLS(_ context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || args[0] != "exceptions" {
-		fmt.Fprintln(stderr, "Usage: bulwark mtls exceptions --mesh FILE|DIR")
-		return errUsage
+		return groupUsage(args, "Usage: bulwark mtls exceptions --mesh FILE|DIR", stderr)
 	}
 	fs := newFlags("mtls exceptions", "--mesh FILE|DIR [--mesh ...]", stderr)
 	var mesh listFlag
@@ -47,44 +45,24 @@ func runMTLS(_ context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		return fmt.Errorf("the mesh files do not load")
 	}
-	services := map[string]*model.Service{}
-	for _, s := range st.Services {
-		services[s.Key()] = s
-	}
 	type row struct{ workload, port, mode, source, reason, owner, expires, state string }
 	var rows []row
-	for _, w := range st.Workloads {
-		ports := map[uint32]bool{}
-		for _, name := range w.Services {
-			for _, p := range services[w.Namespace+"/"+name].Ports {
-				ports[p.TargetPort] = true
+	for _, x := range model.MTLSExceptions(st, now) {
+		d := x.Decision
+		r := row{workload: x.Workload, port: fmt.Sprint(x.Port), mode: string(d.Mode), source: d.Source, reason: "-", owner: "-", expires: "-", state: "active"}
+		if e := d.Exception; e != nil {
+			r.reason = e.Reason
+			if e.Owner != "" {
+				r.owner = e.Owner
+			}
+			if e.Expires != "" {
+				r.expires = e.Expires
 			}
 		}
-		var sorted []uint32
-		for p := range ports {
-			sorted = append(sorted, p)
+		if d.Expired {
+			r.state = "EXPIRED: enforced as STRICT"
 		}
-		sort.Slice(sorted, func(i, j int) bool { return sorted[i] < sorted[j] })
-		for _, p := range sorted {
-			d := model.ResolveMTLS(st.Mesh, st.MTLS, w, p, now)
-			if !d.Mode.Weaker() && !d.Expired {
-				continue
-			}
-			r := row{workload: w.Key(), port: fmt.Sprint(p), mode: string(d.Mode), source: d.Source, reason: "-", owner: "-", expires: "-", state: "active"}
-			if e := d.Exception; e != nil {
-				r.reason = e.Reason
-				if e.Owner != "" {
-					r.owner = e.Owner
-				}
-				if e.Expires != "" {
-					r.expires = e.Expires
-				}
-			}
-			if d.Expired {
-				r.state = "EXPIRED: enforced as STRICT"
-			}
-			rows = append(rows, r)
-		}
+		rows = append(rows, r)
 	}
 	if len(rows) == 0 {
 		fmt.Fprintln(stdout, "no exceptions: every port of every workload is STRICT")

@@ -15,9 +15,8 @@ import (
 )
 
 func runPolicy(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		fmt.Fprintln(stderr, "Usage: bulwark policy check|explain|matrix [flags]")
-		return errUsage
+	if len(args) == 0 || isHelp(args[0]) {
+		return groupUsage(args, "Usage: bulwark policy check|explain|matrix [flags]", stderr)
 	}
 	switch args[0] {
 	case "check":
@@ -80,56 +79,6 @@ func runPolicyCheck(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-// resolvePeer reads "spiffe://...", "namespace/serviceaccount" or
-// "unauthenticated".
-func resolvePeer(s, td string) (string, error) {
-	switch {
-	case s == "unauthenticated" || s == "none":
-		return "", nil
-	case strings.HasPrefix(s, "spiffe://"):
-		return s, nil
-	}
-	ns, sa, ok := strings.Cut(s, "/")
-	if !ok {
-		return "", fmt.Errorf("--from %q: want a SPIFFE ID, namespace/serviceaccount or unauthenticated", s)
-	}
-	id, err := model.SPIFFEID(td, ns, sa)
-	if err != nil {
-		return "", fmt.Errorf("--from %q: %w", s, err)
-	}
-	return id.String(), nil
-}
-
-// resolveService reads "namespace/name", "name.namespace" or a name
-// unique in the mesh.
-func resolveService(snap *model.Snapshot, s string) (*model.Service, error) {
-	if ns, name, ok := strings.Cut(s, "/"); ok {
-		if svc := snap.Service(ns, name); svc != nil {
-			return svc, nil
-		}
-		return nil, fmt.Errorf("no service %s", s)
-	}
-	if name, ns, ok := strings.Cut(s, "."); ok {
-		if svc := snap.Service(ns, name); svc != nil {
-			return svc, nil
-		}
-		return nil, fmt.Errorf("no service %s", s)
-	}
-	var found []*model.Service
-	for _, svc := range snap.Services() {
-		if svc.Name == s {
-			found = append(found, svc)
-		}
-	}
-	switch len(found) {
-	case 1:
-		return found[0], nil
-	case 0:
-		return nil, fmt.Errorf("no service %q", s)
-	}
-	return nil, fmt.Errorf("service %q is in several namespaces; write namespace/%s", s, s)
-}
-
 func runPolicyExplain(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("policy explain", "--mesh FILE --from ID|NS/SA|unauthenticated --to SERVICE [--port N] [--method M] [--path P]", stderr)
 	var mesh listFlag
@@ -156,11 +105,11 @@ func runPolicyExplain(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	peer, err := resolvePeer(*from, snap.Mesh().TrustDomain)
+	peer, err := authz.ResolvePeer(*from, snap.Mesh().TrustDomain)
 	if err != nil {
-		return err
+		return fmt.Errorf("--from %q: %w", *from, err)
 	}
-	svc, err := resolveService(snap, *to)
+	svc, err := snap.ResolveService(*to)
 	if err != nil {
 		return err
 	}
@@ -180,7 +129,7 @@ func runPolicyExplain(args []string, stdout, stderr io.Writer) error {
 		if norm := authz.NormalizePath(*path); norm != *path {
 			what += fmt.Sprintf(" (normalized: %s)", norm)
 		}
-		if strings.Contains(strings.ToLower(*path), "%2f") || strings.Contains(strings.ToLower(*path), "%5c") {
+		if authz.RefusedPath(*path) {
 			fmt.Fprintf(stdout, "%s -> %s:%d%s\n  rejected with 400 before authorization: the sidecar refuses encoded slashes\n", who, svc.Host(), sp.Port, what)
 			return nil
 		}

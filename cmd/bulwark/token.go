@@ -13,8 +13,7 @@ import (
 
 func runToken(_ context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || args[0] != "create" {
-		fmt.Fprintln(stderr, "Usage: bulwark token create --workload NAMESPACE/NAME (--ca-dir DIR | --token-dir DIR) [--ttl 1h]")
-		return errUsage
+		return groupUsage(args, "Usage: bulwark token create --workload NAMESPACE/NAME (--ca-dir DIR | --token-dir DIR) [--ttl 1h]", stderr)
 	}
 	fs := newFlags("token create", "--workload NAMESPACE/NAME (--ca-dir DIR | --token-dir DIR) [--ttl 1h]", stderr)
 	workload := fs.String("workload", "", "the workload the token is for (required)")

@@ -42,7 +42,7 @@ type sent struct {
 // proxyState is what the server knows of one connected proxy. Guarded
 // by Server.mu.
 type proxyState struct {
-	proxy   *model.Proxy
+	proxy   *proxy
 	streams int
 	types   map[string]*TypeStatus
 }
@@ -88,9 +88,7 @@ func (c *callbacks) OnStreamClosed(id int64, _ *corev3.Node) {
 	s.cache.ForgetStream(id)
 	if gone != "" {
 		s.cache.ClearNode(gone)
-		if err := s.cfg.Store.DeleteProxy(gone); err != nil {
-			s.log.Error("cannot forget proxy", "node", gone, "err", err)
-		}
+		s.proxiesChanged()
 		s.log.Info("proxy disconnected", "node", gone)
 	}
 }
@@ -149,7 +147,7 @@ func (c *callbacks) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest)
 		isNew := ps == nil
 		if isNew {
 			ps = &proxyState{
-				proxy: &model.Proxy{ID: nodeID, Namespace: ns, Workload: name, Identity: st.identity, ConnectedAt: s.cfg.Now()},
+				proxy: &proxy{id: nodeID, namespace: ns, workload: name, identity: st.identity, connectedAt: s.cfg.Now()},
 				types: map[string]*TypeStatus{},
 			}
 			s.proxies[nodeID] = ps
@@ -158,9 +156,7 @@ func (c *callbacks) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest)
 		s.m.connected.Set(float64(len(s.proxies)))
 		s.mu.Unlock()
 		if isNew {
-			if err := s.cfg.Store.UpsertProxy(ps.proxy); err != nil {
-				return status.Errorf(codes.Internal, "record proxy: %v", err)
-			}
+			s.proxiesChanged()
 			s.log.Info("proxy connected", "node", nodeID)
 		}
 		s.mu.Lock()
@@ -289,8 +285,8 @@ func (s *Server) Proxies() []ProxyStatus {
 	defer s.mu.Unlock()
 	out := make([]ProxyStatus, 0, len(s.proxies))
 	for id, ps := range s.proxies {
-		st := ProxyStatus{Node: id, Workload: ps.proxy.WorkloadKey(), Identity: ps.proxy.Identity, Streams: ps.streams,
-			ConnectedAt: ps.proxy.ConnectedAt, Types: map[string]TypeStatus{}, Synced: true}
+		st := ProxyStatus{Node: id, Workload: ps.proxy.workloadKey(), Identity: ps.proxy.identity, Streams: ps.streams,
+			ConnectedAt: ps.proxy.connectedAt, Types: map[string]TypeStatus{}, Synced: true}
 		for t, ts := range ps.types {
 			st.Types[typeName(t)] = *ts
 			if ts.SentVersion != ts.AckedVersion {

@@ -1,16 +1,29 @@
-// Package server publishes translated configuration to Envoy over ADS.
+// Package server publishes translated configuration to Envoy over ADS
+// (state of the world, aggregated; neither delta nor REST).
 //
-// It owns the go-control-plane snapshot cache and the ADS stream
-// callbacks. It records connected proxies in the model store, watches the
-// store, coalesces changes, translates for each connected proxy (only the
-// load assignments when only endpoints changed), checks the result and
-// sets a per-proxy snapshot whose per-type versions are content hashes, so
-// a type that did not change is not sent again.
+// It runs go-control-plane's ADS server over a fanout.Cache and owns the
+// stream callbacks. A stream is admitted once its peer's verified
+// certificate matches the workload its node ID names; the server keeps
+// the admitted proxies itself, with where each stands per resource type
+// (Proxies), and wakes its run loop when one connects or leaves.
+//
+// The run loop watches the model store, coalesces changes (endpoint-only
+// changes and proxies coming and going wait less than the rest), and
+// makes one translation pass per change: an xds.Translator builds what
+// proxies share once and checks each proxy's parts (a configuration that
+// fails the check is withheld; the proxy keeps its last), and a
+// fanout.Preparer marshals each resource once. Each proxy's
+// configuration is then set in the cache as shared, prepared sets whose
+// per-type versions are content hashes, so a type that did not change is
+// not sent again. When only proxies changed, only those that
+// (re)connected are translated; when only endpoints changed, the
+// translator rebuilds only the services whose endpoints did.
 //
 // It handles NACKs itself: a rejected version is logged once with the
 // proxy and Envoy's error, counted, and not sent again until the
 // configuration changes. Nothing is published before the sources have
 // synced; a proxy that connects earlier is held until they have.
 //
-// It must not read sources or talk to Kubernetes; it reads the model.
+// It must not read sources or talk to Kubernetes, and it never writes
+// the model: it only reads it.
 package server

@@ -80,12 +80,15 @@ type Server struct {
 	mu      sync.Mutex
 	streams map[int64]*stream      // open ADS streams
 	proxies map[string]*proxyState // by node ID, while any stream is open
+	// wake holds a signal, when there is one, that proxies connected or
+	// left since Run last looked; see proxiesChanged.
+	wake chan struct{}
 
 	// published maps each proxy the cache has a configuration for to the
 	// connection it was made for. Touched only by the Run goroutine, as
 	// are tr and prep: the last translation pass, reused while only
 	// proxies come and go (a translator does not read them).
-	published map[string]*model.Proxy
+	published map[string]*proxy
 	tr        *xds.Translator
 	prep      *fanout.Preparer
 }
@@ -125,7 +128,8 @@ func New(cfg Config) (*Server, error) {
 		m:         newMetrics(cfg.Registerer),
 		streams:   map[int64]*stream{},
 		proxies:   map[string]*proxyState{},
-		published: map[string]*model.Proxy{},
+		wake:      make(chan struct{}, 1),
+		published: map[string]*proxy{},
 		cache:     fanout.NewCache(),
 	}
 	return s, nil
@@ -155,7 +159,8 @@ func (s *Server) Register(ctx context.Context, g grpc.ServiceRegistrar) {
 }
 
 // Run publishes the model until ctx ends: once the sources have synced,
-// then after every coalesced change.
+// then after every coalesced change to the model or to the set of
+// connected proxies.
 func (s *Server) Run(ctx context.Context) error {
 	if s.cfg.Synced != nil {
 		s.log.Info("waiting for sources to sync before publishing")
@@ -165,12 +170,11 @@ func (s *Server) Run(ctx context.Context) error {
 			return nil
 		}
 	}
-	snap := s.cfg.Store.Snapshot()
 	all := map[string]bool{}
 	for _, t := range model.Tables {
 		all[t] = true
 	}
-	s.sync(snap, all)
+	snap := s.publish(all)
 	for {
 		watch := snap.Watch()
 		// An mTLS exception that runs out changes modes without any change
@@ -181,7 +185,7 @@ func (s *Server) Run(ctx context.Context) error {
 			timer = time.NewTimer(at.Sub(s.cfg.Now()))
 			expiry = timer.C
 		}
-		changedBeforeExpiry := waitAny(ctx, watch, expiry)
+		changedBeforeExpiry := waitAny(ctx, watch, s.wake, expiry)
 		if timer != nil {
 			timer.Stop()
 		}
@@ -190,26 +194,25 @@ func (s *Server) Run(ctx context.Context) error {
 				return nil
 			}
 			s.log.Info("an mTLS exception expired; its ports are STRICT again")
-			snap = s.cfg.Store.Snapshot()
-			s.sync(snap, all)
+			snap = s.publish(all)
 			continue
 		}
-		// Coalesce: wait until the model has been quiet for Debounce, or
-		// MaxDelay has passed since the first change. Proxies connecting
-		// are not a change to coalesce with others: they wait for
-		// ProxyDebounce only, and endpoint changes for EndpointDebounce,
-		// unless more of the model changes too.
+		// Coalesce: wait until the model and the proxies have been quiet
+		// for Debounce, or MaxDelay has passed since the first change.
+		// Proxies connecting are not a change to coalesce with others:
+		// they wait for ProxyDebounce only, and endpoint changes for
+		// EndpointDebounce, unless more of the model changes too.
 		deadline := time.NewTimer(s.cfg.MaxDelay)
 		for {
 			wait := s.cfg.Debounce
 			switch {
-			case only(watch, model.TableProxies):
+			case only(watch):
 				wait = s.cfg.ProxyDebounce
-			case only(watch, model.TableProxies, model.TableEndpoints):
+			case only(watch, model.TableEndpoints):
 				wait = s.cfg.EndpointDebounce
 			}
 			quiet := time.NewTimer(wait)
-			more := waitAny(ctx, s.cfg.Store.Snapshot().Watch(), quiet.C, deadline.C)
+			more := waitAny(ctx, s.cfg.Store.Snapshot().Watch(), s.wake, quiet.C, deadline.C)
 			quiet.Stop()
 			if ctx.Err() != nil {
 				deadline.Stop()
@@ -228,9 +231,19 @@ func (s *Server) Run(ctx context.Context) error {
 			default:
 			}
 		}
-		snap = s.cfg.Store.Snapshot()
-		s.sync(snap, changed)
+		snap = s.publish(changed)
 	}
+}
+
+// publish takes the connected proxies, then a snapshot of the model, and
+// syncs the one to the other; it returns the snapshot. In that order, a
+// proxy is only ever translated with a model at least as new as the one
+// it was admitted with.
+func (s *Server) publish(changed map[string]bool) *model.Snapshot {
+	proxies := s.connected()
+	snap := s.cfg.Store.Snapshot()
+	s.sync(snap, proxies, changed)
+	return snap
 }
 
 // only reports whether, of the tables watched, none but tables changed.
@@ -247,18 +260,14 @@ func only(watch map[string]<-chan struct{}, tables ...string) bool {
 	return true
 }
 
-// sync publishes the snapshot to every connected proxy. When only the
-// proxies changed, only those that (re)connected are translated;
-// otherwise all are. A translation pass builds what proxies share once,
-// and the cache only answers the proxies, and the types, that changed.
-func (s *Server) sync(snap *model.Snapshot, changed map[string]bool) {
+// sync publishes the snapshot to proxies, the connected proxies. When
+// no table of the model changed, only the proxies that (re)connected are
+// translated; otherwise all are. A translation pass builds what proxies
+// share once, and the cache only answers the proxies, and the types,
+// that changed.
+func (s *Server) sync(snap *model.Snapshot, proxies []*proxy, changed map[string]bool) {
 	start := time.Now()
-	modelChanged := false
-	for t := range changed {
-		if t != model.TableProxies {
-			modelChanged = true
-		}
-	}
+	modelChanged := len(changed) > 0
 	switch {
 	case s.tr == nil:
 		now := s.cfg.Now()
@@ -274,17 +283,17 @@ func (s *Server) sync(snap *model.Snapshot, changed map[string]bool) {
 	td := snap.Mesh().TrustDomain
 	live := map[string]bool{}
 	updated := 0
-	for _, p := range snap.Proxies() {
-		live[p.ID] = true
-		if !modelChanged && s.published[p.ID] == p {
+	for _, p := range proxies {
+		live[p.id] = true
+		if !modelChanged && s.published[p.id] == p {
 			continue
 		}
-		w := snap.Workload(p.Namespace, p.Workload)
+		w := snap.Workload(p.namespace, p.workload)
 		var parts []*xds.Part
 		// A proxy whose workload is gone, or whose identity changed under
 		// it (it no longer proves it is that workload), gets an empty
 		// configuration.
-		gone := w == nil || w.Identity(td).String() != p.Identity
+		gone := w == nil || w.Identity(td).String() != p.identity
 		if !gone {
 			var err error
 			parts, err = tr.Parts(w)
@@ -292,10 +301,10 @@ func (s *Server) sync(snap *model.Snapshot, changed map[string]bool) {
 				if errors.Is(err, xds.ErrInconsistent) {
 					s.m.inconsistent.Inc()
 					s.log.Error("configuration withheld: it failed the consistency check; the proxy keeps its last configuration",
-						"node", p.ID, "err", err)
+						"node", p.id, "err", err)
 				} else {
 					s.m.translateErrs.Inc()
-					s.log.Error("translation failed; the proxy keeps its last configuration", "node", p.ID, "err", err)
+					s.log.Error("translation failed; the proxy keeps its last configuration", "node", p.id, "err", err)
 				}
 				continue
 			}
@@ -303,17 +312,17 @@ func (s *Server) sync(snap *model.Snapshot, changed map[string]bool) {
 		cfg, err := prep.Prepare(parts)
 		if err != nil {
 			s.m.translateErrs.Inc()
-			s.log.Error("cannot encode configuration; the proxy keeps its last configuration", "node", p.ID, "err", err)
+			s.log.Error("cannot encode configuration; the proxy keeps its last configuration", "node", p.id, "err", err)
 			continue
 		}
-		s.published[p.ID] = p
-		if ch := s.cache.SetNode(p.ID, cfg); ch != [len(fanout.Kinds)]bool{} {
+		s.published[p.id] = p
+		if ch := s.cache.SetNode(p.id, cfg); ch != [len(fanout.Kinds)]bool{} {
 			updated++
 			if gone {
 				s.log.Warn("proxy's workload is gone from the mesh or has another identity now; it gets no configuration",
-					"node", p.ID, "workload", p.WorkloadKey(), "identity", p.Identity)
+					"node", p.id, "workload", p.workloadKey(), "identity", p.identity)
 			}
-			s.log.Debug("published", "node", p.ID, "versions", cfg.Versions())
+			s.log.Debug("published", "node", p.id, "versions", cfg.Versions())
 		}
 	}
 	for id := range s.published {
@@ -356,14 +365,16 @@ func (s *Server) synced() bool {
 	}
 }
 
-// waitAny blocks until one of chans is closed (true), or a timer in
-// stop fires or ctx ends (false).
-func waitAny(ctx context.Context, chans map[string]<-chan struct{}, stop ...<-chan time.Time) bool {
+// waitAny blocks until one of chans is closed or wake has a signal
+// (true), or a timer in stop fires or ctx ends (false). It takes the
+// signal from wake.
+func waitAny(ctx context.Context, chans map[string]<-chan struct{}, wake <-chan struct{}, stop ...<-chan time.Time) bool {
 	cases := []reflect.SelectCase{{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(ctx.Done())}}
 	for _, c := range stop {
 		cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(c)})
 	}
 	first := len(cases)
+	cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(wake)})
 	for _, ch := range chans {
 		cases = append(cases, reflect.SelectCase{Dir: reflect.SelectRecv, Chan: reflect.ValueOf(ch)})
 	}

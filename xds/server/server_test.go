@@ -506,16 +506,56 @@ func TestDisconnectForgetsTheProxy(t *testing.T) {
 	h := startServer(t, newStore(t, testMesh("10.0.0.2")))
 	c := h.dial(t, "demo/frontend-1")
 	syncAll(t, c)
-	if n := len(h.store.Snapshot().Proxies()); n != 1 {
+	if n := len(h.srv.Proxies()); n != 1 {
 		t.Fatalf("%d proxies recorded, want 1", n)
 	}
 	c.Close()
-	deadline := time.Now().Add(5 * time.Second)
-	for len(h.store.Snapshot().Proxies()) != 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("proxy still recorded 5s after it disconnected")
+	testwait.Until(t, "the proxy forgotten after it disconnected", 5*time.Second, func() bool {
+		return len(h.srv.Proxies()) == 0
+	})
+}
+
+// TestReconnectGetsItsConfigurationAgain: a proxy that leaves is
+// forgotten, cache included; when it comes back to the same server it
+// is a new connection and is sent its configuration again.
+func TestReconnectGetsItsConfigurationAgain(t *testing.T) {
+	h := startServer(t, newStore(t, testMesh("10.0.0.2")))
+	c := h.dial(t, "demo/frontend-1")
+	before := syncAll(t, c)
+	c.Close()
+	testwait.Until(t, "the proxy forgotten after it disconnected", 5*time.Second, func() bool {
+		return len(h.srv.Proxies()) == 0
+	})
+	c2 := h.dial(t, "demo/frontend-1")
+	after := syncAll(t, c2)
+	for _, typ := range []string{"cds", "eds", "lds", "rds"} {
+		if !slices.Equal(adstest.Names(after[typ]), adstest.Names(before[typ])) {
+			t.Errorf("%s after reconnect = %v, want %v", typ, adstest.Names(after[typ]), adstest.Names(before[typ]))
 		}
-		time.Sleep(10 * time.Millisecond)
+	}
+	if ps := h.srv.Proxies(); len(ps) != 1 || ps[0].Streams != 1 {
+		t.Errorf("proxies after reconnect = %+v, want demo/frontend-1 with one stream", ps)
+	}
+}
+
+// TestProxiesDoNotWriteTheModel: data flows one way. Proxies coming and
+// going are the server's own business; the model it reads does not
+// change.
+func TestProxiesDoNotWriteTheModel(t *testing.T) {
+	h := startServer(t, newStore(t, testMesh("10.0.0.2")))
+	watch := h.store.Snapshot().Watch()
+	c := h.dial(t, "demo/frontend-1")
+	syncAll(t, c)
+	c.Close()
+	testwait.Until(t, "the proxy forgotten after it disconnected", 5*time.Second, func() bool {
+		return len(h.srv.Proxies()) == 0
+	})
+	for table, ch := range watch {
+		select {
+		case <-ch:
+			t.Errorf("table %s changed while a proxy came and went", table)
+		default:
+		}
 	}
 }
 

@@ -1,0 +1,41 @@
+package authz
+
+import (
+	"errors"
+	"strings"
+
+	"github.com/bulwarkmesh/bulwark/model"
+)
+
+// ResolvePeer returns the Request.Peer of a caller written the way an
+// operator names one: a SPIFFE ID ("spiffe://..."), taken as it is;
+// "namespace/serviceaccount", the identity of that service account in
+// trustDomain; or "unauthenticated" (or "none") for a caller without a
+// certificate, which is "". The error does not repeat s: the caller
+// knows where s came from and says so.
+func ResolvePeer(s, trustDomain string) (string, error) {
+	switch {
+	case s == "unauthenticated" || s == "none":
+		return "", nil
+	case strings.HasPrefix(s, "spiffe://"):
+		return s, nil
+	}
+	ns, sa, ok := strings.Cut(s, "/")
+	if !ok {
+		return "", errors.New("want a SPIFFE ID, namespace/serviceaccount or unauthenticated")
+	}
+	id, err := model.SPIFFEID(trustDomain, ns, sa)
+	if err != nil {
+		return "", err
+	}
+	return id.String(), nil
+}
+
+// RefusedPath reports whether the sidecar refuses a request for path
+// with 400 before authorization sees it: the path has a
+// percent-encoded slash or backslash, which one proxy and one app could
+// read two ways.
+func RefusedPath(path string) bool {
+	lower := strings.ToLower(path)
+	return strings.Contains(lower, "%2f") || strings.Contains(lower, "%5c")
+}

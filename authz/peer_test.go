@@ -1,0 +1,52 @@
+package authz
+
+import "testing"
+
+func TestResolvePeer(t *testing.T) {
+	for _, tc := range []struct {
+		name, in string
+		want     string
+		err      string
+	}{
+		{"unauthenticated", "unauthenticated", "", ""},
+		{"none is unauthenticated too", "none", "", ""},
+		{"a SPIFFE ID as it is", "spiffe://other.org/anything", "spiffe://other.org/anything", ""},
+		{"namespace/serviceaccount", "demo/frontend", "spiffe://cluster.local/ns/demo/sa/frontend", ""},
+		{"a bare name", "frontend", "", "want a SPIFFE ID, namespace/serviceaccount or unauthenticated"},
+		{"an empty service account", "demo/", "", "path cannot contain empty segments"},
+		{"too many slashes", "a/b/c", "", "path segment characters are limited to letters, numbers, dots, dashes, and underscores"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := ResolvePeer(tc.in, "cluster.local")
+			switch {
+			case tc.err != "":
+				if err == nil || err.Error() != tc.err {
+					t.Errorf("ResolvePeer(%q) = %q, %v; want error %q", tc.in, got, err, tc.err)
+				}
+			case err != nil:
+				t.Errorf("ResolvePeer(%q): %v", tc.in, err)
+			case got != tc.want:
+				t.Errorf("ResolvePeer(%q) = %q, want %q", tc.in, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestRefusedPath(t *testing.T) {
+	for _, tc := range []struct {
+		path string
+		want bool
+	}{
+		{"/v1/items", false},
+		{"/a%20b", false},
+		{"/%2Fadmin", true},
+		{"/a%2fb", true},
+		{"/a%5Cb", true},
+		{"/a%5cb", true},
+		{"/a\\b", false},
+	} {
+		if got := RefusedPath(tc.path); got != tc.want {
+			t.Errorf("RefusedPath(%q) = %v, want %v", tc.path, got, tc.want)
+		}
+	}
+}
