@@ -18,6 +18,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/bulwarkmesh/bulwark/internal/pemutil"
 )
 
 // Lifetimes.
@@ -118,11 +120,11 @@ func Init(cfg InitConfig) error {
 	}
 	intCert, _ := x509.ParseCertificate(intDER)
 
-	rootKeyPEM, err := EncodeKey(rootKey)
+	rootKeyPEM, err := pemutil.EncodeKey(rootKey)
 	if err != nil {
 		return err
 	}
-	intKeyPEM, err := EncodeKey(intKey)
+	intKeyPEM, err := pemutil.EncodeKey(intKey)
 	if err != nil {
 		return err
 	}
@@ -133,8 +135,8 @@ func Init(cfg InitConfig) error {
 	}{
 		{RootKeyFile, rootKeyPEM, 0o600},
 		{KeyFile, intKeyPEM, 0o600},
-		{RootCertFile, EncodeCerts([]*x509.Certificate{root}), 0o644},
-		{CertFile, EncodeCerts([]*x509.Certificate{intCert}), 0o644},
+		{RootCertFile, pemutil.EncodeCerts([]*x509.Certificate{root}), 0o644},
+		{CertFile, pemutil.EncodeCerts([]*x509.Certificate{intCert}), 0o644},
 	} {
 		if err := writeNew(filepath.Join(cfg.Dir, f.name), f.data, f.mode); err != nil {
 			return fmt.Errorf("ca: %w", err)
