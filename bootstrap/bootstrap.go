@@ -22,7 +22,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"sigs.k8s.io/yaml"
 
-	"github.com/bulwarkmesh/bulwark/xds"
+	"github.com/bulwarkmesh/bulwark/contract"
 )
 
 // XDSCluster is the name of the static cluster that reaches the control
@@ -98,7 +98,7 @@ func Build(cfg Config) (*bootstrapv3.Bootstrap, error) {
 	xdsCluster := &clusterv3.Cluster{
 		Name:            XDSCluster,
 		ConnectTimeout:  durationpb.New(5 * time.Second),
-		TransportSocket: xds.ClientTLS([]string{cfg.ControlPlaneID}),
+		TransportSocket: contract.ClientTLS([]string{cfg.ControlPlaneID}),
 		LoadAssignment: &endpointv3.ClusterLoadAssignment{
 			ClusterName: XDSCluster,
 			Endpoints: []*endpointv3.LocalityLbEndpoints{{LbEndpoints: []*endpointv3.LbEndpoint{{
@@ -170,11 +170,11 @@ func YAML(b *bootstrapv3.Bootstrap) ([]byte, error) {
 // sdsCluster reaches the agent's SDS server on its Unix socket.
 func sdsCluster(path string) *clusterv3.Cluster {
 	return &clusterv3.Cluster{
-		Name:                 xds.SDSCluster,
+		Name:                 contract.SDSCluster,
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
 		ConnectTimeout:       durationpb.New(time.Second),
 		LoadAssignment: &endpointv3.ClusterLoadAssignment{
-			ClusterName: xds.SDSCluster,
+			ClusterName: contract.SDSCluster,
 			Endpoints: []*endpointv3.LocalityLbEndpoints{{LbEndpoints: []*endpointv3.LbEndpoint{{
 				HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
 					Address: &corev3.Address{Address: &corev3.Address_Pipe{Pipe: &corev3.Pipe{Path: path}}},

@@ -25,6 +25,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	cav1 "github.com/bulwarkmesh/bulwark/api/ca/v1"
+	"github.com/bulwarkmesh/bulwark/contract"
 	"github.com/bulwarkmesh/bulwark/internal/spiffetls"
 	"github.com/bulwarkmesh/bulwark/model"
 )
@@ -157,14 +158,9 @@ func New(cfg Config) (*Server, error) {
 // Register adds the service to g.
 func (s *Server) Register(g grpc.ServiceRegistrar) { cav1.RegisterCertificateServiceServer(g, s) }
 
-// Authorization schemes: "authorization: JoinToken <token>" and
-// "authorization: ServiceAccountToken <jwt>".
-const (
-	JoinTokenScheme           = "JoinToken"
-	ServiceAccountTokenScheme = "ServiceAccountToken"
-)
-
-// SignCertificate authenticates the caller and signs its key.
+// SignCertificate authenticates the caller and signs its key. A caller
+// without a certificate authenticates with contract.AuthorizationKey
+// metadata in one of the contract's schemes.
 func (s *Server) SignCertificate(ctx context.Context, req *cav1.SignCertificateRequest) (*cav1.SignCertificateResponse, error) {
 	method := "none"
 	resp, id, err := s.sign(ctx, req, &method)
@@ -219,20 +215,20 @@ func (s *Server) sign(ctx context.Context, req *cav1.SignCertificateRequest, met
 	case perr == nil:
 		*method = "certificate"
 		peerID = pid
-	case bearer(ctx, JoinTokenScheme) != "":
+	case bearer(ctx, contract.JoinTokenScheme) != "":
 		*method = "join_token"
 		if s.cfg.Tokens == nil {
 			return nil, "", status.Error(codes.Unauthenticated, "join tokens are not accepted here")
 		}
-		if err := s.cfg.Tokens.Redeem(bearer(ctx, JoinTokenScheme), req.GetWorkload()); err != nil {
+		if err := s.cfg.Tokens.Redeem(bearer(ctx, contract.JoinTokenScheme), req.GetWorkload()); err != nil {
 			return nil, "", status.Errorf(codes.Unauthenticated, "%v", err)
 		}
-	case bearer(ctx, ServiceAccountTokenScheme) != "":
+	case bearer(ctx, contract.ServiceAccountTokenScheme) != "":
 		*method = "serviceaccount_token"
 		if s.cfg.ServiceAccounts == nil {
 			return nil, "", status.Error(codes.Unauthenticated, "ServiceAccount tokens are not accepted here")
 		}
-		sa, err := s.cfg.ServiceAccounts.Review(ctx, bearer(ctx, ServiceAccountTokenScheme))
+		sa, err := s.cfg.ServiceAccounts.Review(ctx, bearer(ctx, contract.ServiceAccountTokenScheme))
 		if err != nil {
 			return nil, "", status.Errorf(codes.Unauthenticated, "%v", err)
 		}
@@ -242,7 +238,7 @@ func (s *Server) sign(ctx context.Context, req *cav1.SignCertificateRequest, met
 		saIdentity = sa.ServiceAccount
 	default:
 		return nil, "", status.Errorf(codes.Unauthenticated, "no credential: send %q or %q metadata, or present your current certificate",
-			"authorization: "+JoinTokenScheme+" <token>", "authorization: "+ServiceAccountTokenScheme+" <token>")
+			contract.AuthorizationKey+": "+contract.JoinTokenScheme+" <token>", contract.AuthorizationKey+": "+contract.ServiceAccountTokenScheme+" <token>")
 	}
 
 	// Which identity that makes it: the service account of the workload,
@@ -313,7 +309,7 @@ func (c expiryCollector) Collect(ch chan<- prometheus.Metric) {
 // authorization metadata, or "".
 func bearer(ctx context.Context, scheme string) string {
 	md, _ := metadata.FromIncomingContext(ctx)
-	for _, v := range md.Get("authorization") {
+	for _, v := range md.Get(contract.AuthorizationKey) {
 		if s, cred, ok := strings.Cut(v, " "); ok && strings.EqualFold(s, scheme) {
 			return strings.TrimSpace(cred)
 		}

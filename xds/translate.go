@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/bulwarkmesh/bulwark/authz"
+	"github.com/bulwarkmesh/bulwark/contract"
 	"github.com/bulwarkmesh/bulwark/model"
 )
 
@@ -38,13 +39,14 @@ type Options struct {
 	// built from the same snapshot and Now.
 	Authz *authz.Index
 	// Secrets are the SDS secret names a proxy's SDS server provides, for
-	// Translator.Parts to check TLS contexts against. Defaults to Secrets.
+	// Translator.Parts to check TLS contexts against. Defaults to
+	// contract.Secrets().
 	Secrets []string
 }
 
 func (o Options) secrets() []string {
 	if o.Secrets == nil {
-		return Secrets
+		return contract.Secrets()
 	}
 	return o.Secrets
 }
