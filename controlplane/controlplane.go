@@ -31,19 +31,13 @@ import (
 
 	"github.com/bulwarkmesh/bulwark/attest"
 	"github.com/bulwarkmesh/bulwark/ca"
+	"github.com/bulwarkmesh/bulwark/contract"
 	"github.com/bulwarkmesh/bulwark/internal/spiffetls"
 	"github.com/bulwarkmesh/bulwark/issuer"
 	"github.com/bulwarkmesh/bulwark/kube"
 	"github.com/bulwarkmesh/bulwark/meshfile"
 	"github.com/bulwarkmesh/bulwark/model"
 	"github.com/bulwarkmesh/bulwark/xds/server"
-)
-
-// DefaultNamespace and DefaultServiceAccount make the control plane's
-// own identity, spiffe://<trust domain>/ns/bulwark-system/sa/bulwark.
-const (
-	DefaultNamespace      = "bulwark-system"
-	DefaultServiceAccount = "bulwark"
 )
 
 // Config configures a control plane. Exactly one of MeshPaths and Kube
@@ -61,7 +55,7 @@ type Config struct {
 	// TokenDir holds join tokens; defaults to CADir/tokens.
 	TokenDir string
 	// Identity is the control plane's own SPIFFE ID; defaults to
-	// spiffe://<trust domain>/ns/bulwark-system/sa/bulwark.
+	// contract.ControlPlaneID of the trust domain.
 	Identity string
 	// MaxCertTTL caps workload certificates; defaults to the CA's 24h.
 	MaxCertTTL time.Duration
@@ -212,7 +206,7 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	}
 	ident := cfg.Identity
 	if ident == "" {
-		ident = "spiffe://" + td.Name() + "/ns/" + DefaultNamespace + "/sa/" + DefaultServiceAccount
+		ident = contract.ControlPlaneID(td).String()
 	}
 	id, err := spiffeid.FromString(ident)
 	if err != nil || !id.MemberOf(td) {

@@ -28,6 +28,7 @@ import (
 	cav1 "github.com/bulwarkmesh/bulwark/api/ca/v1"
 	"github.com/bulwarkmesh/bulwark/attest"
 	"github.com/bulwarkmesh/bulwark/ca"
+	"github.com/bulwarkmesh/bulwark/contract"
 	"github.com/bulwarkmesh/bulwark/internal/spiffetls"
 	"github.com/bulwarkmesh/bulwark/internal/testlog"
 	"github.com/bulwarkmesh/bulwark/issuer"
@@ -36,7 +37,7 @@ import (
 
 var (
 	td         = spiffeid.RequireTrustDomainFromString("cluster.local")
-	cpID       = spiffeid.RequireFromString("spiffe://cluster.local/ns/bulwark-system/sa/bulwark")
+	cpID       = contract.ControlPlaneID(td)
 	frontendID = "spiffe://cluster.local/ns/demo/sa/frontend"
 	apiID      = "spiffe://cluster.local/ns/demo/sa/api"
 )
