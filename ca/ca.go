@@ -166,6 +166,9 @@ type Config struct {
 	AllowLongLived bool
 	// Now is the clock; defaults to time.Now.
 	Now func() time.Time
+	// After waits on the clock of Now: a Source renews when it fires.
+	// Defaults to time.After; a test that fakes Now fakes this with it.
+	After func(d time.Duration) <-chan time.Time
 	// Registerer receives the CA's metrics; nil registers none.
 	Registerer prometheus.Registerer
 }
@@ -179,6 +182,7 @@ type CA struct {
 	defaultTTL time.Duration
 	maxTTL     time.Duration
 	now        func() time.Time
+	after      func(time.Duration) <-chan time.Time
 	m          *metrics
 	issued     atomic.Uint64
 }
@@ -192,6 +196,9 @@ func New(cfg Config) (*CA, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.After == nil {
+		cfg.After = time.After
 	}
 	if cfg.MaxTTL <= 0 {
 		cfg.MaxTTL = MaxLeafTTL
@@ -238,7 +245,7 @@ func New(cfg Config) (*CA, error) {
 	}
 	c := &CA{
 		td: cfg.TrustDomain, roots: cfg.Roots, chain: cfg.Chain, signer: cfg.Signer,
-		defaultTTL: cfg.DefaultTTL, maxTTL: cfg.MaxTTL, now: cfg.Now, m: newMetrics(cfg.Registerer),
+		defaultTTL: cfg.DefaultTTL, maxTTL: cfg.MaxTTL, now: cfg.Now, after: cfg.After, m: newMetrics(cfg.Registerer),
 	}
 	c.m.expiry.WithLabelValues("signing").Set(float64(signing.NotAfter.Unix()))
 	earliest := cfg.Roots[0].NotAfter

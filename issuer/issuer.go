@@ -69,6 +69,9 @@ type Config struct {
 	SyncWait   time.Duration
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
+	// Now is the clock the issuer records issuance times with; defaults
+	// to time.Now. (Certificate lifetimes are the CA's clock, not this.)
+	Now func() time.Time
 }
 
 // Server implements the CertificateService.
@@ -143,6 +146,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
 	s := &Server{cfg: cfg, log: cfg.Logger.With("component", "issuer"), issued: map[string]Issued{},
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "bulwark_issuer_requests_total",
@@ -174,7 +180,7 @@ func (s *Server) SignCertificate(ctx context.Context, req *cav1.SignCertificateR
 	s.log.Info("certificate issued", "workload", req.GetWorkload(), "id", id, "method", method,
 		"serial", leaf.SerialNumber.Text(16), "expires", leaf.NotAfter.Format(time.RFC3339))
 	s.record(Issued{Workload: req.GetWorkload(), ID: id, Serial: leaf.SerialNumber.Text(16),
-		Method: method, IssuedAt: time.Now(), Expires: leaf.NotAfter})
+		Method: method, IssuedAt: s.cfg.Now(), Expires: leaf.NotAfter})
 	return resp, nil
 }
 
