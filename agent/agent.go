@@ -29,11 +29,10 @@ import (
 
 	cav1 "github.com/bulwarkmesh/bulwark/api/ca/v1"
 	"github.com/bulwarkmesh/bulwark/bootstrap"
+	"github.com/bulwarkmesh/bulwark/contract"
 	"github.com/bulwarkmesh/bulwark/internal/envoy"
 	"github.com/bulwarkmesh/bulwark/internal/spiffetls"
-	"github.com/bulwarkmesh/bulwark/issuer"
 	"github.com/bulwarkmesh/bulwark/sds"
-	"github.com/bulwarkmesh/bulwark/xds"
 )
 
 // Config configures an Agent.
@@ -113,7 +112,7 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.AdminAddress == "" {
 		cfg.AdminAddress = bootstrap.DefaultAdminAddress
 	}
-	s, err := sds.New(sds.Config{CertName: xds.SecretCertificate, RootsName: xds.SecretRoots, Logger: cfg.Logger})
+	s, err := sds.New(sds.Config{CertName: contract.SecretCertificate, RootsName: contract.SecretRoots, Logger: cfg.Logger})
 	if err != nil {
 		return nil, err
 	}
@@ -281,15 +280,15 @@ func (a *Agent) fetch(ctx context.Context, current *x509svid.SVID) (*x509svid.SV
 	}
 	defer conn.Close()
 	if current == nil {
-		cred := issuer.JoinTokenScheme + " " + a.cfg.JoinToken
+		cred := contract.JoinTokenScheme + " " + a.cfg.JoinToken
 		if a.cfg.ServiceAccountTokenFile != "" {
 			tok, err := os.ReadFile(a.cfg.ServiceAccountTokenFile)
 			if err != nil {
 				return nil, nil, fmt.Errorf("agent: ServiceAccount token: %w", err)
 			}
-			cred = issuer.ServiceAccountTokenScheme + " " + strings.TrimSpace(string(tok))
+			cred = contract.ServiceAccountTokenScheme + " " + strings.TrimSpace(string(tok))
 		}
-		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", cred)
+		ctx = metadata.AppendToOutgoingContext(ctx, contract.AuthorizationKey, cred)
 	}
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()

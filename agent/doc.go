@@ -7,5 +7,8 @@
 // jitter, writes the Envoy bootstrap, and can run Envoy as its child.
 //
 // It must never send the private key anywhere but the local SDS socket,
-// and never trusts anything but the control plane's own SPIFFE ID.
+// and never trusts anything but the control plane's own SPIFFE ID. It
+// knows the control plane only through package contract (secret names,
+// authorization schemes) and the CA service's API, never through the
+// control plane's own packages.
 package agent

@@ -17,12 +17,12 @@ import (
 	downstreamv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/resource_monitors/downstream_connections/v3"
 	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"google.golang.org/protobuf/encoding/protojson"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"sigs.k8s.io/yaml"
 
-	"github.com/bulwarkmesh/bulwark/xds"
+	"github.com/bulwarkmesh/bulwark/contract"
+	"github.com/bulwarkmesh/bulwark/internal/protoany"
 )
 
 // XDSCluster is the name of the static cluster that reaches the control
@@ -98,7 +98,7 @@ func Build(cfg Config) (*bootstrapv3.Bootstrap, error) {
 	xdsCluster := &clusterv3.Cluster{
 		Name:            XDSCluster,
 		ConnectTimeout:  durationpb.New(5 * time.Second),
-		TransportSocket: xds.ClientTLS([]string{cfg.ControlPlaneID}),
+		TransportSocket: contract.ClientTLS([]string{cfg.ControlPlaneID}),
 		LoadAssignment: &endpointv3.ClusterLoadAssignment{
 			ClusterName: XDSCluster,
 			Endpoints: []*endpointv3.LocalityLbEndpoints{{LbEndpoints: []*endpointv3.LbEndpoint{{
@@ -125,7 +125,7 @@ func Build(cfg Config) (*bootstrapv3.Bootstrap, error) {
 		OverloadManager: &overloadv3.OverloadManager{
 			ResourceMonitors: []*overloadv3.ResourceMonitor{{
 				Name: "envoy.resource_monitors.global_downstream_max_connections",
-				ConfigType: &overloadv3.ResourceMonitor_TypedConfig{TypedConfig: mustAny(&downstreamv3.DownstreamConnectionsConfig{
+				ConfigType: &overloadv3.ResourceMonitor_TypedConfig{TypedConfig: protoany.Must(&downstreamv3.DownstreamConnectionsConfig{
 					MaxActiveDownstreamConnections: MaxDownstreamConnections,
 				})},
 			}},
@@ -170,11 +170,11 @@ func YAML(b *bootstrapv3.Bootstrap) ([]byte, error) {
 // sdsCluster reaches the agent's SDS server on its Unix socket.
 func sdsCluster(path string) *clusterv3.Cluster {
 	return &clusterv3.Cluster{
-		Name:                 xds.SDSCluster,
+		Name:                 contract.SDSCluster,
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
 		ConnectTimeout:       durationpb.New(time.Second),
 		LoadAssignment: &endpointv3.ClusterLoadAssignment{
-			ClusterName: xds.SDSCluster,
+			ClusterName: contract.SDSCluster,
 			Endpoints: []*endpointv3.LocalityLbEndpoints{{LbEndpoints: []*endpointv3.LbEndpoint{{
 				HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
 					Address: &corev3.Address{Address: &corev3.Address_Pipe{Pipe: &corev3.Pipe{Path: path}}},
@@ -187,7 +187,7 @@ func sdsCluster(path string) *clusterv3.Cluster {
 
 func http2Only() map[string]*anypb.Any {
 	return map[string]*anypb.Any{
-		"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": mustAny(&httpv3.HttpProtocolOptions{
+		"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": protoany.Must(&httpv3.HttpProtocolOptions{
 			UpstreamProtocolOptions: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_{
 				ExplicitHttpConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig{
 					ProtocolConfig: &httpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{
@@ -219,15 +219,4 @@ func socketAddress(host string, port uint32) *corev3.Address {
 		Address:       host,
 		PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: port},
 	}}}
-}
-
-func mustAny(m proto.Message) *anypb.Any {
-	// Deterministic, so equal configuration gives equal bytes (and an
-	// equal version hash): anypb.New would order map entries at random.
-	a := &anypb.Any{}
-	err := anypb.MarshalFrom(a, m, proto.MarshalOptions{Deterministic: true})
-	if err != nil {
-		panic(fmt.Sprintf("bootstrap: marshal %T: %v", m, err))
-	}
-	return a
 }

@@ -4,12 +4,15 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
 	"github.com/bulwarkmesh/bulwark/bootstrap"
+	"github.com/bulwarkmesh/bulwark/contract"
 	"github.com/bulwarkmesh/bulwark/internal/envoy/envoytest"
 	"github.com/bulwarkmesh/bulwark/internal/golden"
 )
 
-const cpID = "spiffe://cluster.local/ns/bulwark-system/sa/bulwark"
+var cpID = contract.ControlPlaneID(spiffeid.RequireTrustDomainFromString("cluster.local")).String()
 
 func TestBootstrapGoldenAndEnvoyAcceptsIt(t *testing.T) {
 	out := golden.NewDir(t, "testdata")

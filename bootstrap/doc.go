@@ -5,5 +5,7 @@
 //
 // The bootstrap is built from Envoy's own protos and validated with their
 // rules before it is rendered, so what this package prints is what Envoy's
-// --mode validate accepts. It must not read the model or any source.
+// --mode validate accepts. It must not read the model or any source, and
+// it takes the SDS and TLS wiring it shares with the control plane from
+// package contract, never from the control plane's packages.
 package bootstrap

@@ -18,6 +18,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/bulwarkmesh/bulwark/internal/pemutil"
 )
 
 // Lifetimes.
@@ -118,11 +120,11 @@ func Init(cfg InitConfig) error {
 	}
 	intCert, _ := x509.ParseCertificate(intDER)
 
-	rootKeyPEM, err := EncodeKey(rootKey)
+	rootKeyPEM, err := pemutil.EncodeKey(rootKey)
 	if err != nil {
 		return err
 	}
-	intKeyPEM, err := EncodeKey(intKey)
+	intKeyPEM, err := pemutil.EncodeKey(intKey)
 	if err != nil {
 		return err
 	}
@@ -133,8 +135,8 @@ func Init(cfg InitConfig) error {
 	}{
 		{RootKeyFile, rootKeyPEM, 0o600},
 		{KeyFile, intKeyPEM, 0o600},
-		{RootCertFile, EncodeCerts([]*x509.Certificate{root}), 0o644},
-		{CertFile, EncodeCerts([]*x509.Certificate{intCert}), 0o644},
+		{RootCertFile, pemutil.EncodeCerts([]*x509.Certificate{root}), 0o644},
+		{CertFile, pemutil.EncodeCerts([]*x509.Certificate{intCert}), 0o644},
 	} {
 		if err := writeNew(filepath.Join(cfg.Dir, f.name), f.data, f.mode); err != nil {
 			return fmt.Errorf("ca: %w", err)
@@ -164,6 +166,9 @@ type Config struct {
 	AllowLongLived bool
 	// Now is the clock; defaults to time.Now.
 	Now func() time.Time
+	// After waits on the clock of Now: a Source renews when it fires.
+	// Defaults to time.After; a test that fakes Now fakes this with it.
+	After func(d time.Duration) <-chan time.Time
 	// Registerer receives the CA's metrics; nil registers none.
 	Registerer prometheus.Registerer
 }
@@ -177,6 +182,7 @@ type CA struct {
 	defaultTTL time.Duration
 	maxTTL     time.Duration
 	now        func() time.Time
+	after      func(time.Duration) <-chan time.Time
 	m          *metrics
 	issued     atomic.Uint64
 }
@@ -190,6 +196,9 @@ func New(cfg Config) (*CA, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.After == nil {
+		cfg.After = time.After
 	}
 	if cfg.MaxTTL <= 0 {
 		cfg.MaxTTL = MaxLeafTTL
@@ -236,7 +245,7 @@ func New(cfg Config) (*CA, error) {
 	}
 	c := &CA{
 		td: cfg.TrustDomain, roots: cfg.Roots, chain: cfg.Chain, signer: cfg.Signer,
-		defaultTTL: cfg.DefaultTTL, maxTTL: cfg.MaxTTL, now: cfg.Now, m: newMetrics(cfg.Registerer),
+		defaultTTL: cfg.DefaultTTL, maxTTL: cfg.MaxTTL, now: cfg.Now, after: cfg.After, m: newMetrics(cfg.Registerer),
 	}
 	c.m.expiry.WithLabelValues("signing").Set(float64(signing.NotAfter.Unix()))
 	earliest := cfg.Roots[0].NotAfter

@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/bulwarkmesh/bulwark/internal/pemutil"
 )
 
 var (
@@ -339,10 +341,10 @@ func TestPlugInCA(t *testing.T) {
 	root := mk(rootT, rootT, rootKey.Public(), rootKey)
 	mid := mk(caTmpl("Example Issuing"), root, midKey.Public(), rootKey)
 	sig := mk(caTmpl("Example Mesh"), mid, sigKey.Public(), midKey)
-	keyPEM, _ := EncodeKey(sigKey)
-	os.WriteFile(filepath.Join(dir, RootCertFile), EncodeCerts([]*x509.Certificate{root}), 0o644)
-	os.WriteFile(filepath.Join(dir, CertFile), EncodeCerts([]*x509.Certificate{sig}), 0o644)
-	os.WriteFile(filepath.Join(dir, ChainFile), EncodeCerts([]*x509.Certificate{sig, mid, root}), 0o644)
+	keyPEM, _ := pemutil.EncodeKey(sigKey)
+	os.WriteFile(filepath.Join(dir, RootCertFile), pemutil.EncodeCerts([]*x509.Certificate{root}), 0o644)
+	os.WriteFile(filepath.Join(dir, CertFile), pemutil.EncodeCerts([]*x509.Certificate{sig}), 0o644)
+	os.WriteFile(filepath.Join(dir, ChainFile), pemutil.EncodeCerts([]*x509.Certificate{sig, mid, root}), 0o644)
 	os.WriteFile(filepath.Join(dir, KeyFile), keyPEM, 0o600)
 
 	c, err := Load(LoadConfig{Dir: dir, Config: Config{TrustDomain: td, Now: fixedAt(t0)}})
@@ -376,9 +378,9 @@ func opensslVerify(t *testing.T, root *x509.Certificate, chain []*x509.Certifica
 		t.Fatalf("this test needs openssl (apt-get install openssl): %v", err)
 	}
 	dir := t.TempDir()
-	os.WriteFile(filepath.Join(dir, "root.pem"), EncodeCerts([]*x509.Certificate{root}), 0o644)
-	os.WriteFile(filepath.Join(dir, "untrusted.pem"), EncodeCerts(chain[1:]), 0o644)
-	os.WriteFile(filepath.Join(dir, "leaf.pem"), EncodeCerts(chain[:1]), 0o644)
+	os.WriteFile(filepath.Join(dir, "root.pem"), pemutil.EncodeCerts([]*x509.Certificate{root}), 0o644)
+	os.WriteFile(filepath.Join(dir, "untrusted.pem"), pemutil.EncodeCerts(chain[1:]), 0o644)
+	os.WriteFile(filepath.Join(dir, "leaf.pem"), pemutil.EncodeCerts(chain[:1]), 0o644)
 	args := []string{"verify", "-CAfile", filepath.Join(dir, "root.pem"), "-untrusted", filepath.Join(dir, "untrusted.pem"),
 		"-purpose", "sslclient", "-attime", strconv.FormatInt(chain[0].NotBefore.Add(time.Minute).Unix(), 10),
 		filepath.Join(dir, "leaf.pem")}

@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/x509"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -16,7 +17,9 @@ import (
 )
 
 // Source is an X.509-SVID the CA issues to its own process (the control
-// plane's serving certificate) and renews at half its lifetime. It
+// plane's serving certificate) and renews at half its lifetime, on the
+// CA's clock (Config.Now and Config.After). A renewal that fails is
+// retried every 10 seconds while the current SVID stays in use. It
 // implements go-spiffe's x509svid.Source and x509bundle.Source, so it
 // plugs into go-spiffe's TLS helpers. It is safe for concurrent use.
 type Source struct {
@@ -63,27 +66,35 @@ func (s *Source) renew() error {
 	return nil
 }
 
+// renewRetry is how long a Source waits after a failed renewal.
+const renewRetry = 10 * time.Second
+
 func (s *Source) run(ctx context.Context) {
 	for {
 		s.mu.RLock()
 		leaf := s.svid.Certificates[0]
 		s.mu.RUnlock()
-		half := leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2)
-		wait := time.Until(half)
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(wait):
+		case <-s.ca.after(renewIn(leaf, s.ca.now())):
 		}
 		if err := s.renew(); err != nil {
 			s.log.Error("cannot renew the control plane's own certificate; retrying in 10s", "id", s.id, "err", err)
 			select {
 			case <-ctx.Done():
 				return
-			case <-time.After(10 * time.Second):
+			case <-s.ca.after(renewRetry):
 			}
 		}
 	}
+}
+
+// renewIn is how long from now until leaf is half way through its
+// lifetime; zero or less when it already is.
+func renewIn(leaf *x509.Certificate, now time.Time) time.Duration {
+	half := leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2)
+	return half.Sub(now)
 }
 
 // GetX509SVID returns the current SVID.

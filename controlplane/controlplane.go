@@ -1,7 +1,3 @@
-// Package controlplane assembles `bulwark serve`: the model store, the
-// mesh file source, the CA and its certificate service, the ADS server
-// on one mutual-TLS gRPC port, and the HTTP endpoint for metrics and
-// status. It is wiring only; each part lives in its own package.
 package controlplane
 
 import (
@@ -12,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"sync"
 	"time"
@@ -25,25 +20,14 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
-	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
 	"github.com/bulwarkmesh/bulwark/attest"
-	"github.com/bulwarkmesh/bulwark/ca"
+	"github.com/bulwarkmesh/bulwark/contract"
 	"github.com/bulwarkmesh/bulwark/internal/spiffetls"
 	"github.com/bulwarkmesh/bulwark/issuer"
-	"github.com/bulwarkmesh/bulwark/kube"
-	"github.com/bulwarkmesh/bulwark/meshfile"
 	"github.com/bulwarkmesh/bulwark/model"
 	"github.com/bulwarkmesh/bulwark/xds/server"
-)
-
-// DefaultNamespace and DefaultServiceAccount make the control plane's
-// own identity, spiffe://<trust domain>/ns/bulwark-system/sa/bulwark.
-const (
-	DefaultNamespace      = "bulwark-system"
-	DefaultServiceAccount = "bulwark"
 )
 
 // Config configures a control plane. Exactly one of MeshPaths and Kube
@@ -53,17 +37,23 @@ type Config struct {
 	MeshPaths []string
 	// Kube serves the mesh of a Kubernetes cluster instead.
 	Kube *KubeConfig
-	// CADir holds the CA material (ca.Load). In file mode it is
-	// required, and a missing or corrupt CA is an error, never a reason
-	// to make a new one. In Kubernetes mode the CA lives in a Secret and
-	// is written here (default: a temporary directory).
+	// CA, when set, is the certificate authority to use instead of the
+	// default: the file CA in CADir in file mode, or the CA in the
+	// Kubernetes Secret in Kubernetes mode. Its trust domain must be the
+	// mesh's. The control plane does not persist or rotate it.
+	CA Authority
+	// CADir holds the CA material (ca.Load) when CA is not set. In file
+	// mode it is then required, and a missing or corrupt CA is an error,
+	// never a reason to make a new one. In Kubernetes mode the CA lives in
+	// a Secret and is written here (default: a temporary directory).
 	CADir string
-	// TokenDir holds join tokens; defaults to CADir/tokens.
+	// TokenDir holds join tokens (file mode); defaults to CADir/tokens.
 	TokenDir string
 	// Identity is the control plane's own SPIFFE ID; defaults to
-	// spiffe://<trust domain>/ns/bulwark-system/sa/bulwark.
+	// contract.ControlPlaneID of the trust domain.
 	Identity string
 	// MaxCertTTL caps workload certificates; defaults to the CA's 24h.
+	// It configures the default CA only: with CA set it is an error.
 	MaxCertTTL time.Duration
 	// XDSAddress is where ADS and the CA service listen, host:port;
 	// port 0 picks one.
@@ -76,6 +66,32 @@ type Config struct {
 	// Debounce is how long the model must be quiet before a publish;
 	// defaults to the server's default.
 	Debounce time.Duration
+}
+
+// setDefaults checks cfg and fills in its defaults, reporting every
+// problem it finds.
+func (cfg *Config) setDefaults() error {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	var errs []error
+	if cfg.XDSAddress == "" || (len(cfg.MeshPaths) == 0) == (cfg.Kube == nil) {
+		errs = append(errs, errors.New("controlplane: XDSAddress and exactly one of MeshPaths and Kube are required"))
+	}
+	if cfg.Kube == nil {
+		switch {
+		case cfg.CA == nil && cfg.CADir == "":
+			errs = append(errs, errors.New("controlplane: CADir is required"))
+		case cfg.TokenDir == "" && cfg.CADir == "":
+			errs = append(errs, errors.New("controlplane: TokenDir (or CADir) is required for join tokens"))
+		case cfg.TokenDir == "":
+			cfg.TokenDir = filepath.Join(cfg.CADir, "tokens")
+		}
+	}
+	if cfg.CA != nil && cfg.MaxCertTTL != 0 {
+		errs = append(errs, errors.New("controlplane: MaxCertTTL configures the default CA; a CA given in Config.CA sets its own limits"))
+	}
+	return errors.Join(errs...)
 }
 
 // KubeConfig is the Kubernetes side of a control plane.
@@ -102,11 +118,13 @@ type ControlPlane struct {
 	HTTPAddr net.Addr
 	Store    *model.Store
 	Server   *server.Server
-	CA       *ca.CA
-	Tokens   *attest.JoinTokens
+	// CA is the certificate authority in use: Config.CA, or the default.
+	CA     Authority
+	Tokens *attest.JoinTokens
 	// Identity is the control plane's SPIFFE ID.
 	Identity spiffeid.ID
-	// CADir is where the CA files are.
+	// CADir is where the default CA's files are (Config.CADir, or the
+	// temporary directory the Kubernetes CA Secret was written to).
 	CADir string
 
 	issuer *issuer.Server
@@ -121,156 +139,131 @@ type ControlPlane struct {
 // background until ctx ends or Stop is called. A mesh or CA that does not
 // load is an error here: there is no last good state yet.
 func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
-	if cfg.Logger == nil {
-		cfg.Logger = slog.Default()
-	}
-	if cfg.XDSAddress == "" || (len(cfg.MeshPaths) == 0) == (cfg.Kube == nil) {
-		return nil, errors.New("controlplane: XDSAddress and exactly one of MeshPaths and Kube are required")
-	}
-	if cfg.Kube == nil && cfg.CADir == "" {
-		return nil, errors.New("controlplane: CADir is required")
-	}
-	if cfg.TokenDir == "" && cfg.Kube == nil {
-		cfg.TokenDir = filepath.Join(cfg.CADir, "tokens")
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	store := model.NewStore()
-
-	// The source, and what it says of the trust domain.
-	var (
-		src      source
-		synced   <-chan struct{}
-		td       spiffeid.TrustDomain
-		saReview issuer.ServiceAccountReviewer
-		tokens   *attest.JoinTokens
-		err      error
-	)
-	if cfg.Kube != nil {
-		k := cfg.Kube
-		if k.TrustDomain == "" {
-			k.TrustDomain = model.DefaultTrustDomain
-		}
-		if td, err = spiffeid.TrustDomainFromString(k.TrustDomain); err != nil {
-			return nil, err
-		}
-		client, err := kubernetes.NewForConfig(k.Rest)
-		if err != nil {
-			return nil, err
-		}
-		dyn, err := dynamic.NewForConfig(k.Rest)
-		if err != nil {
-			return nil, err
-		}
-		if cfg.CADir == "" {
-			if cfg.CADir, err = os.MkdirTemp("", "bulwark-ca-"); err != nil {
-				return nil, err
-			}
-		}
-		if err := kube.EnsureCASecret(ctx, kube.CASecretConfig{Client: client, Namespace: k.Namespace, Holder: k.Holder,
-			TrustDomain: td, Dir: cfg.CADir, Logger: cfg.Logger}); err != nil {
-			return nil, err
-		}
-		rootPEM, err := os.ReadFile(filepath.Join(cfg.CADir, ca.RootCertFile))
-		if err != nil {
-			return nil, err
-		}
-		ks, err := kube.New(kube.Config{Client: client, Dynamic: dyn, Store: store, TrustDomain: k.TrustDomain,
-			DefaultAccess: k.DefaultAccess, RootNamespace: k.Namespace, WriteStatus: true, RootCertPEM: rootPEM,
-			Logger: cfg.Logger, Registerer: reg})
-		if err != nil {
-			return nil, err
-		}
-		src, synced = ks, ks.Synced()
-		saReview = &kube.TokenReviewer{Client: client, Audience: k.Audience}
-	} else {
-		first, err := meshfile.Load(cfg.MeshPaths)
-		if err != nil {
-			return nil, err
-		}
-		if td, err = spiffeid.TrustDomainFromString(first.Mesh.TrustDomain); err != nil {
-			return nil, err
-		}
-		fs, err := meshfile.New(meshfile.Config{Paths: cfg.MeshPaths, Store: store, Logger: cfg.Logger, Registerer: reg,
-			Check: func(st *model.State) error {
-				if st.Mesh.TrustDomain != td.String() {
-					return fmt.Errorf("the trust domain cannot change while the control plane runs (%s -> %s): every certificate would stop verifying", td, st.Mesh.TrustDomain)
-				}
-				return nil
-			}})
-		if err != nil {
-			return nil, err
-		}
-		src = fs
-		if tokens, err = attest.NewJoinTokens(cfg.TokenDir, nil); err != nil {
-			return nil, err
-		}
-	}
-	authority, err := ca.Load(ca.LoadConfig{Dir: cfg.CADir, Config: ca.Config{TrustDomain: td, MaxTTL: cfg.MaxCertTTL, Registerer: reg}})
+	src, err := newSources(ctx, &cfg, store, reg)
 	if err != nil {
 		return nil, err
 	}
-	ident := cfg.Identity
+	authority, err := newAuthority(cfg, src.td, reg)
+	if err != nil {
+		return nil, err
+	}
+	id, err := ownIdentity(cfg.Identity, src.td)
+	if err != nil {
+		return nil, err
+	}
+	return serve(ctx, cfg, parts{store: store, reg: reg, src: src, ca: authority, id: id})
+}
+
+// ownIdentity is the control plane's SPIFFE ID: ident when set, which
+// must be in td, else the contract's default for td.
+func ownIdentity(ident string, td spiffeid.TrustDomain) (spiffeid.ID, error) {
 	if ident == "" {
-		ident = "spiffe://" + td.Name() + "/ns/" + DefaultNamespace + "/sa/" + DefaultServiceAccount
+		return contract.ControlPlaneID(td), nil
 	}
 	id, err := spiffeid.FromString(ident)
 	if err != nil || !id.MemberOf(td) {
-		return nil, fmt.Errorf("controlplane: identity %q is not a SPIFFE ID in %s", ident, td)
+		return spiffeid.ID{}, fmt.Errorf("controlplane: identity %q is not a SPIFFE ID in %s", ident, td)
 	}
+	return id, nil
+}
+
+// parts are what serve runs.
+type parts struct {
+	store *model.Store
+	reg   *prometheus.Registry
+	src   *sources
+	ca    Authority
+	id    spiffeid.ID
+}
+
+// serve builds the certificate service and the ADS server, binds the
+// listeners and runs everything in the background.
+func serve(ctx context.Context, cfg Config, p parts) (*ControlPlane, error) {
 	var redeemer issuer.TokenRedeemer
-	if tokens != nil {
-		redeemer = tokens
+	if p.src.tokens != nil {
+		redeemer = p.src.tokens
 	}
-	iss, err := issuer.New(issuer.Config{CA: authority, Store: store, Tokens: redeemer, ServiceAccounts: saReview,
-		Synced: synced, Logger: cfg.Logger, Registerer: reg})
+	iss, err := issuer.New(issuer.Config{CA: p.ca, Store: p.store, Tokens: redeemer, ServiceAccounts: p.src.reviewer,
+		Synced: p.src.synced, Logger: cfg.Logger, Registerer: p.reg})
 	if err != nil {
 		return nil, err
 	}
-	srv, err := server.New(server.Config{Store: store, Logger: cfg.Logger, Registerer: reg, Debounce: cfg.Debounce,
-		Identify: spiffetls.PeerID, Synced: synced})
+	srv, err := server.New(server.Config{Store: p.store, Logger: cfg.Logger, Registerer: p.reg, Debounce: cfg.Debounce,
+		Identify: spiffetls.PeerID, Synced: p.src.synced})
 	if err != nil {
 		return nil, err
 	}
 
 	ctx, cancel := context.WithCancel(ctx)
-	own, err := authority.NewSource(ctx, id, 0, cfg.Logger)
+	own, err := p.ca.ServingSource(ctx, p.id)
 	if err != nil {
 		cancel()
 		return nil, err
 	}
-	xdsLis, err := net.Listen("tcp", cfg.XDSAddress)
+	xdsLis, httpLis, err := listen(cfg)
 	if err != nil {
 		cancel()
-		return nil, fmt.Errorf("xDS listener: %w", err)
-	}
-	var httpLis net.Listener
-	if cfg.HTTPAddress != "" {
-		httpLis, err = net.Listen("tcp", cfg.HTTPAddress)
-		if err != nil {
-			cancel()
-			xdsLis.Close()
-			return nil, fmt.Errorf("HTTP listener: %w", err)
-		}
+		return nil, err
 	}
 
 	g, ctx := errgroup.WithContext(ctx)
-	cp := &ControlPlane{XDSAddr: xdsLis.Addr(), Store: store, Server: srv, CA: authority, Tokens: tokens, Identity: id, CADir: cfg.CADir,
-		issuer: iss, cancel: cancel, ctx: ctx, group: g}
+	cp := &ControlPlane{XDSAddr: xdsLis.Addr(), Store: p.store, Server: srv, CA: p.ca, Tokens: p.src.tokens, Identity: p.id,
+		CADir: cfg.CADir, issuer: iss, cancel: cancel, ctx: ctx, group: g}
 
-	grpcServer := grpc.NewServer(append(server.ServerOptions(),
+	grpcServer := newGRPCServer(own, p.src.td)
+	srv.Register(ctx, grpcServer)
+	iss.Register(grpcServer)
+
+	g.Go(func() error { return p.src.run.Run(ctx) })
+	g.Go(func() error { return srv.Run(ctx) })
+	serveGRPC(ctx, g, grpcServer, xdsLis)
+	if httpLis != nil {
+		cp.HTTPAddr = httpLis.Addr()
+		serveHTTP(ctx, g, httpLis, cp.debugMux(p.reg))
+	}
+	cfg.Logger.Info("control plane serving", "xds", cp.XDSAddr.String(), "http", addrString(cp.HTTPAddr),
+		"identity", p.id.String(), "trust_domain", p.src.td.String())
+	return cp, nil
+}
+
+// listen binds the xDS listener and, if configured, the HTTP one.
+func listen(cfg Config) (xdsLis, httpLis net.Listener, err error) {
+	xdsLis, err = net.Listen("tcp", cfg.XDSAddress)
+	if err != nil {
+		return nil, nil, fmt.Errorf("xDS listener: %w", err)
+	}
+	if cfg.HTTPAddress != "" {
+		httpLis, err = net.Listen("tcp", cfg.HTTPAddress)
+		if err != nil {
+			xdsLis.Close()
+			return nil, nil, fmt.Errorf("HTTP listener: %w", err)
+		}
+	}
+	return xdsLis, httpLis, nil
+}
+
+// newGRPCServer serves own's SVID and verifies callers' certificates, if
+// they send one, against own's bundle for td.
+func newGRPCServer(own SVIDSource, td spiffeid.TrustDomain) *grpc.Server {
+	return grpc.NewServer(append(server.ServerOptions(),
 		grpc.Creds(credentials.NewTLS(spiffetls.ServerConfig(own, own, td))),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.MaxConcurrentStreams(1<<16),
 	)...)
-	srv.Register(ctx, grpcServer)
-	iss.Register(grpcServer)
+}
 
-	g.Go(func() error { return src.Run(ctx) })
-	g.Go(func() error { return srv.Run(ctx) })
+// serveGRPC serves s on lis in g until ctx ends, then stops it: gently
+// for up to 2s, then at once, since ADS streams never end on their own.
+func serveGRPC(ctx context.Context, g *errgroup.Group, s *grpc.Server, lis net.Listener) {
 	g.Go(func() error {
-		if err := grpcServer.Serve(xdsLis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		if err := s.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			return fmt.Errorf("xDS server: %w", err)
 		}
 		return nil
@@ -278,36 +271,29 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	g.Go(func() error {
 		<-ctx.Done()
 		stopped := make(chan struct{})
-		go func() { grpcServer.GracefulStop(); close(stopped) }()
+		go func() { s.GracefulStop(); close(stopped) }()
 		select {
 		case <-stopped:
 		case <-time.After(2 * time.Second):
-			grpcServer.Stop() // ADS streams never end on their own
+			s.Stop()
 		}
 		return nil
 	})
-	if httpLis != nil {
-		cp.HTTPAddr = httpLis.Addr()
-		hs := &http.Server{Handler: cp.debugMux(reg), ReadHeaderTimeout: 10 * time.Second}
-		g.Go(func() error {
-			if err := hs.Serve(httpLis); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				return fmt.Errorf("HTTP server: %w", err)
-			}
-			return nil
-		})
-		g.Go(func() error {
-			<-ctx.Done()
-			return hs.Close()
-		})
-	}
-	cfg.Logger.Info("control plane serving", "xds", cp.XDSAddr.String(), "http", addrString(cp.HTTPAddr),
-		"identity", id.String(), "trust_domain", td.String())
-	return cp, nil
 }
 
-// source feeds the model until its context ends.
-type source interface {
-	Run(ctx context.Context) error
+// serveHTTP serves h on lis in g until ctx ends.
+func serveHTTP(ctx context.Context, g *errgroup.Group, lis net.Listener, h http.Handler) {
+	hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	g.Go(func() error {
+		if err := hs.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("HTTP server: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-ctx.Done()
+		return hs.Close()
+	})
 }
 
 // Stop shuts the control plane down and waits for it. It returns the

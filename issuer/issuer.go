@@ -25,6 +25,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	cav1 "github.com/bulwarkmesh/bulwark/api/ca/v1"
+	"github.com/bulwarkmesh/bulwark/contract"
 	"github.com/bulwarkmesh/bulwark/internal/spiffetls"
 	"github.com/bulwarkmesh/bulwark/model"
 )
@@ -68,6 +69,9 @@ type Config struct {
 	SyncWait   time.Duration
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
+	// Now is the clock the issuer records issuance times with; defaults
+	// to time.Now. (Certificate lifetimes are the CA's clock, not this.)
+	Now func() time.Time
 }
 
 // Server implements the CertificateService.
@@ -142,6 +146,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
 	s := &Server{cfg: cfg, log: cfg.Logger.With("component", "issuer"), issued: map[string]Issued{},
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "bulwark_issuer_requests_total",
@@ -157,14 +164,9 @@ func New(cfg Config) (*Server, error) {
 // Register adds the service to g.
 func (s *Server) Register(g grpc.ServiceRegistrar) { cav1.RegisterCertificateServiceServer(g, s) }
 
-// Authorization schemes: "authorization: JoinToken <token>" and
-// "authorization: ServiceAccountToken <jwt>".
-const (
-	JoinTokenScheme           = "JoinToken"
-	ServiceAccountTokenScheme = "ServiceAccountToken"
-)
-
-// SignCertificate authenticates the caller and signs its key.
+// SignCertificate authenticates the caller and signs its key. A caller
+// without a certificate authenticates with contract.AuthorizationKey
+// metadata in one of the contract's schemes.
 func (s *Server) SignCertificate(ctx context.Context, req *cav1.SignCertificateRequest) (*cav1.SignCertificateResponse, error) {
 	method := "none"
 	resp, id, err := s.sign(ctx, req, &method)
@@ -178,7 +180,7 @@ func (s *Server) SignCertificate(ctx context.Context, req *cav1.SignCertificateR
 	s.log.Info("certificate issued", "workload", req.GetWorkload(), "id", id, "method", method,
 		"serial", leaf.SerialNumber.Text(16), "expires", leaf.NotAfter.Format(time.RFC3339))
 	s.record(Issued{Workload: req.GetWorkload(), ID: id, Serial: leaf.SerialNumber.Text(16),
-		Method: method, IssuedAt: time.Now(), Expires: leaf.NotAfter})
+		Method: method, IssuedAt: s.cfg.Now(), Expires: leaf.NotAfter})
 	return resp, nil
 }
 
@@ -219,20 +221,20 @@ func (s *Server) sign(ctx context.Context, req *cav1.SignCertificateRequest, met
 	case perr == nil:
 		*method = "certificate"
 		peerID = pid
-	case bearer(ctx, JoinTokenScheme) != "":
+	case bearer(ctx, contract.JoinTokenScheme) != "":
 		*method = "join_token"
 		if s.cfg.Tokens == nil {
 			return nil, "", status.Error(codes.Unauthenticated, "join tokens are not accepted here")
 		}
-		if err := s.cfg.Tokens.Redeem(bearer(ctx, JoinTokenScheme), req.GetWorkload()); err != nil {
+		if err := s.cfg.Tokens.Redeem(bearer(ctx, contract.JoinTokenScheme), req.GetWorkload()); err != nil {
 			return nil, "", status.Errorf(codes.Unauthenticated, "%v", err)
 		}
-	case bearer(ctx, ServiceAccountTokenScheme) != "":
+	case bearer(ctx, contract.ServiceAccountTokenScheme) != "":
 		*method = "serviceaccount_token"
 		if s.cfg.ServiceAccounts == nil {
 			return nil, "", status.Error(codes.Unauthenticated, "ServiceAccount tokens are not accepted here")
 		}
-		sa, err := s.cfg.ServiceAccounts.Review(ctx, bearer(ctx, ServiceAccountTokenScheme))
+		sa, err := s.cfg.ServiceAccounts.Review(ctx, bearer(ctx, contract.ServiceAccountTokenScheme))
 		if err != nil {
 			return nil, "", status.Errorf(codes.Unauthenticated, "%v", err)
 		}
@@ -242,7 +244,7 @@ func (s *Server) sign(ctx context.Context, req *cav1.SignCertificateRequest, met
 		saIdentity = sa.ServiceAccount
 	default:
 		return nil, "", status.Errorf(codes.Unauthenticated, "no credential: send %q or %q metadata, or present your current certificate",
-			"authorization: "+JoinTokenScheme+" <token>", "authorization: "+ServiceAccountTokenScheme+" <token>")
+			contract.AuthorizationKey+": "+contract.JoinTokenScheme+" <token>", contract.AuthorizationKey+": "+contract.ServiceAccountTokenScheme+" <token>")
 	}
 
 	// Which identity that makes it: the service account of the workload,
@@ -313,7 +315,7 @@ func (c expiryCollector) Collect(ch chan<- prometheus.Metric) {
 // authorization metadata, or "".
 func bearer(ctx context.Context, scheme string) string {
 	md, _ := metadata.FromIncomingContext(ctx)
-	for _, v := range md.Get("authorization") {
+	for _, v := range md.Get(contract.AuthorizationKey) {
 		if s, cred, ok := strings.Cut(v, " "); ok && strings.EqualFold(s, scheme) {
 			return strings.TrimSpace(cred)
 		}

@@ -28,6 +28,7 @@ import (
 	cav1 "github.com/bulwarkmesh/bulwark/api/ca/v1"
 	"github.com/bulwarkmesh/bulwark/attest"
 	"github.com/bulwarkmesh/bulwark/ca"
+	"github.com/bulwarkmesh/bulwark/contract"
 	"github.com/bulwarkmesh/bulwark/internal/spiffetls"
 	"github.com/bulwarkmesh/bulwark/internal/testlog"
 	"github.com/bulwarkmesh/bulwark/issuer"
@@ -36,7 +37,7 @@ import (
 
 var (
 	td         = spiffeid.RequireTrustDomainFromString("cluster.local")
-	cpID       = spiffeid.RequireFromString("spiffe://cluster.local/ns/bulwark-system/sa/bulwark")
+	cpID       = contract.ControlPlaneID(td)
 	frontendID = "spiffe://cluster.local/ns/demo/sa/frontend"
 	apiID      = "spiffe://cluster.local/ns/demo/sa/api"
 )
@@ -98,7 +99,7 @@ func setup(t *testing.T, opts ...func(*issuer.Config)) *env {
 	if _, err := store.ReplaceState(st); err != nil {
 		t.Fatal(err)
 	}
-	cfg := issuer.Config{CA: authority, Store: store, Tokens: tokens, Logger: testlog.New(t)}
+	cfg := issuer.Config{CA: authority, Store: store, Tokens: tokens, Logger: testlog.New(t), Now: clock.Now}
 	for _, o := range opts {
 		o(&cfg)
 	}
@@ -275,10 +276,14 @@ func TestCertificatesReportTheLatestPerWorkload(t *testing.T) {
 	if _, err := e.sign(t, request{token: e.token(t, "demo/frontend-1"), workload: "demo/frontend-1"}); err != nil {
 		t.Fatal(err)
 	}
+	e.clock.Add(time.Minute)
+	apiAt := e.clock.Now()
 	api, err := e.sign(t, request{token: e.token(t, "demo/api-1"), workload: "demo/api-1"})
 	if err != nil {
 		t.Fatal(err)
 	}
+	e.clock.Add(time.Minute)
+	secondAt := e.clock.Now()
 	second, err := e.sign(t, request{token: e.token(t, "demo/frontend-1"), workload: "demo/frontend-1"})
 	if err != nil {
 		t.Fatal(err)
@@ -292,6 +297,10 @@ func TestCertificatesReportTheLatestPerWorkload(t *testing.T) {
 	}
 	if got[0].Serial != api.SerialNumber.Text(16) || got[0].Method != "join_token" {
 		t.Errorf("api-1: %+v", got[0])
+	}
+	// Issuance times come from the issuer's clock, exactly.
+	if !got[0].IssuedAt.Equal(apiAt) || !got[1].IssuedAt.Equal(secondAt) {
+		t.Errorf("issued at %s and %s, want %s and %s", got[0].IssuedAt, got[1].IssuedAt, apiAt, secondAt)
 	}
 	if m := expiries(); len(m) != 2 || m["demo/frontend-1"] != float64(second.NotAfter.Unix()) || m["demo/api-1"] != float64(api.NotAfter.Unix()) {
 		t.Errorf("expiry metric = %v", m)

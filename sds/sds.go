@@ -28,7 +28,7 @@ import (
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"google.golang.org/grpc"
 
-	"github.com/bulwarkmesh/bulwark/ca"
+	"github.com/bulwarkmesh/bulwark/internal/pemutil"
 )
 
 // Config configures a Server.
@@ -68,16 +68,16 @@ func New(cfg Config) (*Server, error) {
 // Update replaces the secrets: chain (leaf first) with its key, and the
 // trust bundle. Envoy picks them up on its open SDS streams.
 func (s *Server) Update(chain []*x509.Certificate, key crypto.Signer, bundle []*x509.Certificate) error {
-	keyPEM, err := ca.EncodeKey(key)
+	keyPEM, err := pemutil.EncodeKey(key)
 	if err != nil {
 		return err
 	}
 	cert := &tlsv3.Secret{Name: s.cfg.CertName, Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
-		CertificateChain: inline(ca.EncodeCerts(chain)),
+		CertificateChain: inline(pemutil.EncodeCerts(chain)),
 		PrivateKey:       inline(keyPEM),
 	}}}
 	roots := &tlsv3.Secret{Name: s.cfg.RootsName, Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
-		TrustedCa: inline(ca.EncodeCerts(bundle)),
+		TrustedCa: inline(pemutil.EncodeCerts(bundle)),
 	}}}
 	s.mu.Lock()
 	defer s.mu.Unlock()

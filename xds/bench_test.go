@@ -8,6 +8,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/bulwarkmesh/bulwark/authz"
+	"github.com/bulwarkmesh/bulwark/contract"
 	"github.com/bulwarkmesh/bulwark/model"
 	"github.com/bulwarkmesh/bulwark/xds"
 )
@@ -97,7 +98,7 @@ func BenchmarkCheck100(b *testing.B) {
 	}
 	b.ResetTimer()
 	for b.Loop() {
-		if err := xds.Check(r, xds.Secrets); err != nil {
+		if err := xds.Check(r, contract.Secrets()); err != nil {
 			b.Fatal(err)
 		}
 	}

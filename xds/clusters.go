@@ -8,6 +8,7 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/bulwarkmesh/bulwark/contract"
 	"github.com/bulwarkmesh/bulwark/model"
 )
 
@@ -56,7 +57,7 @@ func blackHoleCluster() *clusterv3.Cluster {
 // in its metadata and reached in plaintext.
 func edsCluster(name string, ids []string) *clusterv3.Cluster {
 	return &clusterv3.Cluster{
-		TransportSocket: ClientTLS(ids),
+		TransportSocket: contract.ClientTLS(ids),
 		TransportSocketMatches: []*clusterv3.Cluster_TransportSocketMatch{{
 			Name:            "plaintext",
 			Match:           &structpb.Struct{Fields: map[string]*structpb.Value{mtlsMetadataKey: structpb.NewStringValue("disabled")}},

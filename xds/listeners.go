@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/bulwarkmesh/bulwark/authz"
+	"github.com/bulwarkmesh/bulwark/internal/protoany"
 	"github.com/bulwarkmesh/bulwark/model"
 )
 
@@ -56,7 +57,7 @@ func inboundListener(w *model.Workload, in model.InboundPort, table *authz.Table
 func tlsInspector() *listenerv3.ListenerFilter {
 	return &listenerv3.ListenerFilter{
 		Name:       "envoy.filters.listener.tls_inspector",
-		ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: mustAny(&tlsinspectorv3.TlsInspector{})},
+		ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: protoany.Must(&tlsinspectorv3.TlsInspector{})},
 	}
 }
 
@@ -71,7 +72,7 @@ func inboundFilters(name string, proto model.Protocol, mtls bool, table *authz.T
 		return []*listenerv3.Filter{
 			{
 				Name:       authz.NetworkFilterName,
-				ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(table.NetworkConfig(statPrefix(name) + "."))},
+				ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: protoany.Must(table.NetworkConfig(statPrefix(name) + "."))},
 			},
 			terminalFilter(name, proto),
 		}
@@ -82,7 +83,7 @@ func inboundFilters(name string, proto model.Protocol, mtls bool, table *authz.T
 	hcm.PathWithEscapedSlashesAction = hcmv3.HttpConnectionManager_REJECT_REQUEST
 	hcm.HttpFilters = append([]*hcmv3.HttpFilter{{
 		Name:       authz.HTTPFilterName,
-		ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(table.HTTPConfig())},
+		ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: protoany.Must(table.HTTPConfig())},
 	}}, hcm.HttpFilters...)
 	if mtls {
 		hcm.ForwardClientCertDetails = hcmv3.HttpConnectionManager_SANITIZE_SET
@@ -92,7 +93,7 @@ func inboundFilters(name string, proto model.Protocol, mtls bool, table *authz.T
 	}
 	return []*listenerv3.Filter{{
 		Name:       "envoy.filters.network.http_connection_manager",
-		ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(hcm)},
+		ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: protoany.Must(hcm)},
 	}}
 }
 
@@ -128,7 +129,7 @@ func virtualInbound(chains []*listenerv3.FilterChain, inspectTLS bool) *listener
 		TrafficDirection: corev3.TrafficDirection_INBOUND,
 		ListenerFilters: []*listenerv3.ListenerFilter{{
 			Name:       "envoy.filters.listener.original_dst",
-			ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: mustAny(&originaldstv3.OriginalDst{})},
+			ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: protoany.Must(&originaldstv3.OriginalDst{})},
 		}},
 		FilterChains: chains,
 	}
@@ -165,7 +166,7 @@ func tcpProxyChain(cluster string, log bool) *listenerv3.FilterChain {
 		Name: cluster,
 		Filters: []*listenerv3.Filter{{
 			Name:       "envoy.filters.network.tcp_proxy",
-			ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(proxy)},
+			ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: protoany.Must(proxy)},
 		}},
 	}
 }
@@ -177,12 +178,12 @@ func terminalFilter(name string, proto model.Protocol) *listenerv3.Filter {
 	if proto == model.ProtocolHTTP {
 		return &listenerv3.Filter{
 			Name:       "envoy.filters.network.http_connection_manager",
-			ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(httpConnectionManager(name))},
+			ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: protoany.Must(httpConnectionManager(name))},
 		}
 	}
 	return &listenerv3.Filter{
 		Name: "envoy.filters.network.tcp_proxy",
-		ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(&tcpproxyv3.TcpProxy{
+		ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: protoany.Must(&tcpproxyv3.TcpProxy{
 			StatPrefix:       statPrefix(name),
 			ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: name},
 			AccessLog:        accessLog(),
@@ -204,7 +205,7 @@ func httpConnectionManager(routeName string) *hcmv3.HttpConnectionManager {
 		MergeSlashes:  true,
 		HttpFilters: []*hcmv3.HttpFilter{{
 			Name:       "envoy.filters.http.router",
-			ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(&routerv3.Router{})},
+			ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: protoany.Must(&routerv3.Router{})},
 		}},
 		AccessLog: accessLog(),
 	}
@@ -238,7 +239,7 @@ func accessLog() []*accesslogv3.AccessLog {
 	}
 	return []*accesslogv3.AccessLog{{
 		Name: "envoy.access_loggers.stdout",
-		ConfigType: &accesslogv3.AccessLog_TypedConfig{TypedConfig: mustAny(&streamv3.StdoutAccessLog{
+		ConfigType: &accesslogv3.AccessLog_TypedConfig{TypedConfig: protoany.Must(&streamv3.StdoutAccessLog{
 			AccessLogFormat: &streamv3.StdoutAccessLog_LogFormat{LogFormat: &corev3.SubstitutionFormatString{
 				Format: &corev3.SubstitutionFormatString_JsonFormat{JsonFormat: st},
 			}},

@@ -4,6 +4,8 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	previoushostsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/retry/host/previous_hosts/v3"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/bulwarkmesh/bulwark/internal/protoany"
 )
 
 // routeConfig sends every request to one cluster. With a retry policy
@@ -35,7 +37,7 @@ func connectRetries() *routev3.RetryPolicy {
 		NumRetries: wrapperspb.UInt32(2),
 		RetryHostPredicate: []*routev3.RetryPolicy_RetryHostPredicate{{
 			Name:       "envoy.retry_host_predicates.previous_hosts",
-			ConfigType: &routev3.RetryPolicy_RetryHostPredicate_TypedConfig{TypedConfig: mustAny(&previoushostsv3.PreviousHostsPredicate{})},
+			ConfigType: &routev3.RetryPolicy_RetryHostPredicate_TypedConfig{TypedConfig: protoany.Must(&previoushostsv3.PreviousHostsPredicate{})},
 		}},
 		HostSelectionRetryMaxAttempts: 3,
 	}

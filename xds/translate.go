@@ -12,12 +12,10 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/bulwarkmesh/bulwark/authz"
-	"github.com/bulwarkmesh/bulwark/internal/protoany"
+	"github.com/bulwarkmesh/bulwark/contract"
 	"github.com/bulwarkmesh/bulwark/model"
 )
 
@@ -40,13 +38,14 @@ type Options struct {
 	// built from the same snapshot and Now.
 	Authz *authz.Index
 	// Secrets are the SDS secret names a proxy's SDS server provides, for
-	// Translator.Parts to check TLS contexts against. Defaults to Secrets.
+	// Translator.Parts to check TLS contexts against. Defaults to
+	// contract.Secrets().
 	Secrets []string
 }
 
 func (o Options) secrets() []string {
 	if o.Secrets == nil {
-		return Secrets
+		return contract.Secrets()
 	}
 	return o.Secrets
 }
@@ -219,9 +218,5 @@ func adsSource() *corev3.ConfigSource {
 		ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}},
 	}
 }
-
-// mustAny packs a message we built ourselves for a typed config; see
-// protoany.Must.
-func mustAny(m proto.Message) *anypb.Any { return protoany.Must(m) }
 
 func duration(d time.Duration) *durationpb.Duration { return durationpb.New(d) }

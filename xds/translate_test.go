@@ -7,6 +7,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/bulwarkmesh/bulwark/contract"
 	"github.com/bulwarkmesh/bulwark/internal/golden"
 	"github.com/bulwarkmesh/bulwark/meshfile"
 	"github.com/bulwarkmesh/bulwark/model"
@@ -47,7 +48,7 @@ func TestTranslateGolden(t *testing.T) {
 				if err != nil {
 					t.Fatalf("translate %s: %v", w.Key(), err)
 				}
-				if err := xds.Check(r, xds.Secrets); err != nil {
+				if err := xds.Check(r, contract.Secrets()); err != nil {
 					t.Errorf("check %s: %v", w.Key(), err)
 				}
 				// What the server publishes: the same resources, as checked

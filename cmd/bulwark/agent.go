@@ -10,7 +10,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/bulwarkmesh/bulwark/agent"
-	"github.com/bulwarkmesh/bulwark/controlplane"
+	"github.com/bulwarkmesh/bulwark/contract"
 	"github.com/bulwarkmesh/bulwark/model"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 )
@@ -57,11 +57,11 @@ func runAgent(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if *cpID == "" {
-		*cpID = "spiffe://" + td.Name() + "/ns/" + controlplane.DefaultNamespace + "/sa/" + controlplane.DefaultServiceAccount
-	}
-	if cfg.ControlPlaneID, err = spiffeid.FromString(*cpID); err != nil {
-		return fmt.Errorf("--control-plane-id: %w", err)
+	cfg.ControlPlaneID = contract.ControlPlaneID(td)
+	if *cpID != "" {
+		if cfg.ControlPlaneID, err = spiffeid.FromString(*cpID); err != nil {
+			return fmt.Errorf("--control-plane-id: %w", err)
+		}
 	}
 	bundle, err := x509bundle.Load(td, *bundlePath)
 	if err != nil {

@@ -8,8 +8,10 @@ import (
 	"os"
 	"strconv"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
 	"github.com/bulwarkmesh/bulwark/bootstrap"
-	"github.com/bulwarkmesh/bulwark/controlplane"
+	"github.com/bulwarkmesh/bulwark/contract"
 	"github.com/bulwarkmesh/bulwark/localmesh"
 	"github.com/bulwarkmesh/bulwark/meshfile"
 	"github.com/bulwarkmesh/bulwark/model"
@@ -61,7 +63,11 @@ func runBootstrap(_ context.Context, args []string, stdout, stderr io.Writer) er
 		*trustDomain = model.DefaultTrustDomain
 	}
 	if *cpID == "" {
-		*cpID = "spiffe://" + *trustDomain + "/ns/" + controlplane.DefaultNamespace + "/sa/" + controlplane.DefaultServiceAccount
+		td, err := spiffeid.TrustDomainFromString(*trustDomain)
+		if err != nil {
+			return fmt.Errorf("--trust-domain: %w", err)
+		}
+		*cpID = contract.ControlPlaneID(td).String()
 	}
 	if *node == "" {
 		*node = model.NodeID(ns, name)

@@ -14,6 +14,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/bulwarkmesh/bulwark/ca"
+	"github.com/bulwarkmesh/bulwark/internal/pemutil"
 )
 
 func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -86,7 +87,7 @@ func runCAIssue(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	keyPEM, err := ca.EncodeKey(key)
+	keyPEM, err := pemutil.EncodeKey(key)
 	if err != nil {
 		return err
 	}
@@ -99,8 +100,8 @@ func runCAIssue(args []string, stdout, stderr io.Writer) error {
 		mode os.FileMode
 	}{
 		{"key.pem", keyPEM, 0o600},
-		{"cert.pem", ca.EncodeCerts(chain), 0o644},
-		{"bundle.pem", ca.EncodeCerts(c.Roots()), 0o644},
+		{"cert.pem", pemutil.EncodeCerts(chain), 0o644},
+		{"bundle.pem", pemutil.EncodeCerts(c.Roots()), 0o644},
 	} {
 		if err := os.WriteFile(filepath.Join(*out, f.name), f.data, f.mode); err != nil {
 			return err

@@ -46,6 +46,20 @@ func TestBootstrapCommandRefusesUnknownWorkload(t *testing.T) {
 	}
 }
 
+// TestBootstrapCommandRefusesABadTrustDomain: the default control plane
+// ID is built from --trust-domain, so a name that is no trust domain is
+// an error, not a bootstrap that trusts no control plane.
+func TestBootstrapCommandRefusesABadTrustDomain(t *testing.T) {
+	code, out, errOut := runCLI(t, "bootstrap", "--workload", "demo/frontend-1", "--trust-domain", "Not A Domain")
+	if code != 1 || !strings.Contains(errOut, "--trust-domain") || out != "" {
+		t.Errorf("exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	code, out, errOut = runCLI(t, "bootstrap", "--workload", "demo/frontend-1", "--trust-domain", "prod.example.org")
+	if code != 0 || !strings.Contains(out, "exact: spiffe://prod.example.org/ns/bulwark-system/sa/bulwark") {
+		t.Errorf("exit %d, stderr %q, bootstrap:\n%s", code, errOut, out)
+	}
+}
+
 func TestValidateCommand(t *testing.T) {
 	code, out, errOut := runCLI(t, "validate", exampleMesh)
 	if code != 0 || !strings.Contains(out, `ok: mesh "local"`) {

@@ -9,6 +9,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/bulwarkmesh/bulwark/contract"
 	"github.com/bulwarkmesh/bulwark/controlplane"
 	"github.com/bulwarkmesh/bulwark/model"
 )
@@ -44,7 +45,7 @@ func runServe(ctx context.Context, args []string, _, stderr io.Writer) error {
 	kubeconfig := fs.String("kubeconfig", "", "serve a Kubernetes cluster's mesh, reached with this kubeconfig")
 	inCluster := fs.Bool("in-cluster", false, "serve the mesh of the cluster this pod runs in")
 	var kc controlplane.KubeConfig
-	fs.StringVar(&kc.Namespace, "namespace", envOr("POD_NAMESPACE", "bulwark-system"), "Kubernetes: the control plane's namespace (CA Secret, Lease, mesh-wide policies)")
+	fs.StringVar(&kc.Namespace, "namespace", envOr("POD_NAMESPACE", contract.ControlPlaneNamespace), "Kubernetes: the control plane's namespace (CA Secret, Lease, mesh-wide policies)")
 	fs.StringVar(&kc.TrustDomain, "trust-domain", model.DefaultTrustDomain, "Kubernetes: the mesh's trust domain")
 	defaultAccess := fs.String("default-access", string(model.DefaultDeny), "Kubernetes: what workloads no ALLOW policy selects accept: deny or allow-mesh")
 	fs.StringVar(&kc.Holder, "pod-name", os.Getenv("POD_NAME"), "Kubernetes: this replica's name in the CA Lease")

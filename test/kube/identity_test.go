@@ -28,6 +28,7 @@ import (
 	cav1 "github.com/bulwarkmesh/bulwark/api/ca/v1"
 	"github.com/bulwarkmesh/bulwark/ca"
 	"github.com/bulwarkmesh/bulwark/controlplane"
+	"github.com/bulwarkmesh/bulwark/internal/pemutil"
 	"github.com/bulwarkmesh/bulwark/internal/spiffetls"
 	"github.com/bulwarkmesh/bulwark/internal/testwait"
 )
@@ -276,7 +277,7 @@ func TestPlugInCAFromASecret(t *testing.T) {
 		t.Fatal(err)
 	}
 	cp := controlPlane(t, api.admin(), sys, "cp-plug")
-	if got := string(ca.EncodeCerts(cp.CA.Roots())); got != string(data[ca.RootCertFile]) {
+	if got := string(pemutil.EncodeCerts(cp.CA.Roots())); got != string(data[ca.RootCertFile]) {
 		t.Error("the control plane does not use the operator's root")
 	}
 }

@@ -25,6 +25,7 @@ import (
 
 	"github.com/bulwarkmesh/bulwark/ca"
 	"github.com/bulwarkmesh/bulwark/internal/netnstest"
+	"github.com/bulwarkmesh/bulwark/internal/pemutil"
 	"github.com/bulwarkmesh/bulwark/internal/testwait"
 )
 
@@ -42,8 +43,8 @@ func certFor(t *testing.T, id string) *tls.Certificate {
 	if err != nil {
 		t.Fatal(err)
 	}
-	keyPEM, _ := ca.EncodeKey(key)
-	c, err := tls.X509KeyPair(ca.EncodeCerts(chain), keyPEM)
+	keyPEM, _ := pemutil.EncodeKey(key)
+	c, err := tls.X509KeyPair(pemutil.EncodeCerts(chain), keyPEM)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/bulwarkmesh/bulwark/demoapp"
 	"github.com/bulwarkmesh/bulwark/internal/envoy"
 	"github.com/bulwarkmesh/bulwark/internal/netnstest"
+	"github.com/bulwarkmesh/bulwark/internal/pemutil"
 	"github.com/bulwarkmesh/bulwark/internal/testwait"
 )
 
@@ -88,8 +89,8 @@ func otherCA(t *testing.T) tls.Certificate {
 	if err != nil {
 		t.Fatal(err)
 	}
-	keyPEM, _ := ca.EncodeKey(key)
-	cert, err := tls.X509KeyPair(ca.EncodeCerts(chain), keyPEM)
+	keyPEM, _ := pemutil.EncodeKey(key)
+	cert, err := tls.X509KeyPair(pemutil.EncodeCerts(chain), keyPEM)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,8 +122,8 @@ func TestStrictRefusesWhatHasNoMeshCertificate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	keyPEM, _ := ca.EncodeKey(key)
-	mine, err := tls.X509KeyPair(ca.EncodeCerts(chain), keyPEM)
+	keyPEM, _ := pemutil.EncodeKey(key)
+	mine, err := tls.X509KeyPair(pemutil.EncodeCerts(chain), keyPEM)
 	if err != nil {
 		t.Fatal(err)
 	}

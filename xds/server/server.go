@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/bulwarkmesh/bulwark/authz"
+	"github.com/bulwarkmesh/bulwark/contract"
 	"github.com/bulwarkmesh/bulwark/model"
 	"github.com/bulwarkmesh/bulwark/xds"
 	"github.com/bulwarkmesh/bulwark/xds/fanout"
@@ -57,7 +58,7 @@ type Config struct {
 	ProxyDebounce time.Duration
 	// Secrets are the SDS secret names every proxy's local SDS server
 	// provides; a listener or cluster naming another is withheld.
-	// Defaults to xds.Secrets.
+	// Defaults to contract.Secrets().
 	Secrets []string
 	// Identify returns the SPIFFE ID a stream's peer authenticated with
 	// (its verified client certificate). Required: a stream without an
@@ -99,7 +100,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, errors.New("server: Store and Identify are required")
 	}
 	if cfg.Secrets == nil {
-		cfg.Secrets = xds.Secrets
+		cfg.Secrets = contract.Secrets()
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()

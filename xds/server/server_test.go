@@ -26,6 +26,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/bulwarkmesh/bulwark/ca"
+	"github.com/bulwarkmesh/bulwark/contract"
 	"github.com/bulwarkmesh/bulwark/internal/adstest"
 	"github.com/bulwarkmesh/bulwark/internal/spiffetls"
 	"github.com/bulwarkmesh/bulwark/internal/testlog"
@@ -77,7 +78,7 @@ func newPKI(t *testing.T) *pki {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cpID := spiffeid.RequireFromString("spiffe://cluster.local/ns/bulwark-system/sa/bulwark")
+	cpID := contract.ControlPlaneID(spiffeid.RequireTrustDomainFromString("cluster.local"))
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	src, err := c.NewSource(ctx, cpID, time.Hour, testlog.New(t))

@@ -31,6 +31,7 @@ import (
 	"github.com/bulwarkmesh/bulwark/bench/gen"
 	"github.com/bulwarkmesh/bulwark/bench/sidecar"
 	"github.com/bulwarkmesh/bulwark/ca"
+	"github.com/bulwarkmesh/bulwark/contract"
 	"github.com/bulwarkmesh/bulwark/internal/spiffetls"
 	"github.com/bulwarkmesh/bulwark/model"
 	"github.com/bulwarkmesh/bulwark/xds"
@@ -70,7 +71,7 @@ func selfStats() Stats {
 }
 
 // controlPlaneID is the identity the bench's control plane serves with.
-var controlPlaneID = spiffeid.RequireFromString("spiffe://" + gen.TrustDomain + "/ns/bulwark-system/sa/bulwark")
+var controlPlaneID = contract.ControlPlaneID(spiffeid.RequireTrustDomainFromString(gen.TrustDomain))
 
 // serve is the server process: it serves ADS for a generated mesh, with
 // Bulwark's server or the baseline, and takes commands on stdin:

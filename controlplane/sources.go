@@ -1,0 +1,135 @@
+package controlplane
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/bulwarkmesh/bulwark/attest"
+	"github.com/bulwarkmesh/bulwark/ca"
+	"github.com/bulwarkmesh/bulwark/internal/pemutil"
+	"github.com/bulwarkmesh/bulwark/issuer"
+	"github.com/bulwarkmesh/bulwark/kube"
+	"github.com/bulwarkmesh/bulwark/meshfile"
+	"github.com/bulwarkmesh/bulwark/model"
+)
+
+// source feeds the model until its context ends.
+type source interface {
+	Run(ctx context.Context) error
+}
+
+// sources is what a mode contributes: the source that feeds the model,
+// the trust domain it declares, and how workloads of that mode prove who
+// they are to the certificate service.
+type sources struct {
+	run source
+	// synced is closed once the source has synced; nil means it already
+	// has (the file source loads before it is returned).
+	synced <-chan struct{}
+	td     spiffeid.TrustDomain
+	// reviewer checks ServiceAccount tokens (Kubernetes mode); tokens
+	// redeems join tokens (file mode). The other is nil.
+	reviewer issuer.ServiceAccountReviewer
+	tokens   *attest.JoinTokens
+}
+
+// newSources builds the source of cfg's mode. In Kubernetes mode without
+// cfg.CA it also makes sure the CA Secret exists and writes it to
+// cfg.CADir (a temporary directory if empty), since the source publishes
+// the CA's roots; newAuthority then loads it from there.
+func newSources(ctx context.Context, cfg *Config, store *model.Store, reg prometheus.Registerer) (*sources, error) {
+	if cfg.Kube != nil {
+		return kubeSources(ctx, cfg, store, reg)
+	}
+	return fileSources(*cfg, store, reg)
+}
+
+// fileSources loads the mesh files, whose trust domain is then fixed for
+// the life of the process, and opens the join token store.
+func fileSources(cfg Config, store *model.Store, reg prometheus.Registerer) (*sources, error) {
+	first, err := meshfile.Load(cfg.MeshPaths)
+	if err != nil {
+		return nil, err
+	}
+	td, err := spiffeid.TrustDomainFromString(first.Mesh.TrustDomain)
+	if err != nil {
+		return nil, err
+	}
+	fs, err := meshfile.New(meshfile.Config{Paths: cfg.MeshPaths, Store: store, Logger: cfg.Logger, Registerer: reg,
+		Check: func(st *model.State) error {
+			if st.Mesh.TrustDomain != td.String() {
+				return fmt.Errorf("the trust domain cannot change while the control plane runs (%s -> %s): every certificate would stop verifying", td, st.Mesh.TrustDomain)
+			}
+			return nil
+		}})
+	if err != nil {
+		return nil, err
+	}
+	tokens, err := attest.NewJoinTokens(cfg.TokenDir, nil)
+	if err != nil {
+		return nil, err
+	}
+	return &sources{run: fs, td: td, tokens: tokens}, nil
+}
+
+// kubeSources watches the cluster cfg.Kube names and checks workloads'
+// ServiceAccount tokens with TokenReview.
+func kubeSources(ctx context.Context, cfg *Config, store *model.Store, reg prometheus.Registerer) (*sources, error) {
+	k := cfg.Kube
+	if k.TrustDomain == "" {
+		k.TrustDomain = model.DefaultTrustDomain
+	}
+	td, err := spiffeid.TrustDomainFromString(k.TrustDomain)
+	if err != nil {
+		return nil, err
+	}
+	client, err := kubernetes.NewForConfig(k.Rest)
+	if err != nil {
+		return nil, err
+	}
+	dyn, err := dynamic.NewForConfig(k.Rest)
+	if err != nil {
+		return nil, err
+	}
+	rootPEM, err := kubeCARoots(ctx, cfg, client, td)
+	if err != nil {
+		return nil, err
+	}
+	ks, err := kube.New(kube.Config{Client: client, Dynamic: dyn, Store: store, TrustDomain: k.TrustDomain,
+		DefaultAccess: k.DefaultAccess, RootNamespace: k.Namespace, WriteStatus: true, RootCertPEM: rootPEM,
+		Logger: cfg.Logger, Registerer: reg})
+	if err != nil {
+		return nil, err
+	}
+	return &sources{run: ks, synced: ks.Synced(), td: td,
+		reviewer: &kube.TokenReviewer{Client: client, Audience: k.Audience}}, nil
+}
+
+// kubeCARoots returns the PEM roots the Kubernetes source publishes to
+// workloads. With cfg.CA they are that CA's; otherwise the CA lives in a
+// Secret, created once under a Lease by whichever replica gets there
+// first, and written to cfg.CADir, whose root file is returned as it is.
+func kubeCARoots(ctx context.Context, cfg *Config, client kubernetes.Interface, td spiffeid.TrustDomain) ([]byte, error) {
+	if cfg.CA != nil {
+		return pemutil.EncodeCerts(cfg.CA.Roots()), nil
+	}
+	if cfg.CADir == "" {
+		dir, err := os.MkdirTemp("", "bulwark-ca-")
+		if err != nil {
+			return nil, err
+		}
+		cfg.CADir = dir
+	}
+	if err := kube.EnsureCASecret(ctx, kube.CASecretConfig{Client: client, Namespace: cfg.Kube.Namespace, Holder: cfg.Kube.Holder,
+		TrustDomain: td, Dir: cfg.CADir, Logger: cfg.Logger}); err != nil {
+		return nil, err
+	}
+	return os.ReadFile(filepath.Join(cfg.CADir, ca.RootCertFile))
+}
