@@ -87,6 +87,9 @@ func (c *callbacks) OnStreamClosed(id int64, _ *corev3.Node) {
 	s.mu.Unlock()
 	s.cache.ForgetStream(id)
 	if gone != "" {
+		if s.hooks.beforeClear != nil {
+			s.hooks.beforeClear(gone)
+		}
 		s.cache.ClearNode(gone)
 		s.proxiesChanged()
 		s.log.Info("proxy disconnected", "node", gone)

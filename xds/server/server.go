@@ -91,6 +91,8 @@ type Server struct {
 	published map[string]*proxy
 	tr        *xds.Translator
 	prep      *fanout.Preparer
+
+	hooks hooks // for tests only
 }
 
 // New returns a server for cfg. It does nothing until Run.
@@ -241,8 +243,14 @@ func (s *Server) Run(ctx context.Context) error {
 // it was admitted with.
 func (s *Server) publish(changed map[string]bool) *model.Snapshot {
 	proxies := s.connected()
+	if s.hooks.beforeSnapshot != nil {
+		s.hooks.beforeSnapshot()
+	}
 	snap := s.cfg.Store.Snapshot()
 	s.sync(snap, proxies, changed)
+	if s.hooks.published != nil {
+		s.hooks.published(snap)
+	}
 	return snap
 }
 
