@@ -151,3 +151,47 @@ func TestAWriteJustBeforeTheSnapshotIsNotLost(t *testing.T) {
 	}
 	wantFresh(t, s)
 }
+
+// TestACloseDoesNotClearTheStreamThatReplacedIt: a proxy's only stream
+// closes, and the proxy is back on a new stream, with its configuration
+// published, before the close has cleared the node in the cache. The
+// close must leave the new stream's configuration alone: the run loop
+// publishes a proxy once per connection, so nothing would set it again
+// until the model changes.
+func TestACloseDoesNotClearTheStreamThatReplacedIt(t *testing.T) {
+	s := newRaceServer(t, raceMesh(model.ProtocolHTTP, "10.0.0.2"))
+	c := &callbacks{s}
+	// No Run goroutine: the test calls publish where it would.
+	connect(t, s, 1)
+	s.publish(false)
+	wantFresh(t, s)
+
+	back := false
+	s.hooks.beforeClear = func(node string) {
+		if node != apiNode {
+			t.Fatalf("clearing %s, want %s", node, apiNode)
+		}
+		connect(t, s, 2)
+		s.publish(false)
+		back = true
+	}
+	c.OnStreamClosed(1, nil)
+	if !back {
+		t.Fatal("test setup: the close did not get to clearing the node")
+	}
+	wantFresh(t, s)
+	if ps := s.Proxies(); len(ps) != 1 || ps[0].Streams != 1 {
+		t.Errorf("proxies = %+v, want %s on one stream", ps, apiNode)
+	}
+
+	// When the new stream closes in its turn, nothing replaces it: the
+	// node is cleared.
+	s.hooks.beforeClear = nil
+	c.OnStreamClosed(2, nil)
+	if cfg, ok := s.cache.Node(apiNode); ok {
+		t.Errorf("the cache still has %v for %s after its last stream closed", cfg.Versions(), apiNode)
+	}
+	if ps := s.Proxies(); len(ps) != 0 {
+		t.Errorf("proxies = %+v, want none", ps)
+	}
+}

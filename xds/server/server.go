@@ -77,6 +77,9 @@ type Server struct {
 	cache *fanout.Cache
 	xds   serverv3.Server
 
+	// mu guards streams and proxies. It is held around a call into the
+	// cache only to clear a node (see OnStreamClosed); the cache never
+	// calls into the server, so that cannot deadlock.
 	mu      sync.Mutex
 	streams map[int64]*stream      // open ADS streams
 	proxies map[string]*proxyState // by node ID, while any stream is open
