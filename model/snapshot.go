@@ -97,3 +97,30 @@ func (s *Snapshot) Watch() map[string]<-chan struct{} {
 	}
 	return out
 }
+
+// ChangedSince returns the tables that changed between prev, an earlier
+// snapshot of the same store, and s: every table a write changed in
+// between, even if a later write put back what it held; every table if
+// prev is nil. The answer depends on the two snapshots alone: unlike
+// reading the channels of prev's Watch, which go-memdb closes only after
+// a write is already visible, it cannot miss a write that s holds,
+// however soon after the write s was taken. It compares the tables'
+// watch channels, so it costs the same whatever their size: a table that
+// changes has its channel closed (see Watch), so it cannot have the same
+// one in s as in prev; one that does not change keeps its channel.
+func (s *Snapshot) ChangedSince(prev *Snapshot) map[string]bool {
+	out := make(map[string]bool, len(Tables))
+	if prev == nil {
+		for _, t := range Tables {
+			out[t] = true
+		}
+		return out
+	}
+	before, now := prev.Watch(), s.Watch()
+	for _, t := range Tables {
+		if before[t] != now[t] {
+			out[t] = true
+		}
+	}
+	return out
+}

@@ -86,11 +86,24 @@ func (c *callbacks) OnStreamClosed(id int64, _ *corev3.Node) {
 	s.m.connected.Set(float64(len(s.proxies)))
 	s.mu.Unlock()
 	s.cache.ForgetStream(id)
-	if gone != "" {
-		s.cache.ClearNode(gone)
-		s.proxiesChanged()
-		s.log.Info("proxy disconnected", "node", gone)
+	if gone == "" {
+		return
 	}
+	s.log.Info("proxy disconnected", "node", gone)
+	if s.hooks.beforeClear != nil {
+		s.hooks.beforeClear(gone)
+	}
+	// The node's configuration goes with its last stream, unless the
+	// proxy has been admitted again since, on a new stream: that stream
+	// owns the configuration now, and the run loop sets it only once per
+	// connection. Admission takes s.mu, so checking and clearing under
+	// it leaves no gap for one.
+	s.mu.Lock()
+	if s.proxies[gone] == nil {
+		s.cache.ClearNode(gone)
+	}
+	s.mu.Unlock()
+	s.proxiesChanged()
 }
 
 // OnStreamRequest identifies the proxy on its first request, and tells

@@ -17,7 +17,10 @@
 // per-type versions are content hashes, so a type that did not change is
 // not sent again. When only proxies changed, only those that
 // (re)connected are translated; when only endpoints changed, the
-// translator rebuilds only the services whose endpoints did.
+// translator rebuilds only the services whose endpoints did. A pass
+// works out which tables changed by comparing its snapshot of the model
+// with the one its translator was built from, never from the watch that
+// woke it, so a write that lands as a pass starts is taken whole.
 //
 // It handles NACKs itself: a rejected version is logged once with the
 // proxy and Envoy's error, counted, and not sent again until the

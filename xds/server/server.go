@@ -78,6 +78,9 @@ type Server struct {
 	cache *fanout.Cache
 	xds   serverv3.Server
 
+	// mu guards streams and proxies. It is held around a call into the
+	// cache only to clear a node (see OnStreamClosed); the cache never
+	// calls into the server, so that cannot deadlock.
 	mu      sync.Mutex
 	streams map[int64]*stream      // open ADS streams
 	proxies map[string]*proxyState // by node ID, while any stream is open
@@ -87,11 +90,15 @@ type Server struct {
 
 	// published maps each proxy the cache has a configuration for to the
 	// connection it was made for. Touched only by the Run goroutine, as
-	// are tr and prep: the last translation pass, reused while only
-	// proxies come and go (a translator does not read them).
+	// are tr, built and prep: the last translation pass, reused while
+	// only proxies come and go (a translator does not read them), and
+	// the snapshot it translates.
 	published map[string]*proxy
 	tr        *xds.Translator
+	built     *model.Snapshot
 	prep      *fanout.Preparer
+
+	hooks hooks // for tests only
 }
 
 // New returns a server for cfg. It does nothing until Run.
@@ -171,11 +178,7 @@ func (s *Server) Run(ctx context.Context) error {
 			return nil
 		}
 	}
-	all := map[string]bool{}
-	for _, t := range model.Tables {
-		all[t] = true
-	}
-	snap := s.publish(all)
+	snap := s.publish(true)
 	for {
 		watch := snap.Watch()
 		// An mTLS exception that runs out changes modes without any change
@@ -195,14 +198,16 @@ func (s *Server) Run(ctx context.Context) error {
 				return nil
 			}
 			s.log.Info("an mTLS exception expired; its ports are STRICT again")
-			snap = s.publish(all)
+			snap = s.publish(true)
 			continue
 		}
 		// Coalesce: wait until the model and the proxies have been quiet
 		// for Debounce, or MaxDelay has passed since the first change.
 		// Proxies connecting are not a change to coalesce with others:
 		// they wait for ProxyDebounce only, and endpoint changes for
-		// EndpointDebounce, unless more of the model changes too.
+		// EndpointDebounce, unless more of the model changes too. The
+		// watch only chooses how long to wait: what the pass translates
+		// again, publish works out from the snapshots.
 		deadline := time.NewTimer(s.cfg.MaxDelay)
 		for {
 			wait := s.cfg.Debounce
@@ -224,15 +229,7 @@ func (s *Server) Run(ctx context.Context) error {
 			}
 		}
 		deadline.Stop()
-		changed := map[string]bool{}
-		for t, ch := range watch {
-			select {
-			case <-ch:
-				changed[t] = true
-			default:
-			}
-		}
-		snap = s.publish(changed)
+		snap = s.publish(false)
 	}
 }
 
@@ -240,10 +237,28 @@ func (s *Server) Run(ctx context.Context) error {
 // syncs the one to the other; it returns the snapshot. In that order, a
 // proxy is only ever translated with a model at least as new as the one
 // it was admitted with.
-func (s *Server) publish(changed map[string]bool) *model.Snapshot {
+//
+// The tables that changed are those that differ between the snapshot
+// and the one the last translator was built from (every table if all).
+// Reading them off the watch channels that woke the run loop instead
+// would miss a write that lands, or whose channels go-memdb has not yet
+// closed, when the snapshot is taken: the snapshot would hold it, the
+// translator would keep parts built without it, and the next watch,
+// taken from that snapshot, would never fire for it.
+func (s *Server) publish(all bool) *model.Snapshot {
 	proxies := s.connected()
+	if s.hooks.beforeSnapshot != nil {
+		s.hooks.beforeSnapshot()
+	}
 	snap := s.cfg.Store.Snapshot()
-	s.sync(snap, proxies, changed)
+	since := s.built
+	if all {
+		since = nil
+	}
+	s.sync(snap, proxies, snap.ChangedSince(since))
+	if s.hooks.published != nil {
+		s.hooks.published(snap)
+	}
 	return snap
 }
 
@@ -261,23 +276,24 @@ func only(watch map[string]<-chan struct{}, tables ...string) bool {
 	return true
 }
 
-// sync publishes the snapshot to proxies, the connected proxies. When
-// no table of the model changed, only the proxies that (re)connected are
-// translated; otherwise all are. A translation pass builds what proxies
-// share once, and the cache only answers the proxies, and the types,
-// that changed.
+// sync publishes the snapshot to proxies, the connected proxies. changed
+// holds the tables in which snap differs from the snapshot the last
+// translator was built from. When no table of the model changed, only
+// the proxies that (re)connected are translated; otherwise all are. A
+// translation pass builds what proxies share once, and the cache only
+// answers the proxies, and the types, that changed.
 func (s *Server) sync(snap *model.Snapshot, proxies []*proxy, changed map[string]bool) {
 	start := time.Now()
 	modelChanged := len(changed) > 0
 	switch {
 	case s.tr == nil:
 		now := s.cfg.Now()
-		s.tr = xds.NewTranslator(snap, xds.Options{Now: now, Authz: authz.NewIndex(snap, now), Secrets: s.cfg.Secrets})
+		s.tr, s.built = xds.NewTranslator(snap, xds.Options{Now: now, Authz: authz.NewIndex(snap, now), Secrets: s.cfg.Secrets}), snap
 		s.prep = fanout.NewPreparer()
 	case modelChanged:
 		// Next starts afresh unless only endpoints changed; then it
 		// rebuilds only the services whose endpoints did.
-		s.tr = s.tr.Next(snap, xds.Options{Now: s.cfg.Now(), Secrets: s.cfg.Secrets}, changed)
+		s.tr, s.built = s.tr.Next(snap, xds.Options{Now: s.cfg.Now(), Secrets: s.cfg.Secrets}, changed), snap
 		s.prep = s.prep.Next()
 	}
 	tr, prep := s.tr, s.prep
