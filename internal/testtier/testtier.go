@@ -31,6 +31,14 @@ const (
 func Needs(t testing.TB, parts ...string) {
 	t.Helper()
 	if testing.Short() {
-		t.Skipf("integration tier: needs %s; run make test", strings.Join(parts, " and "))
+		t.Skipf("integration tier: needs %s; run make test", list(parts))
 	}
+}
+
+// list joins parts as a sentence does: "a", "a and b", "a, b and c".
+func list(parts []string) string {
+	if len(parts) < 2 {
+		return strings.Join(parts, "")
+	}
+	return strings.Join(parts[:len(parts)-1], ", ") + " and " + parts[len(parts)-1]
 }
