@@ -1,5 +1,7 @@
 # Bulwark's build. `make run` starts the local mesh; `make test` runs every
 # test against the real Envoy. Both install what they need first.
+# `make test-unit` (go test -short ./...) is the quick inner loop: no
+# Envoy, root or API server.
 
 SHELL := /bin/bash
 GO ?= go
@@ -16,7 +18,7 @@ RACE_PKGS := ./model/... ./meshfile/... ./xds/... ./authz/... ./attest/... ./iss
 # has no deadline. Longer: make fuzz FUZZ_SCALE=50.
 FUZZ_SCALE ?= 1
 
-.PHONY: all build run test envoy lint fmt bench bench-smoke clean proto fuzz kind-up kube-apiserver generate
+.PHONY: all build run test deps test-unit test-integration test-race envoy lint fmt bench bench-smoke clean proto fuzz kind-up kube-apiserver generate
 
 all: build
 
@@ -44,18 +46,50 @@ fmt:
 	gofmt -w $$(git ls-files '*.go')
 
 # A real kube-apiserver for the Kubernetes tests, from its own module
-# (test/kube-apiserver): about 11 minutes cold on two cores, seconds after.
+# (test/kube-apiserver): about 11 minutes cold on two cores, seconds after;
+# not rebuilt while newer than its sources.
 KUBE_APISERVER := bin/kube-apiserver-test
-kube-apiserver:
+kube-apiserver: $(KUBE_APISERVER)
+
+$(KUBE_APISERVER): test/kube-apiserver/main.go test/kube-apiserver/go.mod test/kube-apiserver/go.sum
 	cd test/kube-apiserver && $(GO) build -o ../../$(KUBE_APISERVER) .
 
-# Every test, with the real Envoy and the real API server; those tests
-# fail (never skip) without them.
-test: envoy lint kube-apiserver
+# Every test, in stages that run in this order, each announced by name and
+# timed, stopping at the first that fails:
+#   deps              the system packages (scripts/install-deps.sh: installs
+#                     them as root, names the apt-get command otherwise)
+#   lint              gofmt and go vet
+#   test-unit         go test -short ./...: no Envoy, root or API server,
+#                     a minute or two; first, so a plain mistake fails fast,
+#                     before the slow builds
+#   test-integration  every test without -short, with the real Envoy, root
+#                     and the real API server: there a missing part fails,
+#                     never skips
+#   test-race         the packages that need no real part, under -race
+#   fuzz, bench-smoke see below
+TEST_STAGES := deps lint test-unit test-integration test-race fuzz bench-smoke
+test:
+	@for stage in $(TEST_STAGES); do \
+		echo "=== make test: $$stage"; start=$$(date +%s); \
+		if ! $(MAKE) --no-print-directory $$stage; then \
+			echo "=== make test: $$stage FAILED after $$(( $$(date +%s) - start ))s"; exit 1; \
+		fi; \
+		echo "=== make test: $$stage passed in $$(( $$(date +%s) - start ))s"; \
+	done
+
+deps:
+	scripts/install-deps.sh
+
+# The unit tier. Tests that need a real part, or are merely slow, skip
+# here by design, each saying so (go test -short -v ./... lists them).
+test-unit:
+	$(GO) test -short ./...
+
+test-integration: envoy kube-apiserver
 	ENVOY_BIN=$(abspath $(ENVOY)) BULWARK_KUBE_APISERVER=$(abspath $(KUBE_APISERVER)) $(GO) test -count=1 -timeout 30m ./...
+
+test-race:
 	$(GO) test -count=1 -race $(RACE_PKGS)
-	$(MAKE) --no-print-directory fuzz
-	$(MAKE) --no-print-directory bench-smoke
 
 # Fuzz the policy and mesh file parser, SPIFFE identities and path patterns,
 # from the seed corpora in the tests. Minimizing is kept to one pass: with

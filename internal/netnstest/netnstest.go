@@ -54,11 +54,11 @@ type Net struct {
 // after an error.
 func New(gateway string) (*Net, error) {
 	if os.Geteuid() != 0 {
-		return nil, errors.New("network namespaces and iptables need root (run as root; CI does)")
+		return nil, errors.New("network namespaces and iptables need root: run make test as root (CI does); go test -short ./... leaves these tests out")
 	}
 	for _, tool := range []string{"ip", "iptables"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			return nil, fmt.Errorf("%s not found (apt-get install iproute2 iptables)", tool)
+			return nil, fmt.Errorf("%s not found: scripts/install-deps.sh installs it as root (apt-get install iproute2 iptables)", tool)
 		}
 	}
 	dir, err := os.MkdirTemp("", "bwnet-")

@@ -116,6 +116,7 @@ func expiredToken(t *testing.T, p *corev1.Pod, sa *corev1.ServiceAccount) string
 // bulwark, bound to a pod, gets a certificate for exactly that service
 // account; everything else is refused.
 func TestServiceAccountAttestation(t *testing.T) {
+	needAPIServer(t)
 	c := api.client(t)
 	applyCRDs(t)
 	namespace(t, c, "bulwark-system", false)
@@ -180,6 +181,7 @@ func TestServiceAccountAttestation(t *testing.T) {
 // TestReplicasShareOneCA: two control planes on one namespace end up with
 // one CA, created once; when one stops, the other keeps issuing from it.
 func TestReplicasShareOneCA(t *testing.T) {
+	needAPIServer(t)
 	c := api.client(t)
 	applyCRDs(t)
 	const sys = "ha-system"
@@ -257,6 +259,7 @@ func chainOf(t *testing.T, cp *controlplane.ControlPlane) []*x509.Certificate {
 // TestPlugInCAFromASecret: an operator's own CA in the Secret (no root
 // key) is used as it is, never replaced.
 func TestPlugInCAFromASecret(t *testing.T) {
+	needAPIServer(t)
 	c := api.client(t)
 	applyCRDs(t)
 	const sys = "plug-system"

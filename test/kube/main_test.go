@@ -3,12 +3,15 @@
 // informer source, policy status, TokenReview attestation, the CA Secret
 // shared by replicas, the RBAC and manifests in examples/kind, and, as
 // root, pods in network namespaces whose addresses are the EndpointSlice
-// addresses. The tests fail, never skip, when the API server cannot start.
+// addresses. The tests fail, never skip, when the API server cannot start;
+// go test -short (the unit tier) leaves them out by design and starts
+// nothing.
 package kube
 
 import (
 	"bufio"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"net"
 	"os"
@@ -21,6 +24,8 @@ import (
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+
+	"github.com/bulwarkmesh/bulwark/internal/testtier"
 )
 
 // apiServer is the one real API server of this package.
@@ -36,6 +41,12 @@ type apiServer struct {
 var api *apiServer
 
 func TestMain(m *testing.M) {
+	flag.Parse()
+	if testing.Short() {
+		// The unit tier: no API server (and no 11-minute build of one);
+		// every test skips (needAPIServer).
+		os.Exit(m.Run())
+	}
 	os.Exit(func() int {
 		a, err := startAPIServer()
 		if err != nil {
@@ -46,6 +57,14 @@ func TestMain(m *testing.M) {
 		defer a.stop()
 		return m.Run()
 	}())
+}
+
+// needAPIServer skips the test in the unit tier (-short), where TestMain
+// starts no API server, naming what else it needs. Every test calls it
+// first.
+func needAPIServer(t *testing.T, more ...string) {
+	t.Helper()
+	testtier.Needs(t, append([]string{testtier.APIServer}, more...)...)
 }
 
 // harnessBinary returns the API server harness: $BULWARK_KUBE_APISERVER

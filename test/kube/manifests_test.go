@@ -22,6 +22,7 @@ import (
 // and CRDs are created for real first: what lives in them cannot be
 // dry-run without them.)
 func TestManifestsPassServerSideDryRun(t *testing.T) {
+	needAPIServer(t)
 	applyCRDs(t)
 	files, err := filepath.Glob("../../examples/kind/*.yaml")
 	if err != nil || len(files) == 0 {
@@ -64,6 +65,7 @@ func asControlPlane() *rest.Config {
 // certificate, reviews tokens and serves proxies; and it cannot do what
 // it does not need.
 func TestControlPlaneRunsWithTheExampleRBAC(t *testing.T) {
+	needAPIServer(t)
 	c := api.client(t)
 	applyCRDs(t)
 	for _, f := range []string{"00-namespace.yaml", "02-rbac.yaml"} {

@@ -14,6 +14,7 @@ import (
 	"github.com/bulwarkmesh/bulwark/demoapp"
 	"github.com/bulwarkmesh/bulwark/internal/envoy/envoytest"
 	"github.com/bulwarkmesh/bulwark/internal/netnstest"
+	"github.com/bulwarkmesh/bulwark/internal/testtier"
 	"github.com/bulwarkmesh/bulwark/internal/testwait"
 )
 
@@ -23,6 +24,7 @@ import (
 // with a real TokenRequest token and the real Envoy. frontend reaches api
 // by its ClusterIP over mTLS; other is denied by policy.
 func TestPodsFromTheAPIServer(t *testing.T) {
+	needAPIServer(t, testtier.Root, testtier.Envoy)
 	envoyBin := envoytest.Bin(t)
 	n, err := netnstest.New("10.78.0.1")
 	if n != nil {

@@ -74,6 +74,7 @@ func waitEDS(t *testing.T, c *adstest.Client, cluster string, want []string, d t
 // a connected proxy's configuration; readiness changes, deletions and an
 // API server restart propagate without restarting Bulwark.
 func TestClusterReachesTheProxy(t *testing.T) {
+	needAPIServer(t)
 	c := api.client(t)
 	applyCRDs(t)
 	namespace(t, c, "bulwark-system", false)
@@ -135,6 +136,7 @@ func TestClusterReachesTheProxy(t *testing.T) {
 // TestPolicyStatus: an invalid policy is refused with the field in its
 // status; an invalid edit keeps the last good generation in force.
 func TestPolicyStatus(t *testing.T) {
+	needAPIServer(t)
 	c := api.client(t)
 	applyCRDs(t)
 	namespace(t, c, "bulwark-system", false)

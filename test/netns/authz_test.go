@@ -160,6 +160,7 @@ func logged(t *testing.T, p *netnstest.Pod, path string, status int) string {
 // frontend is allowed; other is denied with 403 and api's sidecar log
 // names the rule; other's own allowed path works.
 func TestAuthorizationThroughSidecars(t *testing.T) {
+	needCluster(t)
 	frontend, other, api := cl.pods["frontend-1"], cl.pods["other-1"], cl.pods["api-1"]
 	if r, err := get(t, netnstest.Client(frontend, nil), apiVIP+"/hello-frontend", nil); err != nil || r.Caller != frontendID {
 		t.Fatalf("frontend -> api: %v %+v", err, r)
@@ -187,6 +188,7 @@ func TestAuthorizationThroughSidecars(t *testing.T) {
 // sidecar. None reaches the app; /ADMIN does only while the rule is case
 // sensitive, and a policy edit changes that without restarting Envoy.
 func TestBypassAttemptsAreDenied(t *testing.T) {
+	needCluster(t)
 	attacker, api := cl.pods["attacker"], cl.pods["api-1"]
 	me := certFor(t, frontendID)
 	if status, body, err := rawHTTP(t, attacker, apiPod, me, "/fine", nil); err != nil || status != 200 {
@@ -229,6 +231,7 @@ func TestBypassAttemptsAreDenied(t *testing.T) {
 // a certificate whose DNS SAN or subject carries an allowed SPIFFE ID,
 // but whose URI SAN is another identity, is not that identity.
 func TestIdentityMatching(t *testing.T) {
+	needCluster(t)
 	attacker := cl.pods["attacker"]
 	for _, tc := range []struct {
 		name string
@@ -256,6 +259,7 @@ func TestIdentityMatching(t *testing.T) {
 // other closes its connection; frontend, through its own sidecar, gets
 // its echo.
 func TestTCPDenyClosesTheConnection(t *testing.T) {
+	needCluster(t)
 	attacker, frontend := cl.pods["attacker"], cl.pods["frontend-1"]
 	echo := func(c io.ReadWriter) (string, error) {
 		if _, err := io.WriteString(c, "ping\n"); err != nil {
@@ -288,6 +292,7 @@ func TestTCPDenyClosesTheConnection(t *testing.T) {
 // TestDryRunDenyOnlyCounts: a dry-run DENY lets the request through and
 // Envoy counts it in its shadow statistics, in total and per rule.
 func TestDryRunDenyOnlyCounts(t *testing.T) {
+	needCluster(t)
 	frontend, api := cl.pods["frontend-1"], cl.pods["api-1"]
 	dry := `---
 apiVersion: bulwark.dev/v1alpha1
@@ -334,6 +339,7 @@ spec:
 // TestConfigIsScopedByPolicy: a sidecar gets only the services its
 // identity may call: other may not use api's echo port, frontend may.
 func TestConfigIsScopedByPolicy(t *testing.T) {
+	needCluster(t)
 	has := func(p *netnstest.Pod, listener string) bool {
 		body, err := netnstest.Admin(p, "/listeners")
 		if err != nil {

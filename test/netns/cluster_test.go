@@ -2,6 +2,7 @@ package netns
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"log/slog"
 	"os"
@@ -19,6 +20,7 @@ import (
 	"github.com/bulwarkmesh/bulwark/internal/envoy"
 	"github.com/bulwarkmesh/bulwark/internal/netnstest"
 	"github.com/bulwarkmesh/bulwark/internal/testfs"
+	"github.com/bulwarkmesh/bulwark/internal/testtier"
 )
 
 // The cluster every test in this package shares: a bridge, a namespace
@@ -102,6 +104,11 @@ type cluster struct {
 }
 
 func TestMain(m *testing.M) {
+	flag.Parse()
+	if testing.Short() {
+		// The unit tier: no cluster; every test skips (needCluster).
+		os.Exit(m.Run())
+	}
 	code := func() int {
 		c, err := setupCluster()
 		if c != nil && c.net != nil {
@@ -122,6 +129,13 @@ func TestMain(m *testing.M) {
 		return code
 	}()
 	os.Exit(code)
+}
+
+// needCluster skips the test in the unit tier (-short), where TestMain
+// builds no cluster. Every test calls it first.
+func needCluster(t *testing.T) {
+	t.Helper()
+	testtier.Needs(t, testtier.Root, testtier.Envoy)
 }
 
 func (c *cluster) teardown() {
@@ -212,6 +226,7 @@ func (c *cluster) writeMesh(body string) error { return testfs.ReplaceFile(c.mes
 // would necessarily notice. other-1 backs no service, so its inbound
 // side has no port at all.
 func TestEveryEnvoyAcceptsItsConfiguration(t *testing.T) {
+	needCluster(t)
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		var problems []string

@@ -59,6 +59,7 @@ func get(t *testing.T, c *http.Client, url string, header map[string]string) (*d
 // TestSidecarToSidecar: frontend's app calls api by its service address;
 // both sidecars are in the path and api's app learns who called.
 func TestSidecarToSidecar(t *testing.T) {
+	needCluster(t)
 	r, err := get(t, netnstest.Client(cl.pods["frontend-1"], nil), apiVIP+"/hello", nil)
 	if err != nil {
 		t.Fatalf("frontend -> api: %v", err)
@@ -102,6 +103,7 @@ func otherCA(t *testing.T) tls.Certificate {
 // TLS with a certificate of another CA reaches api, at its service
 // address or its pod address.
 func TestStrictRefusesWhatHasNoMeshCertificate(t *testing.T) {
+	needCluster(t)
 	attacker := cl.pods["attacker"]
 	if _, err := get(t, netnstest.Client(attacker, nil), apiPodURL+"/", nil); err == nil {
 		t.Error("plaintext from the attacker reached api")
@@ -162,6 +164,7 @@ func uptime(t *testing.T, p *netnstest.Pod) time.Duration {
 // the namespace back to STRICT shuts it out again, and Envoy never
 // restarts.
 func TestPermissiveThenStrictWithoutRestart(t *testing.T) {
+	needCluster(t)
 	attacker, api := cl.pods["attacker"], cl.pods["api-1"]
 	before := uptime(t, api)
 	permissive := `---
@@ -247,6 +250,7 @@ func leafSerial(t *testing.T, p *netnstest.Pod) string {
 // succeeds, and Envoy's /certs shows a new serial each time, at least
 // three times on each side.
 func TestCertificatesRotateUnderTraffic(t *testing.T) {
+	needCluster(t)
 	frontend, api := cl.pods["frontend-1"], cl.pods["api-1"]
 	var ok, failed atomic.Int64
 	var firstErr atomic.Value

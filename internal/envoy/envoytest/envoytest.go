@@ -1,5 +1,6 @@
 // Package envoytest gives tests the real Envoy binary. A test that needs
 // Envoy fails, never skips, when it is missing: `make test` installs it.
+// The unit tier (go test -short) leaves these tests out by design.
 package envoytest
 
 import (
@@ -11,11 +12,14 @@ import (
 	"time"
 
 	"github.com/bulwarkmesh/bulwark/internal/envoy"
+	"github.com/bulwarkmesh/bulwark/internal/testtier"
 )
 
-// Bin returns the Envoy binary or fails the test.
+// Bin returns the Envoy binary or fails the test. Under -short it skips
+// the test instead, found or not: the unit tier runs no Envoy.
 func Bin(t testing.TB) string {
 	t.Helper()
+	testtier.Needs(t, testtier.Envoy)
 	bin, err := envoy.Find()
 	if err != nil {
 		t.Fatalf("this test runs the real Envoy: %v", err)
@@ -24,7 +28,8 @@ func Bin(t testing.TB) string {
 }
 
 // Validate runs `envoy --mode validate` on a bootstrap and fails the test
-// with Envoy's output if Envoy rejects it.
+// with Envoy's output if Envoy rejects it. Under -short it skips the test
+// (see Bin); call it after the test's own checks, which then still run.
 func Validate(t testing.TB, bootstrapYAML []byte) {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "bootstrap.yaml")
