@@ -11,7 +11,7 @@ ENVOY := $(VENV)/bin/envoy
 BIN := bin/bulwark
 MESH ?= examples/local/mesh.yaml
 # Test packages that run without Envoy or root; run again under -race.
-RACE_PKGS := ./model/... ./meshfile/... ./xds/... ./authz/... ./attest/... ./issuer/... ./agent/...
+RACE_PKGS := ./model/... ./source/... ./xds/... ./authz/... ./identity/... ./sidecar/agent/...
 # How much each fuzz target runs in `make test`, in executions: a duration
 # races the Go 1.26 fuzz coordinator's deadline and fails at random with
 # "context deadline exceeded" (golang/go#75804, fixed in Go 1.27); a count
@@ -95,7 +95,7 @@ test-race:
 # from the seed corpora in the tests. Minimizing is kept to one pass: with
 # large YAML inputs the default minimization stalls the fuzzer.
 fuzz:
-	$(GO) test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime $$((20000 * $(FUZZ_SCALE)))x -fuzzminimizetime 1x ./meshfile
+	$(GO) test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime $$((20000 * $(FUZZ_SCALE)))x -fuzzminimizetime 1x ./source/meshfile
 	$(GO) test -run '^$$' -fuzz '^FuzzParseIdentity$$' -fuzztime $$((200000 * $(FUZZ_SCALE)))x -fuzzminimizetime 1x ./model
 	$(GO) test -run '^$$' -fuzz '^FuzzParsePathPattern$$' -fuzztime $$((200000 * $(FUZZ_SCALE)))x -fuzzminimizetime 1x ./model
 

@@ -11,7 +11,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/bulwarkmesh/bulwark/ca"
-	"github.com/bulwarkmesh/bulwark/issuer"
+	"github.com/bulwarkmesh/bulwark/identity/issuer"
 )
 
 // Authority is what the control plane needs of its certificate

@@ -22,11 +22,11 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"k8s.io/client-go/rest"
 
-	"github.com/bulwarkmesh/bulwark/attest"
-	"github.com/bulwarkmesh/bulwark/contract"
+	"github.com/bulwarkmesh/bulwark/identity/attest"
+	"github.com/bulwarkmesh/bulwark/identity/issuer"
 	"github.com/bulwarkmesh/bulwark/internal/spiffetls"
-	"github.com/bulwarkmesh/bulwark/issuer"
 	"github.com/bulwarkmesh/bulwark/model"
+	"github.com/bulwarkmesh/bulwark/sidecar/contract"
 	"github.com/bulwarkmesh/bulwark/xds/server"
 )
 

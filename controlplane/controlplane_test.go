@@ -22,11 +22,11 @@ import (
 
 	cav1 "github.com/bulwarkmesh/bulwark/api/ca/v1"
 	"github.com/bulwarkmesh/bulwark/ca"
-	"github.com/bulwarkmesh/bulwark/contract"
 	"github.com/bulwarkmesh/bulwark/controlplane"
 	"github.com/bulwarkmesh/bulwark/internal/pemutil"
 	"github.com/bulwarkmesh/bulwark/internal/spiffetls"
 	"github.com/bulwarkmesh/bulwark/internal/testlog"
+	"github.com/bulwarkmesh/bulwark/sidecar/contract"
 )
 
 const exampleMesh = "../examples/local/mesh.yaml"

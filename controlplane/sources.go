@@ -11,13 +11,14 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/bulwarkmesh/bulwark/attest"
 	"github.com/bulwarkmesh/bulwark/ca"
+	"github.com/bulwarkmesh/bulwark/identity/attest"
+	"github.com/bulwarkmesh/bulwark/identity/incluster"
+	"github.com/bulwarkmesh/bulwark/identity/issuer"
 	"github.com/bulwarkmesh/bulwark/internal/pemutil"
-	"github.com/bulwarkmesh/bulwark/issuer"
-	"github.com/bulwarkmesh/bulwark/kube"
-	"github.com/bulwarkmesh/bulwark/meshfile"
 	"github.com/bulwarkmesh/bulwark/model"
+	"github.com/bulwarkmesh/bulwark/source/kube"
+	"github.com/bulwarkmesh/bulwark/source/meshfile"
 )
 
 // source feeds the model until its context ends.
@@ -109,7 +110,7 @@ func kubeSources(ctx context.Context, cfg *Config, store *model.Store, reg prome
 		return nil, err
 	}
 	return &sources{run: ks, synced: ks.Synced(), td: td,
-		reviewer: &kube.TokenReviewer{Client: client, Audience: k.Audience}}, nil
+		reviewer: &incluster.TokenReviewer{Client: client, Audience: k.Audience}}, nil
 }
 
 // kubeCARoots returns the PEM roots the Kubernetes source publishes to
@@ -127,7 +128,7 @@ func kubeCARoots(ctx context.Context, cfg *Config, client kubernetes.Interface, 
 		}
 		cfg.CADir = dir
 	}
-	if err := kube.EnsureCASecret(ctx, kube.CASecretConfig{Client: client, Namespace: cfg.Kube.Namespace, Holder: cfg.Kube.Holder,
+	if err := incluster.EnsureCASecret(ctx, incluster.CASecretConfig{Client: client, Namespace: cfg.Kube.Namespace, Holder: cfg.Kube.Holder,
 		TrustDomain: td, Dir: cfg.CADir, Logger: cfg.Logger}); err != nil {
 		return nil, err
 	}

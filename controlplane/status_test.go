@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bulwarkmesh/bulwark/issuer"
+	"github.com/bulwarkmesh/bulwark/identity/issuer"
 	"github.com/bulwarkmesh/bulwark/xds/server"
 )
 

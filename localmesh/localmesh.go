@@ -24,13 +24,13 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/bulwarkmesh/bulwark/agent"
 	"github.com/bulwarkmesh/bulwark/ca"
 	"github.com/bulwarkmesh/bulwark/controlplane"
-	"github.com/bulwarkmesh/bulwark/demoapp"
 	"github.com/bulwarkmesh/bulwark/internal/envoy"
-	"github.com/bulwarkmesh/bulwark/meshfile"
+	"github.com/bulwarkmesh/bulwark/localmesh/demoapp"
 	"github.com/bulwarkmesh/bulwark/model"
+	"github.com/bulwarkmesh/bulwark/sidecar/agent"
+	"github.com/bulwarkmesh/bulwark/source/meshfile"
 )
 
 // AdminPort is the port of each sidecar's admin interface on its

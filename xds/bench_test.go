@@ -8,8 +8,8 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/bulwarkmesh/bulwark/authz"
-	"github.com/bulwarkmesh/bulwark/contract"
 	"github.com/bulwarkmesh/bulwark/model"
+	"github.com/bulwarkmesh/bulwark/sidecar/contract"
 	"github.com/bulwarkmesh/bulwark/xds"
 )
 

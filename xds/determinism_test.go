@@ -6,8 +6,8 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
-	"github.com/bulwarkmesh/bulwark/meshfile"
 	"github.com/bulwarkmesh/bulwark/model"
+	"github.com/bulwarkmesh/bulwark/source/meshfile"
 	"github.com/bulwarkmesh/bulwark/xds"
 )
 

@@ -7,8 +7,8 @@ import (
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
-	"github.com/bulwarkmesh/bulwark/contract"
 	"github.com/bulwarkmesh/bulwark/internal/protoany"
+	"github.com/bulwarkmesh/bulwark/sidecar/contract"
 )
 
 // TLS contexts name only the secrets of contract.Secrets, served by the

@@ -15,8 +15,8 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/bulwarkmesh/bulwark/authz"
-	"github.com/bulwarkmesh/bulwark/contract"
 	"github.com/bulwarkmesh/bulwark/model"
+	"github.com/bulwarkmesh/bulwark/sidecar/contract"
 )
 
 // Resources is the configuration of one proxy, each list sorted by name.

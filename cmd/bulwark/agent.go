@@ -9,9 +9,9 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/bulwarkmesh/bulwark/agent"
-	"github.com/bulwarkmesh/bulwark/contract"
 	"github.com/bulwarkmesh/bulwark/model"
+	"github.com/bulwarkmesh/bulwark/sidecar/agent"
+	"github.com/bulwarkmesh/bulwark/sidecar/contract"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 )
 

@@ -10,11 +10,11 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/bulwarkmesh/bulwark/bootstrap"
-	"github.com/bulwarkmesh/bulwark/contract"
 	"github.com/bulwarkmesh/bulwark/localmesh"
-	"github.com/bulwarkmesh/bulwark/meshfile"
 	"github.com/bulwarkmesh/bulwark/model"
+	"github.com/bulwarkmesh/bulwark/sidecar/bootstrap"
+	"github.com/bulwarkmesh/bulwark/sidecar/contract"
+	"github.com/bulwarkmesh/bulwark/source/meshfile"
 )
 
 func runBootstrap(_ context.Context, args []string, stdout, stderr io.Writer) error {

@@ -6,7 +6,7 @@ import (
 	"io"
 	"strings"
 
-	"github.com/bulwarkmesh/bulwark/demoapp"
+	"github.com/bulwarkmesh/bulwark/localmesh/demoapp"
 )
 
 func runDemoApp(ctx context.Context, args []string, _, stderr io.Writer) error {

@@ -7,7 +7,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/bulwarkmesh/bulwark/capture"
+	"github.com/bulwarkmesh/bulwark/sidecar/capture"
 )
 
 // runIPTables is what an init container runs: it sets up transparent

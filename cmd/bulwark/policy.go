@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/bulwarkmesh/bulwark/authz"
-	"github.com/bulwarkmesh/bulwark/meshfile"
 	"github.com/bulwarkmesh/bulwark/model"
+	"github.com/bulwarkmesh/bulwark/source/meshfile"
 )
 
 func runPolicy(ctx context.Context, args []string, stdout, stderr io.Writer) error {

@@ -7,7 +7,7 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/bulwarkmesh/bulwark/attest"
+	"github.com/bulwarkmesh/bulwark/identity/attest"
 	"github.com/bulwarkmesh/bulwark/model"
 )
 

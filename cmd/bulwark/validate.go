@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/bulwarkmesh/bulwark/meshfile"
+	"github.com/bulwarkmesh/bulwark/source/meshfile"
 )
 
 func runValidate(_ context.Context, args []string, stdout, stderr io.Writer) error {

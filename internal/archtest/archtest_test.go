@@ -32,8 +32,8 @@ type rule struct {
 
 // sidecarForbidden is the control plane, as the sidecar must not see it.
 var sidecarForbidden = []string{
-	mod("xds/..."), mod("issuer/..."), mod("ca/..."), mod("authz/..."),
-	mod("kube/..."), mod("controlplane/..."), mod("meshfile/..."),
+	mod("xds/..."), mod("identity/issuer/..."), mod("ca/..."), mod("authz/..."),
+	mod("source/..."), mod("identity/..."), mod("controlplane/..."),
 }
 
 func rules() []rule {
@@ -41,7 +41,7 @@ func rules() []rule {
 		{
 			name: "sidecar",
 			why:  "the agent, its SDS server and the bootstrap know the control plane only through package contract",
-			from: []string{mod("agent/..."), mod("sds/..."), mod("bootstrap/...")},
+			from: []string{mod("sidecar/agent/..."), mod("sds/..."), mod("sidecar/bootstrap/...")},
 			deny: sidecarForbidden,
 		},
 		{
@@ -53,15 +53,15 @@ func rules() []rule {
 		},
 		{
 			name: "sources",
-			why:  "sources write the model; they know nothing of its translation into Envoy configuration",
-			from: []string{mod("meshfile/..."), mod("kube/..."), mod("kinds/...")},
-			deny: []string{mod("xds/..."), mod("authz/...")},
+			why:  "sources write the model; they know nothing of its translation into Envoy configuration, nor of identity",
+			from: []string{mod("source/...")},
+			deny: []string{mod("xds/..."), mod("authz/..."), mod("ca/..."), mod("identity/..."), mod("controlplane/...")},
 		},
 		{
 			name: "kinds",
 			why:  "the policy kinds are read by both sources, so they do no I/O and know neither of them",
-			from: []string{mod("kinds/...")},
-			deny: []string{"k8s.io/client-go/...", "github.com/envoyproxy/go-control-plane/...", mod("meshfile/..."), mod("kube/...")},
+			from: []string{mod("source/kinds/...")},
+			deny: []string{"k8s.io/client-go/...", "github.com/envoyproxy/go-control-plane/...", mod("source/meshfile/..."), mod("source/kube/...")},
 		},
 		{
 			name:  "api",
@@ -73,9 +73,9 @@ func rules() []rule {
 		{
 			name:  "leaves",
 			why:   "the contract and the encoding helpers are shared by both sides, so they import nothing else of ours",
-			from:  []string{mod("contract/..."), mod("internal/pemutil/..."), mod("internal/protoany/...")},
+			from:  []string{mod("sidecar/contract/..."), mod("internal/pemutil/..."), mod("internal/protoany/...")},
 			deny:  []string{module + "/..."},
-			allow: []string{mod("contract/..."), mod("internal/pemutil/..."), mod("internal/protoany/...")},
+			allow: []string{mod("sidecar/contract/..."), mod("internal/pemutil/..."), mod("internal/protoany/...")},
 		},
 	}
 }
@@ -218,19 +218,19 @@ func TestDependencyRules(t *testing.T) {
 // TestViolationsNameTheChain checks the checker on a made-up graph.
 func TestViolationsNameTheChain(t *testing.T) {
 	graph := map[string][]string{
-		mod("agent"):            {mod("bootstrap"), "fmt"},
-		mod("bootstrap"):        {mod("xds"), mod("contract")},
-		mod("xds"):              {mod("model")},
-		mod("contract"):         {"github.com/envoyproxy/go-control-plane/envoy/config/core/v3"},
-		mod("model"):            {"fmt"},
-		mod("model/sub"):        {mod("model"), "k8s.io/client-go/kubernetes"},
-		mod("sds"):              {mod("internal/pemutil")},
-		mod("meshfile"):         {mod("model")},
-		mod("kinds"):            {mod("model")},
-		mod("api/v1alpha1"):     {"fmt"},
-		mod("internal/pemutil"): {mod("ca")},
-		mod("ca"):               {"fmt"},
-		"fmt":                   {},
+		mod("sidecar/agent"):     {mod("sidecar/bootstrap"), "fmt"},
+		mod("sidecar/bootstrap"): {mod("xds"), mod("sidecar/contract")},
+		mod("xds"):               {mod("model")},
+		mod("sidecar/contract"):  {"github.com/envoyproxy/go-control-plane/envoy/config/core/v3"},
+		mod("model"):             {"fmt"},
+		mod("model/sub"):         {mod("model"), "k8s.io/client-go/kubernetes"},
+		mod("sds"):               {mod("internal/pemutil")},
+		mod("source/meshfile"):   {mod("model")},
+		mod("source/kinds"):      {mod("model")},
+		mod("api/v1alpha1"):      {"fmt"},
+		mod("internal/pemutil"):  {mod("ca")},
+		mod("ca"):                {"fmt"},
+		"fmt":                    {},
 		"github.com/envoyproxy/go-control-plane/envoy/config/core/v3": {},
 		"k8s.io/client-go/kubernetes":                                 {"k8s.io/client-go/rest"},
 		"k8s.io/client-go/rest":                                       {},
@@ -243,8 +243,8 @@ func TestViolationsNameTheChain(t *testing.T) {
 	// stops at the first forbidden package, so client-go's own packages
 	// are not listed one by one.
 	want := []string{
-		"sidecar rule (" + rules()[0].why + "): " + mod("bootstrap") + " -> " + mod("xds"),
 		"sidecar rule (" + rules()[0].why + "): " + mod("sds") + " -> " + mod("internal/pemutil") + " -> " + mod("ca"),
+		"sidecar rule (" + rules()[0].why + "): " + mod("sidecar/bootstrap") + " -> " + mod("xds"),
 		"model rule (" + rules()[1].why + "): " + mod("model/sub") + " -> k8s.io/client-go/kubernetes",
 		"leaves rule (" + rules()[5].why + "): " + mod("internal/pemutil") + " -> " + mod("ca"),
 	}

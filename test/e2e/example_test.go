@@ -14,12 +14,12 @@ import (
 	"time"
 
 	"github.com/bulwarkmesh/bulwark/controlplane"
-	"github.com/bulwarkmesh/bulwark/demoapp"
 	"github.com/bulwarkmesh/bulwark/internal/envoy"
 	"github.com/bulwarkmesh/bulwark/internal/envoy/envoytest"
 	"github.com/bulwarkmesh/bulwark/internal/testlog"
 	"github.com/bulwarkmesh/bulwark/internal/testwait"
 	"github.com/bulwarkmesh/bulwark/localmesh"
+	"github.com/bulwarkmesh/bulwark/localmesh/demoapp"
 )
 
 // TestExampleMesh runs what `make run` runs, the example mesh with its

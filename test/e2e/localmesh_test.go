@@ -14,13 +14,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bulwarkmesh/bulwark/demoapp"
 	"github.com/bulwarkmesh/bulwark/internal/envoy"
 	"github.com/bulwarkmesh/bulwark/internal/envoy/envoytest"
 	"github.com/bulwarkmesh/bulwark/internal/testfs"
 	"github.com/bulwarkmesh/bulwark/internal/testlog"
 	"github.com/bulwarkmesh/bulwark/internal/testwait"
 	"github.com/bulwarkmesh/bulwark/localmesh"
+	"github.com/bulwarkmesh/bulwark/localmesh/demoapp"
 )
 
 // Addresses in 127.0.81.0/24 and 127.0.82.0/24, so the test does not

@@ -38,7 +38,7 @@ import (
 	"github.com/bulwarkmesh/bulwark/internal/spiffetls"
 	"github.com/bulwarkmesh/bulwark/internal/testlog"
 	"github.com/bulwarkmesh/bulwark/internal/testwait"
-	"github.com/bulwarkmesh/bulwark/kube"
+	"github.com/bulwarkmesh/bulwark/source/kube"
 )
 
 var ctx = context.Background()

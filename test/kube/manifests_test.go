@@ -14,7 +14,7 @@ import (
 
 	"github.com/bulwarkmesh/bulwark/internal/adstest"
 	"github.com/bulwarkmesh/bulwark/internal/testwait"
-	"github.com/bulwarkmesh/bulwark/kube"
+	"github.com/bulwarkmesh/bulwark/source/kube"
 )
 
 // TestManifestsPassServerSideDryRun: every document in examples/kind is

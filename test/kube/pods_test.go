@@ -11,11 +11,11 @@ import (
 	"time"
 
 	"github.com/bulwarkmesh/bulwark/ca"
-	"github.com/bulwarkmesh/bulwark/demoapp"
 	"github.com/bulwarkmesh/bulwark/internal/envoy/envoytest"
 	"github.com/bulwarkmesh/bulwark/internal/netnstest"
 	"github.com/bulwarkmesh/bulwark/internal/testtier"
 	"github.com/bulwarkmesh/bulwark/internal/testwait"
+	"github.com/bulwarkmesh/bulwark/localmesh/demoapp"
 )
 
 // TestPodsFromTheAPIServer, end to end once: the real API server feeds

@@ -12,7 +12,7 @@ import (
 
 	"github.com/bulwarkmesh/bulwark/internal/adstest"
 	"github.com/bulwarkmesh/bulwark/internal/testwait"
-	"github.com/bulwarkmesh/bulwark/kube"
+	"github.com/bulwarkmesh/bulwark/source/kube"
 )
 
 const allowFrontend = `apiVersion: bulwark.dev/v1alpha1

@@ -18,8 +18,8 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/bulwarkmesh/bulwark/authz"
-	"github.com/bulwarkmesh/bulwark/contract"
 	"github.com/bulwarkmesh/bulwark/model"
+	"github.com/bulwarkmesh/bulwark/sidecar/contract"
 	"github.com/bulwarkmesh/bulwark/xds"
 	"github.com/bulwarkmesh/bulwark/xds/fanout"
 )

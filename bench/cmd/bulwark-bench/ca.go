@@ -23,8 +23,8 @@ import (
 	cav1 "github.com/bulwarkmesh/bulwark/api/ca/v1"
 	"github.com/bulwarkmesh/bulwark/bench/gen"
 	"github.com/bulwarkmesh/bulwark/ca"
+	"github.com/bulwarkmesh/bulwark/identity/issuer"
 	"github.com/bulwarkmesh/bulwark/internal/spiffetls"
-	"github.com/bulwarkmesh/bulwark/issuer"
 	"github.com/bulwarkmesh/bulwark/model"
 )
 

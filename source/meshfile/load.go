@@ -10,8 +10,8 @@ import (
 	"strings"
 
 	"github.com/bulwarkmesh/bulwark/api/v1alpha1"
-	"github.com/bulwarkmesh/bulwark/kinds"
 	"github.com/bulwarkmesh/bulwark/model"
+	"github.com/bulwarkmesh/bulwark/source/kinds"
 )
 
 // expand turns the configured paths into the list of files to read: a

@@ -28,11 +28,11 @@ import (
 	"google.golang.org/grpc/status"
 
 	cav1 "github.com/bulwarkmesh/bulwark/api/ca/v1"
-	"github.com/bulwarkmesh/bulwark/bootstrap"
-	"github.com/bulwarkmesh/bulwark/contract"
 	"github.com/bulwarkmesh/bulwark/internal/envoy"
 	"github.com/bulwarkmesh/bulwark/internal/spiffetls"
 	"github.com/bulwarkmesh/bulwark/sds"
+	"github.com/bulwarkmesh/bulwark/sidecar/bootstrap"
+	"github.com/bulwarkmesh/bulwark/sidecar/contract"
 )
 
 // Config configures an Agent.

@@ -21,8 +21,8 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"sigs.k8s.io/yaml"
 
-	"github.com/bulwarkmesh/bulwark/contract"
 	"github.com/bulwarkmesh/bulwark/internal/protoany"
+	"github.com/bulwarkmesh/bulwark/sidecar/contract"
 )
 
 // XDSCluster is the name of the static cluster that reaches the control

@@ -16,8 +16,8 @@ import (
 // each run take seconds. The authz tests check what valid policies
 // compile to.)
 func FuzzLoad(f *testing.F) {
-	seeds, _ := filepath.Glob("../examples/local/*.yaml")
-	more, _ := filepath.Glob("../xds/testdata/in/*.yaml")
+	seeds, _ := filepath.Glob("../../examples/local/*.yaml")
+	more, _ := filepath.Glob("../../xds/testdata/in/*.yaml")
 	for _, p := range append(seeds, more...) {
 		if b, err := os.ReadFile(p); err == nil {
 			f.Add(b)

@@ -26,13 +26,13 @@ import (
 	"google.golang.org/grpc/status"
 
 	cav1 "github.com/bulwarkmesh/bulwark/api/ca/v1"
-	"github.com/bulwarkmesh/bulwark/attest"
 	"github.com/bulwarkmesh/bulwark/ca"
-	"github.com/bulwarkmesh/bulwark/contract"
+	"github.com/bulwarkmesh/bulwark/identity/attest"
+	"github.com/bulwarkmesh/bulwark/identity/issuer"
 	"github.com/bulwarkmesh/bulwark/internal/spiffetls"
 	"github.com/bulwarkmesh/bulwark/internal/testlog"
-	"github.com/bulwarkmesh/bulwark/issuer"
 	"github.com/bulwarkmesh/bulwark/model"
+	"github.com/bulwarkmesh/bulwark/sidecar/contract"
 )
 
 var (

@@ -25,9 +25,9 @@ import (
 	"google.golang.org/grpc/status"
 
 	cav1 "github.com/bulwarkmesh/bulwark/api/ca/v1"
-	"github.com/bulwarkmesh/bulwark/contract"
 	"github.com/bulwarkmesh/bulwark/internal/spiffetls"
 	"github.com/bulwarkmesh/bulwark/model"
+	"github.com/bulwarkmesh/bulwark/sidecar/contract"
 )
 
 // Signer is what the issuer needs of a CA.

@@ -14,8 +14,8 @@ import (
 	yaml "go.yaml.in/yaml/v3"
 
 	"github.com/bulwarkmesh/bulwark/api/v1alpha1"
-	"github.com/bulwarkmesh/bulwark/kinds"
 	"github.com/bulwarkmesh/bulwark/model"
+	"github.com/bulwarkmesh/bulwark/source/kinds"
 )
 
 // APIVersion is the only apiVersion this version of Bulwark reads.

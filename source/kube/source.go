@@ -20,8 +20,8 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/bulwarkmesh/bulwark/api/v1alpha1"
-	"github.com/bulwarkmesh/bulwark/kinds"
 	"github.com/bulwarkmesh/bulwark/model"
+	"github.com/bulwarkmesh/bulwark/source/kinds"
 )
 
 // MeshLabel marks the namespaces that are in the mesh.

@@ -13,8 +13,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/bulwarkmesh/bulwark/api/v1alpha1"
-	"github.com/bulwarkmesh/bulwark/kinds"
 	"github.com/bulwarkmesh/bulwark/model"
+	"github.com/bulwarkmesh/bulwark/source/kinds"
 )
 
 // Inputs is what the informers' caches hold at one moment. The mapping

@@ -1,4 +1,4 @@
-package kube
+package incluster
 
 import (
 	"context"
@@ -13,7 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/bulwarkmesh/bulwark/issuer"
+	"github.com/bulwarkmesh/bulwark/identity/issuer"
 )
 
 // DefaultAudience is the audience a workload's projected ServiceAccount

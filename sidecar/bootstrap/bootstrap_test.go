@@ -6,10 +6,10 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/bulwarkmesh/bulwark/bootstrap"
-	"github.com/bulwarkmesh/bulwark/contract"
 	"github.com/bulwarkmesh/bulwark/internal/envoy/envoytest"
 	"github.com/bulwarkmesh/bulwark/internal/golden"
+	"github.com/bulwarkmesh/bulwark/sidecar/bootstrap"
+	"github.com/bulwarkmesh/bulwark/sidecar/contract"
 )
 
 var cpID = contract.ControlPlaneID(spiffeid.RequireTrustDomainFromString("cluster.local")).String()

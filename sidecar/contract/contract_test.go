@@ -7,7 +7,7 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/bulwarkmesh/bulwark/contract"
+	"github.com/bulwarkmesh/bulwark/sidecar/contract"
 )
 
 func TestControlPlaneID(t *testing.T) {
