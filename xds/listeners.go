@@ -191,8 +191,11 @@ func terminalFilter(name string, proto model.Protocol) *listenerv3.Filter {
 	}
 }
 
+// httpConnectionManager is the HTTP connection manager of a listener
+// whose routes are the route configuration routeName; every one is an
+// edge of the mesh (guardEdge).
 func httpConnectionManager(routeName string) *hcmv3.HttpConnectionManager {
-	return &hcmv3.HttpConnectionManager{
+	hcm := &hcmv3.HttpConnectionManager{
 		StatPrefix: statPrefix(routeName),
 		CodecType:  hcmv3.HttpConnectionManager_AUTO,
 		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
@@ -209,10 +212,16 @@ func httpConnectionManager(routeName string) *hcmv3.HttpConnectionManager {
 		}},
 		AccessLog: accessLog(),
 	}
+	guardEdge(hcm)
+	return hcm
 }
 
 // accessLog writes one JSON line per request or connection to Envoy's
-// stdout. A denial names its rule: "details" (HTTP) or "termination"
+// stdout. "path" is :path as routing and authorization saw it, after
+// normalization; it is as long as the request allowed (Envoy refuses
+// request headers over 60 KiB). "request_id" is the ID the sidecar
+// generated, "downstream" the connection's peer, neither of them what a
+// caller claimed (guardEdge). A denial names its rule: "details" (HTTP) or "termination"
 // (TCP) read rbac_access_denied_matched_policy[<rule>]. (What dry-run
 // rules would have done is in Envoy's shadow statistics, per rule: Envoy
 // lets the enforced verdict's metadata replace the shadow one's, so the
@@ -221,7 +230,7 @@ func accessLog() []*accesslogv3.AccessLog {
 	fields := map[string]string{
 		"start":       "%START_TIME%",
 		"method":      "%REQ(:METHOD)%",
-		"path":        "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+		"path":        "%REQ(:PATH)%",
 		"status":      "%RESPONSE_CODE%",
 		"flags":       "%RESPONSE_FLAGS%",
 		"details":     "%RESPONSE_CODE_DETAILS%",
