@@ -63,19 +63,25 @@ func tlsInspector() *listenerv3.ListenerFilter {
 
 // inboundFilters are the network filters of an inbound chain: on TCP,
 // the RBAC filter and the TCP proxy; on HTTP, the connection manager with
-// the RBAC and router HTTP filters. On HTTP the app learns who called:
-// on the mutual TLS chain any x-forwarded-client-cert is replaced with the
-// verified peer's URI; on plaintext it is stripped, so a caller cannot
-// claim an identity it did not prove.
+// the RBAC and router HTTP filters. On the mutual TLS chain a peer whose
+// certificate has more than one URI SAN is refused first (OneURISANRule).
+// On HTTP the app learns who called: on the mutual TLS chain any
+// x-forwarded-client-cert is replaced with the verified peer's URI; on
+// plaintext it is stripped, so a caller cannot claim an identity it did
+// not prove.
 func inboundFilters(name string, proto model.Protocol, mtls bool, table *authz.Table) []*listenerv3.Filter {
 	if proto != model.ProtocolHTTP {
-		return []*listenerv3.Filter{
-			{
+		var fs []*listenerv3.Filter
+		if mtls {
+			fs = append(fs, oneURISANNetworkFilter(statPrefix(name)+".one_uri_san."))
+		}
+		return append(fs,
+			&listenerv3.Filter{
 				Name:       authz.NetworkFilterName,
 				ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: protoany.Must(table.NetworkConfig(statPrefix(name) + "."))},
 			},
 			terminalFilter(name, proto),
-		}
+		)
 	}
 	hcm := httpConnectionManager(name)
 	// A percent-encoded slash could smuggle "/admin" past a path rule;
@@ -86,6 +92,7 @@ func inboundFilters(name string, proto model.Protocol, mtls bool, table *authz.T
 		ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: protoany.Must(table.HTTPConfig())},
 	}}, hcm.HttpFilters...)
 	if mtls {
+		hcm.HttpFilters = append([]*hcmv3.HttpFilter{oneURISANHTTPFilter()}, hcm.HttpFilters...)
 		hcm.ForwardClientCertDetails = hcmv3.HttpConnectionManager_SANITIZE_SET
 		hcm.SetCurrentClientCertDetails = &hcmv3.HttpConnectionManager_SetCurrentClientCertDetails{Uri: true}
 	} else {
