@@ -228,8 +228,9 @@ func httpConnectionManager(routeName string) *hcmv3.HttpConnectionManager {
 // normalization; it is as long as the request allowed (Envoy refuses
 // request headers over 60 KiB). "request_id" is the ID the sidecar
 // generated, "downstream" the connection's peer, neither of them what a
-// caller claimed (guardEdge). A denial names its rule: "details" (HTTP) or "termination"
-// (TCP) read rbac_access_denied_matched_policy[<rule>]. (What dry-run
+// caller claimed (guardEdge). A denial names its rule: "details" (HTTP)
+// or "termination" (TCP) read rbac_access_denied_matched_policy[<rule>],
+// ~one-uri-san included (OneURISANRule). (What dry-run
 // rules would have done is in Envoy's shadow statistics, per rule: Envoy
 // lets the enforced verdict's metadata replace the shadow one's, so the
 // log cannot carry it.)
