@@ -63,19 +63,25 @@ func tlsInspector() *listenerv3.ListenerFilter {
 
 // inboundFilters are the network filters of an inbound chain: on TCP,
 // the RBAC filter and the TCP proxy; on HTTP, the connection manager with
-// the RBAC and router HTTP filters. On HTTP the app learns who called:
-// on the mutual TLS chain any x-forwarded-client-cert is replaced with the
-// verified peer's URI; on plaintext it is stripped, so a caller cannot
-// claim an identity it did not prove.
+// the RBAC and router HTTP filters. On the mutual TLS chain a peer whose
+// certificate has more than one URI SAN is refused first (OneURISANRule).
+// On HTTP the app learns who called: on the mutual TLS chain any
+// x-forwarded-client-cert is replaced with the verified peer's URI; on
+// plaintext it is stripped, so a caller cannot claim an identity it did
+// not prove.
 func inboundFilters(name string, proto model.Protocol, mtls bool, table *authz.Table) []*listenerv3.Filter {
 	if proto != model.ProtocolHTTP {
-		return []*listenerv3.Filter{
-			{
+		var fs []*listenerv3.Filter
+		if mtls {
+			fs = append(fs, oneURISANNetworkFilter(statPrefix(name)+".one_uri_san."))
+		}
+		return append(fs,
+			&listenerv3.Filter{
 				Name:       authz.NetworkFilterName,
 				ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: protoany.Must(table.NetworkConfig(statPrefix(name) + "."))},
 			},
 			terminalFilter(name, proto),
-		}
+		)
 	}
 	hcm := httpConnectionManager(name)
 	// A percent-encoded slash could smuggle "/admin" past a path rule;
@@ -86,6 +92,7 @@ func inboundFilters(name string, proto model.Protocol, mtls bool, table *authz.T
 		ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: protoany.Must(table.HTTPConfig())},
 	}}, hcm.HttpFilters...)
 	if mtls {
+		hcm.HttpFilters = append([]*hcmv3.HttpFilter{oneURISANHTTPFilter()}, hcm.HttpFilters...)
 		hcm.ForwardClientCertDetails = hcmv3.HttpConnectionManager_SANITIZE_SET
 		hcm.SetCurrentClientCertDetails = &hcmv3.HttpConnectionManager_SetCurrentClientCertDetails{Uri: true}
 	} else {
@@ -191,8 +198,11 @@ func terminalFilter(name string, proto model.Protocol) *listenerv3.Filter {
 	}
 }
 
+// httpConnectionManager is the HTTP connection manager of a listener
+// whose routes are the route configuration routeName; every one is an
+// edge of the mesh (guardEdge).
 func httpConnectionManager(routeName string) *hcmv3.HttpConnectionManager {
-	return &hcmv3.HttpConnectionManager{
+	hcm := &hcmv3.HttpConnectionManager{
 		StatPrefix: statPrefix(routeName),
 		CodecType:  hcmv3.HttpConnectionManager_AUTO,
 		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
@@ -209,11 +219,18 @@ func httpConnectionManager(routeName string) *hcmv3.HttpConnectionManager {
 		}},
 		AccessLog: accessLog(),
 	}
+	guardEdge(hcm)
+	return hcm
 }
 
 // accessLog writes one JSON line per request or connection to Envoy's
-// stdout. A denial names its rule: "details" (HTTP) or "termination"
-// (TCP) read rbac_access_denied_matched_policy[<rule>]. (What dry-run
+// stdout. "path" is :path as routing and authorization saw it, after
+// normalization; it is as long as the request allowed (Envoy refuses
+// request headers over 60 KiB). "request_id" is the ID the sidecar
+// generated, "downstream" the connection's peer, neither of them what a
+// caller claimed (guardEdge). A denial names its rule: "details" (HTTP)
+// or "termination" (TCP) read rbac_access_denied_matched_policy[<rule>],
+// ~one-uri-san included (OneURISANRule). (What dry-run
 // rules would have done is in Envoy's shadow statistics, per rule: Envoy
 // lets the enforced verdict's metadata replace the shadow one's, so the
 // log cannot carry it.)
@@ -221,7 +238,7 @@ func accessLog() []*accesslogv3.AccessLog {
 	fields := map[string]string{
 		"start":       "%START_TIME%",
 		"method":      "%REQ(:METHOD)%",
-		"path":        "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+		"path":        "%REQ(:PATH)%",
 		"status":      "%RESPONSE_CODE%",
 		"flags":       "%RESPONSE_FLAGS%",
 		"details":     "%RESPONSE_CODE_DETAILS%",

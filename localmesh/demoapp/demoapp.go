@@ -230,21 +230,31 @@ func (h *handler) call(w http.ResponseWriter, r *http.Request, rest string) {
 
 // callerFromXFCC returns the URI of the first element of an
 // x-forwarded-client-cert header: the identity of the immediate caller.
+// An element with several URIs names no one: a workload identity is
+// exactly one URI SAN, and picking one of several would tell the app an
+// identity the sidecar may not have authorized on (the sidecars refuse
+// such certificates; this is the app not relying on it).
 func callerFromXFCC(xfcc string) string {
 	if xfcc == "" {
 		return ""
 	}
 	first, _, _ := strings.Cut(xfcc, ",")
+	caller := ""
 	for _, kv := range strings.Split(first, ";") {
 		k, v, ok := strings.Cut(kv, "=")
-		if ok && strings.EqualFold(strings.TrimSpace(k), "URI") {
-			v = strings.Trim(strings.TrimSpace(v), `"`)
-			if u, err := url.Parse(v); err == nil {
-				return u.String()
-			}
+		if !ok || !strings.EqualFold(strings.TrimSpace(k), "URI") {
+			continue
 		}
+		if caller != "" {
+			return ""
+		}
+		u, err := url.Parse(strings.Trim(strings.TrimSpace(v), `"`))
+		if err != nil {
+			return ""
+		}
+		caller = u.String()
 	}
-	return ""
+	return caller
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
