@@ -214,7 +214,7 @@ func serve(ctx context.Context, cfg Config, p parts) (*ControlPlane, error) {
 		cancel()
 		return nil, err
 	}
-	xdsLis = limitListener(xdsLis, cfg.Limits, cfg, p.reg)
+	xdsLis = cfg.Limits.Listener(xdsLis, cfg.Logger, p.reg)
 
 	g, ctx := errgroup.WithContext(ctx)
 	cp := &ControlPlane{XDSAddr: xdsLis.Addr(), Store: p.store, Server: srv, CA: p.ca, Tokens: p.src.tokens, Identity: p.id,
@@ -261,7 +261,7 @@ func newGRPCServer(own SVIDSource, td spiffeid.TrustDomain, l Limits) *grpc.Serv
 		grpc.Creds(credentials.NewTLS(spiffetls.ServerConfig(own, own, td))),
 		grpc.MaxConcurrentStreams(1<<16),
 	)
-	return grpc.NewServer(append(opts, connectionOptions(l)...)...)
+	return grpc.NewServer(append(opts, l.ServerOptions()...)...)
 }
 
 // serveGRPC serves s on lis in g until ctx ends, then stops it: gently

@@ -1,6 +1,7 @@
 package controlplane
 
 import (
+	"log/slog"
 	"net"
 	"time"
 
@@ -73,17 +74,21 @@ func (l Limits) withDefaults() Limits {
 	return l
 }
 
-// limitListener wraps the gRPC port's listener with the connection caps.
-func limitListener(lis net.Listener, l Limits, cfg Config, reg prometheus.Registerer) net.Listener {
+// Listener wraps the gRPC port's listener with the connection caps,
+// registering their metrics on reg when it is not nil. (The load harness
+// serves through it too.)
+func (l Limits) Listener(lis net.Listener, log *slog.Logger, reg prometheus.Registerer) net.Listener {
+	l = l.withDefaults()
 	return connlimit.New(lis, connlimit.Config{Max: l.MaxConnections, MaxPerSource: l.MaxConnectionsPerSource,
-		Logger: cfg.Logger, Registerer: reg})
+		Logger: log, Registerer: reg})
 }
 
-// connectionOptions are the gRPC server options that bound a
-// connection's life: the handshake deadline, and keepalive, which pings
-// a quiet client and closes it if it does not answer, closes connections
-// idle of streams, and closes clients that ping too often.
-func connectionOptions(l Limits) []grpc.ServerOption {
+// ServerOptions are the gRPC server options that bound a connection's
+// life: the handshake deadline, and keepalive, which pings a quiet
+// client and closes it if it does not answer, closes connections idle
+// of streams, and closes clients that ping too often.
+func (l Limits) ServerOptions() []grpc.ServerOption {
+	l = l.withDefaults()
 	return []grpc.ServerOption{
 		grpc.ConnectionTimeout(l.HandshakeTimeout),
 		grpc.KeepaliveParams(keepalive.ServerParameters{
