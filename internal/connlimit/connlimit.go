@@ -82,8 +82,10 @@ func (l *Listener) Accept() (net.Conn, error) {
 		}
 		src := source(c.RemoteAddr())
 		if reason := l.admit(src); reason != "" {
-			c.Close()
+			// Counted before the close, so whoever sees the close sees
+			// the count.
 			l.refused(reason, src)
+			c.Close()
 			continue
 		}
 		return &conn{Conn: c, l: l, src: src}, nil
