@@ -19,7 +19,6 @@ import (
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/keepalive"
 	"k8s.io/client-go/rest"
 
 	"github.com/bulwarkmesh/bulwark/identity/attest"
@@ -66,6 +65,9 @@ type Config struct {
 	// Debounce is how long the model must be quiet before a publish;
 	// defaults to the server's default.
 	Debounce time.Duration
+	// Limits bounds connections to the gRPC port and certificate
+	// issuance; the zero value means the defaults (limits.go).
+	Limits Limits
 }
 
 // setDefaults checks cfg and fills in its defaults, reporting every
@@ -74,6 +76,7 @@ func (cfg *Config) setDefaults() error {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	cfg.Limits = cfg.Limits.withDefaults()
 	var errs []error
 	if cfg.XDSAddress == "" || (len(cfg.MeshPaths) == 0) == (cfg.Kube == nil) {
 		errs = append(errs, errors.New("controlplane: XDSAddress and exactly one of MeshPaths and Kube are required"))
@@ -190,7 +193,7 @@ func serve(ctx context.Context, cfg Config, p parts) (*ControlPlane, error) {
 		redeemer = p.src.tokens
 	}
 	iss, err := issuer.New(issuer.Config{CA: p.ca, Store: p.store, Tokens: redeemer, ServiceAccounts: p.src.reviewer,
-		Synced: p.src.synced, Logger: cfg.Logger, Registerer: p.reg})
+		Synced: p.src.synced, Logger: cfg.Logger, Registerer: p.reg, RateLimit: cfg.Limits.Issuance})
 	if err != nil {
 		return nil, err
 	}
@@ -211,12 +214,13 @@ func serve(ctx context.Context, cfg Config, p parts) (*ControlPlane, error) {
 		cancel()
 		return nil, err
 	}
+	xdsLis = cfg.Limits.Listener(xdsLis, cfg.Logger, p.reg)
 
 	g, ctx := errgroup.WithContext(ctx)
 	cp := &ControlPlane{XDSAddr: xdsLis.Addr(), Store: p.store, Server: srv, CA: p.ca, Tokens: p.src.tokens, Identity: p.id,
 		CADir: cfg.CADir, issuer: iss, cancel: cancel, ctx: ctx, group: g}
 
-	grpcServer := newGRPCServer(own, p.src.td)
+	grpcServer := newGRPCServer(own, p.src.td, cfg.Limits)
 	srv.Register(ctx, grpcServer)
 	iss.Register(grpcServer)
 
@@ -249,14 +253,15 @@ func listen(cfg Config) (xdsLis, httpLis net.Listener, err error) {
 }
 
 // newGRPCServer serves own's SVID and verifies callers' certificates, if
-// they send one, against own's bundle for td.
-func newGRPCServer(own SVIDSource, td spiffeid.TrustDomain) *grpc.Server {
-	return grpc.NewServer(append(server.ServerOptions(),
+// they send one, against own's bundle for td. (A client certificate is
+// asked for, not required: an agent's first call has none.) Connections
+// live within l.
+func newGRPCServer(own SVIDSource, td spiffeid.TrustDomain, l Limits) *grpc.Server {
+	opts := append(server.ServerOptions(),
 		grpc.Creds(credentials.NewTLS(spiffetls.ServerConfig(own, own, td))),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.MaxConcurrentStreams(1<<16),
-	)...)
+	)
+	return grpc.NewServer(append(opts, l.ServerOptions()...)...)
 }
 
 // serveGRPC serves s on lis in g until ctx ends, then stops it: gently

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/bulwarkmesh/bulwark/controlplane"
+	"github.com/bulwarkmesh/bulwark/identity/issuer"
 	"github.com/bulwarkmesh/bulwark/model"
 	"github.com/bulwarkmesh/bulwark/sidecar/contract"
 )
@@ -30,6 +32,26 @@ func envOr(key, def string) string {
 	return def
 }
 
+// limitFlags binds the limits of the gRPC port and of issuance.
+func limitFlags(fs *flag.FlagSet, l *controlplane.Limits) {
+	fs.DurationVar(&l.HandshakeTimeout, "handshake-timeout", controlplane.DefaultHandshakeTimeout,
+		"close a gRPC connection whose TLS handshake and HTTP/2 preface are not done within this")
+	fs.DurationVar(&l.IdleTimeout, "idle-timeout", controlplane.DefaultIdleTimeout,
+		"close a gRPC connection that has had no stream for this long")
+	fs.IntVar(&l.MaxConnections, "max-connections", controlplane.DefaultMaxConnections,
+		"most connections open on the gRPC port at once; more are closed on accept (-1: no limit)")
+	fs.IntVar(&l.MaxConnectionsPerSource, "max-connections-per-source", controlplane.DefaultMaxConnectionsPerSource,
+		"most connections open at once from one IP address (-1: no limit)")
+	fs.Float64Var(&l.Issuance.PerIdentity, "issue-rate-per-identity", issuer.DefaultRatePerIdentity,
+		"certificates per second one SPIFFE ID may obtain once its burst is used (-1: no limit)")
+	fs.IntVar(&l.Issuance.PerIdentityBurst, "issue-burst-per-identity", issuer.DefaultBurstPerIdentity,
+		"certificates one SPIFFE ID may obtain at once")
+	fs.Float64Var(&l.Issuance.Global, "issue-rate", issuer.DefaultRate,
+		"certificates per second for all workloads together once the burst is used (-1: no limit)")
+	fs.IntVar(&l.Issuance.GlobalBurst, "issue-burst", issuer.DefaultBurst,
+		"certificates all workloads together may obtain at once")
+}
+
 func runServe(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs := newFlags("serve", "--mesh FILE|DIR [--mesh ...] [flags]", stderr)
 	var cfg controlplane.Config
@@ -42,6 +64,7 @@ func runServe(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs.StringVar(&cfg.XDSAddress, "xds-address", "127.0.0.1:15010", "address for ADS and the CA service (gRPC, mutual TLS)")
 	fs.StringVar(&cfg.HTTPAddress, "http-address", "127.0.0.1:15014", "address for /metrics, /debug/proxies and /healthz; empty disables")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	limitFlags(fs, &cfg.Limits)
 	kubeconfig := fs.String("kubeconfig", "", "serve a Kubernetes cluster's mesh, reached with this kubeconfig")
 	inCluster := fs.Bool("in-cluster", false, "serve the mesh of the cluster this pod runs in")
 	var kc controlplane.KubeConfig

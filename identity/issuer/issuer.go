@@ -69,8 +69,12 @@ type Config struct {
 	SyncWait   time.Duration
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
-	// Now is the clock the issuer records issuance times with; defaults
-	// to time.Now. (Certificate lifetimes are the CA's clock, not this.)
+	// RateLimit bounds issuance per SPIFFE ID and in total; the zero
+	// value means the defaults (see ratelimit.go).
+	RateLimit RateLimit
+	// Now is the clock the issuer records issuance times and fills its
+	// rate limit buckets with; defaults to time.Now. (Certificate
+	// lifetimes are the CA's clock, not this.)
 	Now func() time.Time
 }
 
@@ -80,6 +84,7 @@ type Server struct {
 	cfg      Config
 	log      *slog.Logger
 	requests *prometheus.CounterVec
+	limits   *limiter
 
 	mu      sync.Mutex
 	issued  map[string]Issued // the latest certificate per workload
@@ -154,8 +159,9 @@ func New(cfg Config) (*Server, error) {
 			Name: "bulwark_issuer_requests_total",
 			Help: "Certificate signing requests, by how the caller authenticated and the result.",
 		}, []string{"method", "result"})}
+	s.limits = newLimiter(cfg.RateLimit, cfg.Now)
 	if cfg.Registerer != nil {
-		cfg.Registerer.MustRegister(s.requests)
+		cfg.Registerer.MustRegister(s.requests, s.limits.limited)
 		cfg.Registerer.MustRegister(expiryCollector{s})
 	}
 	return s, nil
@@ -200,6 +206,10 @@ func (s *Server) sign(ctx context.Context, req *cav1.SignCertificateRequest, met
 		case <-t.C:
 			return nil, "", status.Error(codes.Unavailable, "the control plane is still syncing its sources; retry")
 		}
+	}
+	// Nothing is spent on a request while issuance is at its limit.
+	if err := s.limits.gate(); err != nil {
+		return nil, "", err
 	}
 	csr, err := x509.ParseCertificateRequest(req.GetCsr())
 	if err != nil {
@@ -279,6 +289,9 @@ func (s *Server) sign(ctx context.Context, req *cav1.SignCertificateRequest, met
 		return nil, "", status.Errorf(codes.PermissionDenied, "csr asks for %s; you are %s", csr.URIs[0], id)
 	}
 
+	if err := s.limits.take(id.String(), *method == "join_token"); err != nil {
+		return nil, "", err
+	}
 	chain, err := s.cfg.CA.SignSVID(csr.PublicKey, id, time.Duration(req.GetTtlSeconds())*time.Second)
 	if err != nil {
 		return nil, "", status.Errorf(codes.InvalidArgument, "%v", err)

@@ -70,6 +70,9 @@ type Config struct {
 	Logger *slog.Logger
 	// Now is the clock; defaults to time.Now.
 	Now func() time.Time
+	// After is how the agent waits (for a renewal, or before a retry);
+	// defaults to time.After. Tests pass a fake clock's.
+	After func(time.Duration) <-chan time.Time
 }
 
 // EnvoyConfig describes the Envoy the agent runs.
@@ -108,6 +111,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.After == nil {
+		cfg.After = time.After
 	}
 	if cfg.AdminAddress == "" {
 		cfg.AdminAddress = bootstrap.DefaultAdminAddress
@@ -178,34 +184,38 @@ func (a *Agent) Run(ctx context.Context) error {
 	close(a.ready)
 
 	obtained := a.cfg.Now()
+	retry := backoff{base: time.Second, rand: a.rand.Float64}
+	wait := RenewAt(obtained, svid.Certificates[0].NotAfter, a.rand.Float64()).Sub(a.cfg.Now())
 	for {
-		wait := RenewAt(obtained, svid.Certificates[0].NotAfter, a.rand.Float64()).Sub(a.cfg.Now())
-		timer := time.NewTimer(max(wait, 0))
 		select {
 		case <-ctx.Done():
-			timer.Stop()
 			return nil
 		case <-envoyDone:
-			timer.Stop()
 			return errors.New("agent: envoy exited")
 		case err := <-sdsDone:
-			timer.Stop()
+			if ctx.Err() != nil {
+				return nil // it stopped because we are stopping
+			}
 			return fmt.Errorf("agent: SDS server stopped: %w", err)
-		case <-timer.C:
+		case <-a.cfg.After(max(wait, 0)):
 		}
 		next, nbundle, err := a.fetch(ctx, svid)
 		if err != nil {
+			// Back off, but retry at least ten times in what is left of
+			// the certificate's life (and at least once a minute), unless
+			// the control plane said when to come back.
 			left := svid.Certificates[0].NotAfter.Sub(a.cfg.Now())
-			a.log.Error("certificate renewal failed; retrying", "err", err, "expires_in", left.Round(time.Second))
-			if !sleep(ctx, min(5*time.Second, max(left/10, time.Second))) {
-				return nil
-			}
+			wait = retry.wait(err, min(time.Minute, max(left/10, time.Second)))
+			a.log.Error("certificate renewal failed; retrying", "err", err, "in", wait.Round(time.Millisecond),
+				"expires_in", left.Round(time.Second))
 			continue
 		}
+		retry.reset()
 		if err := a.install(next, nbundle); err != nil {
 			return err
 		}
 		svid, obtained = next, a.cfg.Now()
+		wait = RenewAt(obtained, svid.Certificates[0].NotAfter, a.rand.Float64()).Sub(a.cfg.Now())
 	}
 }
 
@@ -220,13 +230,12 @@ func RenewAt(obtained, notAfter time.Time, r float64) time.Time {
 	return obtained.Add(time.Duration(math.Round(float64(life) * frac)))
 }
 
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
+// sleep waits d on the agent's clock; false if ctx ended first.
+func (a *Agent) sleep(ctx context.Context, d time.Duration) bool {
 	select {
 	case <-ctx.Done():
 		return false
-	case <-t.C:
+	case <-a.cfg.After(d):
 		return true
 	}
 }
@@ -238,7 +247,7 @@ func (a *Agent) firstCertificate(ctx context.Context) (*x509svid.SVID, []*x509.C
 	if a.cfg.JoinToken == "" && a.cfg.ServiceAccountTokenFile == "" {
 		return nil, nil, errors.New("agent: no credential for the first certificate: give it a join token or a ServiceAccount token file")
 	}
-	backoff := 200 * time.Millisecond
+	retry := backoff{base: 200 * time.Millisecond, rand: a.rand.Float64}
 	for {
 		svid, bundle, err := a.fetch(ctx, nil)
 		if err == nil {
@@ -248,11 +257,11 @@ func (a *Agent) firstCertificate(ctx context.Context) (*x509svid.SVID, []*x509.C
 		case codes.Unauthenticated, codes.PermissionDenied, codes.InvalidArgument, codes.FailedPrecondition:
 			return nil, nil, fmt.Errorf("agent: the control plane refused the first certificate: %w", err)
 		}
-		a.log.Warn("control plane not reachable or not ready yet; retrying", "err", err, "in", backoff)
-		if !sleep(ctx, backoff) {
+		wait := retry.wait(err, 5*time.Second)
+		a.log.Warn("control plane not reachable, not ready or busy; retrying", "err", err, "in", wait.Round(time.Millisecond))
+		if !a.sleep(ctx, wait) {
 			return nil, nil, ctx.Err()
 		}
-		backoff = min(backoff*2, 5*time.Second)
 	}
 }
 

@@ -5,6 +5,9 @@
 // serves the certificate and trust bundle to its own Envoy over SDS on a
 // Unix socket. It renews at half the certificate's lifetime, with
 // jitter, writes the Envoy bootstrap, and can run Envoy as its child.
+// A failed call is retried with exponential backoff and jitter, and a
+// refusal that says when to come back (the CA's rate limit) is never
+// retried earlier.
 //
 // It must never send the private key anywhere but the local SDS socket,
 // and never trusts anything but the control plane's own SPIFFE ID. It

@@ -31,6 +31,7 @@ import (
 	"github.com/bulwarkmesh/bulwark/bench/gen"
 	"github.com/bulwarkmesh/bulwark/bench/sidecar"
 	"github.com/bulwarkmesh/bulwark/ca"
+	"github.com/bulwarkmesh/bulwark/controlplane"
 	"github.com/bulwarkmesh/bulwark/internal/spiffetls"
 	"github.com/bulwarkmesh/bulwark/model"
 	"github.com/bulwarkmesh/bulwark/sidecar/contract"
@@ -114,7 +115,13 @@ func serve(args []string) error {
 			return err
 		}
 		identify := spiffetls.PeerID
+		// The connection limits of `bulwark serve`, with the caps raised:
+		// every simulated sidecar connects from 127.0.0.1.
+		limits := controlplane.Limits{MaxConnections: max(controlplane.DefaultMaxConnections, 2*spec.Proxies),
+			MaxConnectionsPerSource: 2 * spec.Proxies}
+		lis = limits.Listener(lis, log, nil)
 		opts := append(server.ServerOptions(), grpc.MaxConcurrentStreams(1<<16))
+		opts = append(opts, limits.ServerOptions()...)
 		if *plaintext {
 			// Isolates the xDS server from TLS, to compare it with the
 			// baseline on equal terms. Bulwark itself never serves so.
