@@ -171,12 +171,16 @@ func (s *Server) SignCertificate(ctx context.Context, req *cav1.SignCertificateR
 	method := "none"
 	resp, id, err := s.sign(ctx, req, &method)
 	if err != nil {
+		// Every value in the refusal may come from the caller: the log
+		// line and the answer are bounded whatever it sent.
+		err = boundStatus(err)
 		s.requests.WithLabelValues(method, status.Code(err).String()).Inc()
-		s.log.Warn("certificate refused", "workload", req.GetWorkload(), "method", method, "err", status.Convert(err).Message())
+		s.log.Warn("certificate refused", "workload", quote(req.GetWorkload()), "method", method, "err", status.Convert(err).Message())
 		return nil, err
 	}
 	s.requests.WithLabelValues(method, "OK").Inc()
 	leaf, _ := x509.ParseCertificate(resp.GetCertChain()[0])
+	// Issued: the workload is a valid node ID, short and plain.
 	s.log.Info("certificate issued", "workload", req.GetWorkload(), "id", id, "method", method,
 		"serial", leaf.SerialNumber.Text(16), "expires", leaf.NotAfter.Format(time.RFC3339))
 	s.record(Issued{Workload: req.GetWorkload(), ID: id, Serial: leaf.SerialNumber.Text(16),
@@ -185,6 +189,9 @@ func (s *Server) SignCertificate(ctx context.Context, req *cav1.SignCertificateR
 }
 
 func (s *Server) sign(ctx context.Context, req *cav1.SignCertificateRequest, method *string) (*cav1.SignCertificateResponse, string, error) {
+	if err := checkSize(ctx, req); err != nil {
+		return nil, "", err
+	}
 	if s.cfg.Synced != nil {
 		wait := s.cfg.SyncWait
 		if wait <= 0 {
@@ -210,7 +217,7 @@ func (s *Server) sign(ctx context.Context, req *cav1.SignCertificateRequest, met
 	}
 	ns, name, ok := model.ParseNodeID(req.GetWorkload())
 	if !ok {
-		return nil, "", status.Errorf(codes.InvalidArgument, "workload %q is not namespace/name", req.GetWorkload())
+		return nil, "", status.Errorf(codes.InvalidArgument, "workload %s is not namespace/name", quote(req.GetWorkload()))
 	}
 	td := s.cfg.CA.TrustDomain()
 
@@ -276,7 +283,7 @@ func (s *Server) sign(ctx context.Context, req *cav1.SignCertificateRequest, met
 	case len(csr.URIs) > 1:
 		return nil, "", status.Errorf(codes.PermissionDenied, "csr asks for %d URI SANs; a workload has exactly one identity, %s", len(csr.URIs), id)
 	case len(csr.URIs) == 1 && csr.URIs[0].String() != id.String():
-		return nil, "", status.Errorf(codes.PermissionDenied, "csr asks for %s; you are %s", csr.URIs[0], id)
+		return nil, "", status.Errorf(codes.PermissionDenied, "csr asks for %s; you are %s", quote(csr.URIs[0].String()), id)
 	}
 
 	chain, err := s.cfg.CA.SignSVID(csr.PublicKey, id, time.Duration(req.GetTtlSeconds())*time.Second)

@@ -364,7 +364,7 @@ func TestRefusals(t *testing.T) {
 	t.Run("CSR asks for another identity", func(t *testing.T) {
 		_, err := e.sign(t, request{token: e.token(t, "demo/frontend-1"), workload: "demo/frontend-1",
 			csr: &x509.CertificateRequest{URIs: []*url.URL{mustURL(apiID)}}})
-		wantRefused(t, err, codes.PermissionDenied, "csr asks for "+apiID)
+		wantRefused(t, err, codes.PermissionDenied, `csr asks for "`+apiID+`"`)
 	})
 	t.Run("CSR asks for several URI SANs", func(t *testing.T) {
 		_, err := e.sign(t, request{token: e.token(t, "demo/frontend-1"), workload: "demo/frontend-1",
