@@ -190,7 +190,7 @@ func serve(ctx context.Context, cfg Config, p parts) (*ControlPlane, error) {
 		redeemer = p.src.tokens
 	}
 	iss, err := issuer.New(issuer.Config{CA: p.ca, Store: p.store, Tokens: redeemer, ServiceAccounts: p.src.reviewer,
-		Synced: p.src.synced, Logger: cfg.Logger, Registerer: p.reg})
+		Reserved: []spiffeid.ID{p.id}, Synced: p.src.synced, Logger: cfg.Logger, Registerer: p.reg})
 	if err != nil {
 		return nil, err
 	}

@@ -184,6 +184,9 @@ func TestStartRefuses(t *testing.T) {
 			TokenDir: t.TempDir()}, `trust domain "example.org"`},
 		{"an identity outside the trust domain", controlplane.Config{MeshPaths: []string{exampleMesh}, XDSAddress: "127.0.0.1:0", CA: &ownCA{CA: sameTD},
 			TokenDir: t.TempDir(), Identity: "spiffe://example.org/cp"}, "is not a SPIFFE ID in cluster.local"},
+		{"an identity a workload of the mesh has", controlplane.Config{MeshPaths: []string{exampleMesh}, XDSAddress: "127.0.0.1:0", CA: &ownCA{CA: sameTD},
+			TokenDir: t.TempDir(), Identity: "spiffe://cluster.local/ns/demo/sa/api"},
+			"workload demo/api-1: service account api in namespace demo is the control plane's own identity (spiffe://cluster.local/ns/demo/sa/api, --identity)"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.cfg.Logger = testlog.New(t)

@@ -61,6 +61,11 @@ type Config struct {
 	Tokens TokenRedeemer
 	// ServiceAccounts checks ServiceAccount tokens; nil refuses them.
 	ServiceAccounts ServiceAccountReviewer
+	// Reserved are identities never issued to a workload: the control
+	// plane's own (the one it serves with, when an operator named
+	// another). contract.ControlPlaneID of the CA's trust domain is
+	// always reserved, listed here or not.
+	Reserved []spiffeid.ID
 	// Synced is closed once the sources have synced. A request that comes
 	// before waits for it, at most SyncWait (default 15s) or until the
 	// caller gives up, and is then asked to come back (Unavailable). Nil:
@@ -77,9 +82,10 @@ type Config struct {
 // Server implements the CertificateService.
 type Server struct {
 	cav1.UnimplementedCertificateServiceServer
-	cfg      Config
-	log      *slog.Logger
-	requests *prometheus.CounterVec
+	cfg              Config
+	log              *slog.Logger
+	requests         *prometheus.CounterVec
+	reservedRefusals prometheus.Counter
 
 	mu      sync.Mutex
 	issued  map[string]Issued // the latest certificate per workload
@@ -153,9 +159,10 @@ func New(cfg Config) (*Server, error) {
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "bulwark_issuer_requests_total",
 			Help: "Certificate signing requests, by how the caller authenticated and the result.",
-		}, []string{"method", "result"})}
+		}, []string{"method", "result"}),
+		reservedRefusals: newReservedRefusals()}
 	if cfg.Registerer != nil {
-		cfg.Registerer.MustRegister(s.requests)
+		cfg.Registerer.MustRegister(s.requests, s.reservedRefusals)
 		cfg.Registerer.MustRegister(expiryCollector{s})
 	}
 	return s, nil
@@ -271,6 +278,9 @@ func (s *Server) sign(ctx context.Context, req *cav1.SignCertificateRequest, met
 		return nil, "", status.Errorf(codes.PermissionDenied, "workload %s is not in the mesh", req.GetWorkload())
 	}
 	id := w.Identity(td.String())
+	if err := s.checkReserved(id, req.GetWorkload(), *method); err != nil {
+		return nil, "", err
+	}
 	if !peerID.IsZero() && peerID != id {
 		return nil, "", status.Errorf(codes.PermissionDenied, "your certificate is %s, but workload %s is %s", peerID, req.GetWorkload(), id)
 	}
