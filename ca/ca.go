@@ -337,6 +337,15 @@ func (c *CA) MaxTTL() time.Duration { return c.maxTTL }
 // arrived in. The result is the leaf followed by the chain up to (not
 // including) the root.
 func (c *CA) SignSVID(pub crypto.PublicKey, id spiffeid.ID, ttl time.Duration) ([]*x509.Certificate, error) {
+	return c.sign(pub, id, pkix.Name{Organization: []string{subjectOrg}}, ttl)
+}
+
+// subjectOrg is the organization in every leaf's subject.
+const subjectOrg = "Bulwark"
+
+// sign issues a leaf for id with pub, the given subject and ttl; see
+// SignSVID.
+func (c *CA) sign(pub crypto.PublicKey, id spiffeid.ID, subject pkix.Name, ttl time.Duration) ([]*x509.Certificate, error) {
 	if !id.MemberOf(c.td) {
 		c.m.errors.WithLabelValues("foreign_id").Inc()
 		return nil, fmt.Errorf("ca: %w: %s is not in %s", ErrForeignID, id, c.td)
@@ -357,7 +366,7 @@ func (c *CA) SignSVID(pub crypto.PublicKey, id spiffeid.ID, ttl time.Duration) (
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber:          mustSerial(),
-		Subject:               pkix.Name{Organization: []string{"Bulwark"}},
+		Subject:               subject,
 		NotBefore:             notBefore,
 		NotAfter:              notAfter,
 		KeyUsage:              x509.KeyUsageDigitalSignature,

@@ -63,3 +63,36 @@ func TestCheckSVIDRefusesALifetimeOverTheCap(t *testing.T) {
 		t.Errorf("a leaf of 1h1m under a cap of 1h: %v", err)
 	}
 }
+
+// TestWorkloadLeavesNameTheirWorkload: SignWorkloadSVID names the
+// workload in the subject and WorkloadOf reads it back; a leaf from
+// SignSVID names none; the profile holds either way.
+func TestWorkloadLeavesNameTheirWorkload(t *testing.T) {
+	c, _ := newTestCA(t, t0)
+	w := Workload{Namespace: "prod", Name: "api-7f9c"}
+	chain, err := c.SignWorkloadSVID(p256(t).Public(), apiID, w, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, ok := WorkloadOf(chain[0]); !ok || got != w {
+		t.Errorf("WorkloadOf = %v, %v; want %v", got, ok, w)
+	}
+	if s := chain[0].Subject.String(); s != "CN=api-7f9c,OU=prod,O=Bulwark" {
+		t.Errorf("subject %s", s)
+	}
+	if err := CheckSVID(chain, c.Roots(), td, t0); err != nil {
+		t.Error(err)
+	}
+	plain, err := c.SignSVID(p256(t).Public(), apiID, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, ok := WorkloadOf(plain[0]); ok {
+		t.Errorf("a leaf from SignSVID names workload %v", got)
+	}
+	for _, bad := range []Workload{{"", "api"}, {"prod", ""}, {"prod", strings.Repeat("a", 65)}} {
+		if _, err := c.SignWorkloadSVID(p256(t).Public(), apiID, bad, 0); err == nil {
+			t.Errorf("workload %q was accepted", bad.String())
+		}
+	}
+}

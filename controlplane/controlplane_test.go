@@ -42,9 +42,9 @@ type ownCA struct {
 
 var _ controlplane.Authority = (*ownCA)(nil)
 
-func (o *ownCA) SignSVID(pub crypto.PublicKey, id spiffeid.ID, ttl time.Duration) ([]*x509.Certificate, error) {
+func (o *ownCA) SignWorkloadSVID(pub crypto.PublicKey, id spiffeid.ID, w ca.Workload, ttl time.Duration) ([]*x509.Certificate, error) {
 	o.signed.Add(1)
-	return o.CA.SignSVID(pub, id, ttl)
+	return o.CA.SignWorkloadSVID(pub, id, w, ttl)
 }
 
 func (o *ownCA) ServingSource(ctx context.Context, id spiffeid.ID) (controlplane.SVIDSource, error) {

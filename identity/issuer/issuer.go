@@ -21,10 +21,13 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	cav1 "github.com/bulwarkmesh/bulwark/api/ca/v1"
+	"github.com/bulwarkmesh/bulwark/ca"
 	"github.com/bulwarkmesh/bulwark/internal/spiffetls"
 	"github.com/bulwarkmesh/bulwark/model"
 	"github.com/bulwarkmesh/bulwark/sidecar/contract"
@@ -35,6 +38,9 @@ type Signer interface {
 	TrustDomain() spiffeid.TrustDomain
 	Roots() []*x509.Certificate
 	SignSVID(pub crypto.PublicKey, id spiffeid.ID, ttl time.Duration) ([]*x509.Certificate, error)
+	// SignWorkloadSVID signs a workload's certificate, which also names
+	// the workload, for ca.WorkloadOf to read back (see ca.CA's).
+	SignWorkloadSVID(pub crypto.PublicKey, id spiffeid.ID, w ca.Workload, ttl time.Duration) ([]*x509.Certificate, error)
 }
 
 // TokenRedeemer uses up a one-time join token bound to a workload.
@@ -95,10 +101,11 @@ type Server struct {
 // Issued describes the latest certificate this server issued to a
 // workload: what an operator checks to see that rotation works.
 type Issued struct {
-	// Workload is the namespace/name the request named. The identity is
-	// what the issuer enforces: a renewing agent proves its identity with
-	// its current certificate, and any workload of that identity may name
-	// itself.
+	// Workload is the namespace/name the request named, which its
+	// credential is bound to: a join token or ServiceAccount token names
+	// it, and a certificate renews only the workload it names (see
+	// ca.WorkloadOf), so one workload cannot overwrite the record of
+	// another with the same identity.
 	Workload string    `json:"workload"`
 	ID       string    `json:"id"`
 	Serial   string    `json:"serial"`
@@ -230,11 +237,17 @@ func (s *Server) sign(ctx context.Context, req *cav1.SignCertificateRequest, met
 
 	// Who is calling: a certificate already issued to it, or a join token.
 	var peerID spiffeid.ID
-	saIdentity := "" // the service account a ServiceAccount token proved
+	var peerWorkload *ca.Workload // the workload the caller's certificate names, if it names one
+	saIdentity := ""              // the service account a ServiceAccount token proved
 	switch pid, perr := spiffetls.PeerID(ctx); {
 	case perr == nil:
 		*method = "certificate"
 		peerID = pid
+		if leaf := peerLeaf(ctx); leaf != nil {
+			if w, ok := ca.WorkloadOf(leaf); ok {
+				peerWorkload = &w
+			}
+		}
 	case bearer(ctx, contract.JoinTokenScheme) != "":
 		*method = "join_token"
 		if s.cfg.Tokens == nil {
@@ -284,6 +297,10 @@ func (s *Server) sign(ctx context.Context, req *cav1.SignCertificateRequest, met
 	if !peerID.IsZero() && peerID != id {
 		return nil, "", status.Errorf(codes.PermissionDenied, "your certificate is %s, but workload %s is %s", peerID, req.GetWorkload(), id)
 	}
+	if peerWorkload != nil && peerWorkload.String() != req.GetWorkload() {
+		return nil, "", status.Errorf(codes.PermissionDenied, "your certificate was issued to workload %s; it renews %s only, not %s",
+			peerWorkload, peerWorkload, req.GetWorkload())
+	}
 	if saIdentity != "" && saIdentity != w.ServiceAccount {
 		return nil, "", status.Errorf(codes.PermissionDenied, "the token is for service account %s, but workload %s runs as %s", saIdentity, req.GetWorkload(), w.ServiceAccount)
 	}
@@ -296,7 +313,7 @@ func (s *Server) sign(ctx context.Context, req *cav1.SignCertificateRequest, met
 		return nil, "", status.Errorf(codes.PermissionDenied, "csr asks for %s; you are %s", quote(csr.URIs[0].String()), id)
 	}
 
-	chain, err := s.cfg.CA.SignSVID(csr.PublicKey, id, time.Duration(req.GetTtlSeconds())*time.Second)
+	chain, err := s.cfg.CA.SignWorkloadSVID(csr.PublicKey, id, ca.Workload{Namespace: ns, Name: name}, time.Duration(req.GetTtlSeconds())*time.Second)
 	if err != nil {
 		return nil, "", status.Errorf(codes.InvalidArgument, "%v", err)
 	}
@@ -326,6 +343,21 @@ func (c expiryCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, cert := range c.s.Certificates() {
 		ch <- prometheus.MustNewConstMetric(expiryDesc, prometheus.GaugeValue, float64(cert.Expires.Unix()), cert.Workload)
 	}
+}
+
+// peerLeaf returns the caller's certificate, or nil. (The server's TLS
+// configuration verified it against the bundle before the handshake
+// completed, as for spiffetls.PeerID.)
+func peerLeaf(ctx context.Context) *x509.Certificate {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return nil
+	}
+	info, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(info.State.PeerCertificates) == 0 {
+		return nil
+	}
+	return info.State.PeerCertificates[0]
 }
 
 // bearer returns the credential of the given scheme from the
