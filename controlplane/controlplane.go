@@ -59,8 +59,12 @@ type Config struct {
 	// port 0 picks one.
 	XDSAddress string
 	// HTTPAddress is where /metrics, /debug/proxies and /healthz listen;
-	// empty disables it.
+	// empty disables it. The /debug endpoints answer anyone who reaches
+	// them: keep it on loopback (a warning is logged otherwise).
 	HTTPAddress string
+	// MetricsAddress, when set, is a second listener with /metrics and
+	// /healthz only, for probes and scrapers from outside the host.
+	MetricsAddress string
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// Debounce is how long the model must be quiet before a publish;
@@ -113,11 +117,13 @@ type KubeConfig struct {
 
 // ControlPlane is a running control plane.
 type ControlPlane struct {
-	// XDSAddr and HTTPAddr are the bound addresses.
-	XDSAddr  net.Addr
-	HTTPAddr net.Addr
-	Store    *model.Store
-	Server   *server.Server
+	// XDSAddr, HTTPAddr and MetricsAddr are the bound addresses (the
+	// last two nil when not configured).
+	XDSAddr     net.Addr
+	HTTPAddr    net.Addr
+	MetricsAddr net.Addr
+	Store       *model.Store
+	Server      *server.Server
 	// CA is the certificate authority in use: Config.CA, or the default.
 	CA     Authority
 	Tokens *attest.JoinTokens
@@ -211,6 +217,15 @@ func serve(ctx context.Context, cfg Config, p parts) (*ControlPlane, error) {
 		cancel()
 		return nil, err
 	}
+	metricsLis, err := listenMetrics(cfg)
+	if err != nil {
+		cancel()
+		xdsLis.Close()
+		if httpLis != nil {
+			httpLis.Close()
+		}
+		return nil, err
+	}
 
 	g, ctx := errgroup.WithContext(ctx)
 	cp := &ControlPlane{XDSAddr: xdsLis.Addr(), Store: p.store, Server: srv, CA: p.ca, Tokens: p.src.tokens, Identity: p.id,
@@ -226,8 +241,13 @@ func serve(ctx context.Context, cfg Config, p parts) (*ControlPlane, error) {
 	if httpLis != nil {
 		cp.HTTPAddr = httpLis.Addr()
 		serveHTTP(ctx, g, httpLis, cp.debugMux(p.reg))
+		warnIfExposed(cfg.Logger, httpLis.Addr())
 	}
-	cfg.Logger.Info("control plane serving", "xds", cp.XDSAddr.String(), "http", addrString(cp.HTTPAddr),
+	if metricsLis != nil {
+		cp.MetricsAddr = metricsLis.Addr()
+		serveHTTP(ctx, g, metricsLis, metricsMux(p.reg))
+	}
+	cfg.Logger.Info("control plane serving", "xds", cp.XDSAddr.String(), "http", addrString(cp.HTTPAddr), "metrics", addrString(cp.MetricsAddr),
 		"identity", p.id.String(), "trust_domain", p.src.td.String())
 	return cp, nil
 }
