@@ -32,7 +32,8 @@ const (
 	// DefaultRootTTL and DefaultIntermediateTTL are used by Init.
 	DefaultRootTTL         = 10 * 365 * 24 * time.Hour
 	DefaultIntermediateTTL = 2 * 365 * 24 * time.Hour
-	// backdate allows for clocks a little behind the CA's.
+	// backdate allows for clocks a little behind the CA's. A leaf's is
+	// taken out of its lifetime (at most a tenth of it), never added.
 	backdate = 30 * time.Second
 )
 
@@ -329,11 +330,22 @@ func (c *CA) MaxTTL() time.Duration { return c.maxTTL }
 
 // SignSVID issues a leaf for id with public key pub. ttl zero means the
 // default; a longer ttl than the maximum is shortened to it, and no leaf
-// outlives the signing certificate. Everything about the certificate
+// outlives the signing certificate. The lifetime is NotAfter - NotBefore:
+// the leaf is valid from 30 seconds (or a tenth of ttl, if less) before
+// now, for clocks a little behind the CA's, and that much less after. Everything about the certificate
 // comes from the arguments and the profile, nothing from any CSR the key
 // arrived in. The result is the leaf followed by the chain up to (not
 // including) the root.
 func (c *CA) SignSVID(pub crypto.PublicKey, id spiffeid.ID, ttl time.Duration) ([]*x509.Certificate, error) {
+	return c.sign(pub, id, pkix.Name{Organization: []string{subjectOrg}}, ttl)
+}
+
+// subjectOrg is the organization in every leaf's subject.
+const subjectOrg = "Bulwark"
+
+// sign issues a leaf for id with pub, the given subject and ttl; see
+// SignSVID.
+func (c *CA) sign(pub crypto.PublicKey, id spiffeid.ID, subject pkix.Name, ttl time.Duration) ([]*x509.Certificate, error) {
 	if !id.MemberOf(c.td) {
 		c.m.errors.WithLabelValues("foreign_id").Inc()
 		return nil, fmt.Errorf("ca: %w: %s is not in %s", ErrForeignID, id, c.td)
@@ -347,14 +359,15 @@ func (c *CA) SignSVID(pub crypto.PublicKey, id spiffeid.ID, ttl time.Duration) (
 	}
 	ttl = min(ttl, c.maxTTL)
 	now := c.now()
-	notAfter := now.Add(ttl)
+	notBefore := now.Add(-min(backdate, ttl/10))
+	notAfter := notBefore.Add(ttl)
 	if signing := c.chain[0]; notAfter.After(signing.NotAfter) {
 		notAfter = signing.NotAfter
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber:          mustSerial(),
-		Subject:               pkix.Name{Organization: []string{"Bulwark"}},
-		NotBefore:             now.Add(-backdate),
+		Subject:               subject,
+		NotBefore:             notBefore,
 		NotAfter:              notAfter,
 		KeyUsage:              x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
@@ -375,7 +388,7 @@ func (c *CA) SignSVID(pub crypto.PublicKey, id spiffeid.ID, ttl time.Duration) (
 	out := append([]*x509.Certificate{leaf}, c.chain...)
 	// The last line of defence: what leaves the CA follows the profile
 	// and verifies against the bundle the workloads will use.
-	if err := CheckSVID(out, c.roots, c.td, now); err != nil {
+	if err := CheckSVID(out, c.roots, c.td, now, WithMaxLifetime(c.maxTTL)); err != nil {
 		c.m.errors.WithLabelValues("profile").Inc()
 		return nil, err
 	}

@@ -13,6 +13,18 @@ import (
 
 var oidKeyUsage = asn1.ObjectIdentifier{2, 5, 29, 15}
 
+// CheckOption changes what CheckSVID requires.
+type CheckOption func(*checkOptions)
+
+type checkOptions struct{ maxLifetime time.Duration }
+
+// WithMaxLifetime sets the longest lifetime (NotAfter - NotBefore) the
+// leaf may have; the default is MaxLeafTTL. A CA checks its own leaves
+// against its own maximum.
+func WithMaxLifetime(d time.Duration) CheckOption {
+	return func(o *checkOptions) { o.maxLifetime = d }
+}
+
 // CheckSVID checks that chain (leaf first, then intermediates) is an
 // X.509-SVID of trust domain td, valid at now, that chains to roots:
 //
@@ -22,10 +34,16 @@ var oidKeyUsage = asn1.ObjectIdentifier{2, 5, 29, 15}
 //     keyCertSign or cRLSign;
 //   - extended key usage serverAuth and clientAuth;
 //   - not valid past any certificate above it;
+//   - valid for no longer than the maximum lifetime, counting the
+//     backdate (see WithMaxLifetime);
 //   - verifies against roots with go-spiffe's X.509-SVID verifier.
 //
 // Each broken rule is reported, wrapped in ErrProfile.
-func CheckSVID(chain []*x509.Certificate, roots []*x509.Certificate, td spiffeid.TrustDomain, now time.Time) error {
+func CheckSVID(chain []*x509.Certificate, roots []*x509.Certificate, td spiffeid.TrustDomain, now time.Time, opts ...CheckOption) error {
+	o := checkOptions{maxLifetime: MaxLeafTTL}
+	for _, opt := range opts {
+		opt(&o)
+	}
 	if len(chain) == 0 {
 		return fmt.Errorf("%w: empty chain", ErrProfile)
 	}
@@ -82,6 +100,9 @@ func CheckSVID(chain []*x509.Certificate, roots []*x509.Certificate, td spiffeid
 		if leaf.NotAfter.After(issuer.NotAfter) {
 			return fail("valid until %s, past its issuer %q (%s)", leaf.NotAfter, issuer.Subject, issuer.NotAfter)
 		}
+	}
+	if life := leaf.NotAfter.Sub(leaf.NotBefore); life > o.maxLifetime {
+		return fail("valid for %s, longer than %s", life, o.maxLifetime)
 	}
 	if now.Before(leaf.NotBefore) || now.After(leaf.NotAfter) {
 		return fail("valid from %s to %s, not at %s", leaf.NotBefore, leaf.NotAfter, now)

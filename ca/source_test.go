@@ -127,16 +127,17 @@ func TestSourceRenewsAtHalfLifeOnTheCAsClock(t *testing.T) {
 	}
 	first := current()
 
-	// Issued at t0, backdated 30s, valid 1h: half way is 15s short of 30m.
-	if d, want := clk.wait(t), 30*time.Minute-backdate/2; d != want {
+	// Issued at t0, backdated 30s, valid 1h from then: half way is 30s
+	// short of 30m.
+	if d, want := clk.wait(t), 30*time.Minute-backdate; d != want {
 		t.Fatalf("first renewal in %s, want %s", d, want)
 	}
-	clk.Advance(30*time.Minute - backdate/2 - time.Second)
+	clk.Advance(30*time.Minute - backdate - time.Second)
 	if current() != first {
 		t.Fatal("renewed before half its lifetime")
 	}
 	clk.Advance(time.Second)
-	if d, want := clk.wait(t), 30*time.Minute-backdate/2; d != want {
+	if d, want := clk.wait(t), 30*time.Minute-backdate; d != want {
 		t.Errorf("second renewal in %s, want %s", d, want)
 	}
 	second := current()

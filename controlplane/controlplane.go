@@ -58,8 +58,12 @@ type Config struct {
 	// port 0 picks one.
 	XDSAddress string
 	// HTTPAddress is where /metrics, /debug/proxies and /healthz listen;
-	// empty disables it.
+	// empty disables it. The /debug endpoints answer anyone who reaches
+	// them: keep it on loopback (a warning is logged otherwise).
 	HTTPAddress string
+	// MetricsAddress, when set, is a second listener with /metrics and
+	// /healthz only, for probes and scrapers from outside the host.
+	MetricsAddress string
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
 	// Debounce is how long the model must be quiet before a publish;
@@ -116,11 +120,13 @@ type KubeConfig struct {
 
 // ControlPlane is a running control plane.
 type ControlPlane struct {
-	// XDSAddr and HTTPAddr are the bound addresses.
-	XDSAddr  net.Addr
-	HTTPAddr net.Addr
-	Store    *model.Store
-	Server   *server.Server
+	// XDSAddr, HTTPAddr and MetricsAddr are the bound addresses (the
+	// last two nil when not configured).
+	XDSAddr     net.Addr
+	HTTPAddr    net.Addr
+	MetricsAddr net.Addr
+	Store       *model.Store
+	Server      *server.Server
 	// CA is the certificate authority in use: Config.CA, or the default.
 	CA     Authority
 	Tokens *attest.JoinTokens
@@ -193,7 +199,7 @@ func serve(ctx context.Context, cfg Config, p parts) (*ControlPlane, error) {
 		redeemer = p.src.tokens
 	}
 	iss, err := issuer.New(issuer.Config{CA: p.ca, Store: p.store, Tokens: redeemer, ServiceAccounts: p.src.reviewer,
-		Synced: p.src.synced, Logger: cfg.Logger, Registerer: p.reg, RateLimit: cfg.Limits.Issuance})
+		Reserved: []spiffeid.ID{p.id}, Synced: p.src.synced, Logger: cfg.Logger, Registerer: p.reg, RateLimit: cfg.Limits.Issuance})
 	if err != nil {
 		return nil, err
 	}
@@ -214,6 +220,15 @@ func serve(ctx context.Context, cfg Config, p parts) (*ControlPlane, error) {
 		cancel()
 		return nil, err
 	}
+	metricsLis, err := listenMetrics(cfg)
+	if err != nil {
+		cancel()
+		xdsLis.Close()
+		if httpLis != nil {
+			httpLis.Close()
+		}
+		return nil, err
+	}
 	xdsLis = cfg.Limits.Listener(xdsLis, cfg.Logger, p.reg)
 
 	g, ctx := errgroup.WithContext(ctx)
@@ -230,8 +245,13 @@ func serve(ctx context.Context, cfg Config, p parts) (*ControlPlane, error) {
 	if httpLis != nil {
 		cp.HTTPAddr = httpLis.Addr()
 		serveHTTP(ctx, g, httpLis, cp.debugMux(p.reg))
+		warnIfExposed(cfg.Logger, httpLis.Addr())
 	}
-	cfg.Logger.Info("control plane serving", "xds", cp.XDSAddr.String(), "http", addrString(cp.HTTPAddr),
+	if metricsLis != nil {
+		cp.MetricsAddr = metricsLis.Addr()
+		serveHTTP(ctx, g, metricsLis, metricsMux(p.reg))
+	}
+	cfg.Logger.Info("control plane serving", "xds", cp.XDSAddr.String(), "http", addrString(cp.HTTPAddr), "metrics", addrString(cp.MetricsAddr),
 		"identity", p.id.String(), "trust_domain", p.src.td.String())
 	return cp, nil
 }
@@ -260,6 +280,9 @@ func newGRPCServer(own SVIDSource, td spiffeid.TrustDomain, l Limits) *grpc.Serv
 	opts := append(server.ServerOptions(),
 		grpc.Creds(credentials.NewTLS(spiffetls.ServerConfig(own, own, td))),
 		grpc.MaxConcurrentStreams(1<<16),
+		// Headers are an agent's credential and little else: 64 KiB
+		// instead of gRPC's 16 MiB, refused before any handler runs.
+		grpc.MaxHeaderListSize(64<<10),
 	)
 	return grpc.NewServer(append(opts, l.ServerOptions()...)...)
 }

@@ -42,9 +42,9 @@ type ownCA struct {
 
 var _ controlplane.Authority = (*ownCA)(nil)
 
-func (o *ownCA) SignSVID(pub crypto.PublicKey, id spiffeid.ID, ttl time.Duration) ([]*x509.Certificate, error) {
+func (o *ownCA) SignWorkloadSVID(pub crypto.PublicKey, id spiffeid.ID, w ca.Workload, ttl time.Duration) ([]*x509.Certificate, error) {
 	o.signed.Add(1)
-	return o.CA.SignSVID(pub, id, ttl)
+	return o.CA.SignWorkloadSVID(pub, id, w, ttl)
 }
 
 func (o *ownCA) ServingSource(ctx context.Context, id spiffeid.ID) (controlplane.SVIDSource, error) {
@@ -184,6 +184,9 @@ func TestStartRefuses(t *testing.T) {
 			TokenDir: t.TempDir()}, `trust domain "example.org"`},
 		{"an identity outside the trust domain", controlplane.Config{MeshPaths: []string{exampleMesh}, XDSAddress: "127.0.0.1:0", CA: &ownCA{CA: sameTD},
 			TokenDir: t.TempDir(), Identity: "spiffe://example.org/cp"}, "is not a SPIFFE ID in cluster.local"},
+		{"an identity a workload of the mesh has", controlplane.Config{MeshPaths: []string{exampleMesh}, XDSAddress: "127.0.0.1:0", CA: &ownCA{CA: sameTD},
+			TokenDir: t.TempDir(), Identity: "spiffe://cluster.local/ns/demo/sa/api"},
+			"workload demo/api-1: service account api in namespace demo is the control plane's own identity (spiffe://cluster.local/ns/demo/sa/api, --identity)"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.cfg.Logger = testlog.New(t)

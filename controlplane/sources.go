@@ -63,10 +63,22 @@ func fileSources(cfg Config, store *model.Store, reg prometheus.Registerer) (*so
 	if err != nil {
 		return nil, err
 	}
+	// The mesh file's validation refuses the default control plane
+	// identity; one the operator named is refused here.
+	own, err := ownIdentity(cfg.Identity, td)
+	if err != nil {
+		return nil, err
+	}
 	fs, err := meshfile.New(meshfile.Config{Paths: cfg.MeshPaths, Store: store, Logger: cfg.Logger, Registerer: reg,
 		Check: func(st *model.State) error {
 			if st.Mesh.TrustDomain != td.String() {
 				return fmt.Errorf("the trust domain cannot change while the control plane runs (%s -> %s): every certificate would stop verifying", td, st.Mesh.TrustDomain)
+			}
+			for _, w := range st.Workloads {
+				if w.Identity(td.String()) == own {
+					return fmt.Errorf("workload %s: service account %s in namespace %s is the control plane's own identity (%s, --identity); no workload may have it",
+						w.Key(), w.ServiceAccount, w.Namespace, own)
+				}
 			}
 			return nil
 		}})

@@ -10,8 +10,14 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/bulwarkmesh/bulwark/internal/bounded"
 	"github.com/bulwarkmesh/bulwark/xds/server"
 )
+
+// maxStatusBytes bounds what FetchProxies reads: far more than the
+// status of the largest mesh, far less than a misbehaving endpoint could
+// send.
+const maxStatusBytes = 256 << 20
 
 // FetchProxies asks the control plane serving HTTP at addr (its
 // --http-address) for its /debug/proxies.
@@ -25,9 +31,12 @@ func FetchProxies(ctx context.Context, addr string) ([]ProxyReport, error) {
 		return nil, fmt.Errorf("ask the control plane: %w", err)
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxStatusBytes+1))
 	if err != nil {
 		return nil, err
+	}
+	if len(body) > maxStatusBytes {
+		return nil, fmt.Errorf("%s/debug/proxies: the answer is larger than %d bytes", addr, maxStatusBytes)
 	}
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("%s/debug/proxies: %s", addr, resp.Status)
@@ -40,7 +49,11 @@ func FetchProxies(ctx context.Context, addr string) ([]ProxyReport, error) {
 }
 
 // WriteProxyStatus prints one line per proxy (its xDS types and its
-// certificate), then every rejection with Envoy's message.
+// certificate), then every rejection with Envoy's message. A node with
+// several ADS streams open gets a line per stream, each with its own
+// state, and a note naming them. Every value is printed escaped
+// (internal/bounded): what a proxy sent cannot move the cursor, clear
+// the screen or forge a line.
 func WriteProxyStatus(out io.Writer, reports []ProxyReport, now time.Time) {
 	if len(reports) == 0 {
 		fmt.Fprintln(out, "No proxy is connected.")
@@ -48,29 +61,68 @@ func WriteProxyStatus(out io.Writer, reports []ProxyReport, now time.Time) {
 	}
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tIDENTITY\tCDS\tEDS\tLDS\tRDS\tCERTIFICATE\tCONNECTED")
-	var nacks []string
+	var notes, nacks []string
 	synced := 0
 	for _, r := range reports {
-		cols := []string{r.Node, r.Identity}
-		for _, typ := range []string{"cds", "eds", "lds", "rds"} {
-			ts, ok := r.Types[typ]
-			cols = append(cols, typeState(ts, ok, now))
-			if ok && ts.NackError != "" {
-				nacks = append(nacks, fmt.Sprintf("%s rejected %s version %s %s ago: %s",
-					r.Node, typ, ts.NackedVersion, ago(now, ts.NackedAt), ts.NackError))
+		node := name(r.Node)
+		streams := append([]server.StreamStatus{{Stream: r.Stream, Peer: r.Peer, ConnectedAt: r.ConnectedAt, Types: r.Types, Synced: r.Synced}},
+			r.OtherStreams...)
+		allSynced := true
+		var peers []string
+		for i, st := range streams {
+			label := node
+			if len(streams) > 1 {
+				label = fmt.Sprintf("%s (stream %d)", node, st.Stream)
+				peer := fmt.Sprintf("stream %d from %s", st.Stream, name(st.Peer))
+				if i == 0 {
+					peer += " (its status is the node's)"
+				}
+				peers = append(peers, peer)
 			}
+			cols := []string{label, name(r.Identity)}
+			for _, typ := range []string{"cds", "eds", "lds", "rds"} {
+				ts, ok := st.Types[typ]
+				cols = append(cols, typeState(ts, ok, now))
+				if ok && ts.NackError != "" {
+					nacks = append(nacks, fmt.Sprintf("%s rejected %s version %s %s ago: %s",
+						label, typ, name(ts.NackedVersion), ago(now, ts.NackedAt), bounded.Text(ts.NackError, bounded.Message)))
+				}
+			}
+			cols = append(cols, certState(r, now), ago(now, st.ConnectedAt)+" ago")
+			fmt.Fprintln(tw, strings.Join(cols, "\t"))
+			allSynced = allSynced && st.Synced && !nacked(st)
 		}
-		cols = append(cols, certState(r, now), ago(now, r.ConnectedAt)+" ago")
-		fmt.Fprintln(tw, strings.Join(cols, "\t"))
-		if r.Synced {
+		if len(streams) > 1 {
+			notes = append(notes, fmt.Sprintf("%s has %d ADS streams open: %s. An Envoy restarting has two for a while; "+
+				"otherwise another process holds the workload's key.", node, len(streams), strings.Join(peers, ", ")))
+		}
+		if allSynced {
 			synced++
 		}
 	}
 	_ = tw.Flush()
 	fmt.Fprintf(out, "\n%d of %d proxies run everything they were sent.\n", synced, len(reports))
+	for _, n := range notes {
+		fmt.Fprintln(out, n)
+	}
 	for _, n := range nacks {
 		fmt.Fprintln(out, n)
 	}
+}
+
+// name is a value of a report as printed: escaped, and cut to what any
+// valid one needs.
+func name(s string) string { return bounded.Text(s, bounded.Name) }
+
+// nacked reports whether a stream rejected the last version of a type
+// it was sent.
+func nacked(st server.StreamStatus) bool {
+	for _, ts := range st.Types {
+		if ts.NackError != "" && ts.NackedVersion == ts.SentVersion {
+			return true
+		}
+	}
+	return false
 }
 
 // typeState is SYNCED when the proxy ACKed the last version it was sent,

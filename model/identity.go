@@ -7,6 +7,22 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
+// The control plane's own identity by default is that of service account
+// ControlPlaneServiceAccount in namespace ControlPlaneNamespace (the same
+// as sidecar/contract's, which the model may not import; a test in
+// package controlplane keeps them equal). Agents trust a server holding
+// it as their control plane, so no workload may have it.
+const (
+	ControlPlaneNamespace      = "bulwark-system"
+	ControlPlaneServiceAccount = "bulwark"
+)
+
+// IsControlPlane reports whether a workload of namespace and service
+// account would have the control plane's default identity.
+func IsControlPlane(namespace, serviceAccount string) bool {
+	return namespace == ControlPlaneNamespace && serviceAccount == ControlPlaneServiceAccount
+}
+
 // SPIFFEID returns the identity of a service account:
 // spiffe://<trustDomain>/ns/<namespace>/sa/<serviceAccount>.
 func SPIFFEID(trustDomain, namespace, serviceAccount string) (spiffeid.ID, error) {

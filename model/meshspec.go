@@ -122,6 +122,10 @@ func (m *MeshSpec) Validate(base Path) error {
 		w := &m.Workloads[i]
 		p := base.Child("workloads").Index(i)
 		errs = append(errs, w.validate(p, services)...)
+		if IsControlPlane(w.Namespace, w.ServiceAccount) {
+			errs = append(errs, fieldErrorf(p.Child("serviceAccount"), "service account %s in namespace %s is the control plane's own identity (spiffe://%s/ns/%s/sa/%s); no workload may have it",
+				w.ServiceAccount, w.Namespace, m.TrustDomain, w.Namespace, w.ServiceAccount))
+		}
 		if prev, dup := workloadPath[w.Key()]; dup {
 			errs = append(errs, fieldErrorf(p.Child("name"), "workload %s is already defined at %s", w.Key(), prev))
 		} else {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -35,6 +36,7 @@ func runAgent(ctx context.Context, args []string, _, stderr io.Writer) error {
 	envoyLog := fs.String("envoy-log-level", "warning", "Envoy's --log-level")
 	envoyGID := fs.Int("envoy-gid", -1, "run Envoy with this group ID (the one iptables capture exempts)")
 	envoyUID := fs.Int("envoy-uid", -1, "run Envoy with this user ID")
+	sdsUIDs := fs.String("sds-allowed-uids", "", "comma-separated user IDs, besides the agent's own and --envoy-uid, whose processes may fetch the key over the SDS socket (an Envoy the agent does not run)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -76,6 +78,13 @@ func runAgent(ctx context.Context, args []string, _, stderr io.Writer) error {
 		cfg.JoinToken = strings.TrimSpace(string(b))
 	} else {
 		cfg.JoinToken = os.Getenv(*tokenEnv)
+	}
+	for _, f := range strings.FieldsFunc(*sdsUIDs, func(r rune) bool { return r == ',' || r == ' ' }) {
+		uid, err := strconv.ParseUint(f, 10, 32)
+		if err != nil {
+			return fmt.Errorf("--sds-allowed-uids: %q is not a user ID", f)
+		}
+		cfg.SDSAllowedUIDs = append(cfg.SDSAllowedUIDs, uint32(uid))
 	}
 	if *runEnvoy {
 		e := &agent.EnvoyConfig{Bin: *envoyBin, LogLevel: *envoyLog, Stdout: os.Stdout, Stderr: os.Stderr}

@@ -21,10 +21,13 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	cav1 "github.com/bulwarkmesh/bulwark/api/ca/v1"
+	"github.com/bulwarkmesh/bulwark/ca"
 	"github.com/bulwarkmesh/bulwark/internal/spiffetls"
 	"github.com/bulwarkmesh/bulwark/model"
 	"github.com/bulwarkmesh/bulwark/sidecar/contract"
@@ -35,6 +38,9 @@ type Signer interface {
 	TrustDomain() spiffeid.TrustDomain
 	Roots() []*x509.Certificate
 	SignSVID(pub crypto.PublicKey, id spiffeid.ID, ttl time.Duration) ([]*x509.Certificate, error)
+	// SignWorkloadSVID signs a workload's certificate, which also names
+	// the workload, for ca.WorkloadOf to read back (see ca.CA's).
+	SignWorkloadSVID(pub crypto.PublicKey, id spiffeid.ID, w ca.Workload, ttl time.Duration) ([]*x509.Certificate, error)
 }
 
 // TokenRedeemer uses up a one-time join token bound to a workload.
@@ -61,6 +67,11 @@ type Config struct {
 	Tokens TokenRedeemer
 	// ServiceAccounts checks ServiceAccount tokens; nil refuses them.
 	ServiceAccounts ServiceAccountReviewer
+	// Reserved are identities never issued to a workload: the control
+	// plane's own (the one it serves with, when an operator named
+	// another). contract.ControlPlaneID of the CA's trust domain is
+	// always reserved, listed here or not.
+	Reserved []spiffeid.ID
 	// Synced is closed once the sources have synced. A request that comes
 	// before waits for it, at most SyncWait (default 15s) or until the
 	// caller gives up, and is then asked to come back (Unavailable). Nil:
@@ -81,10 +92,11 @@ type Config struct {
 // Server implements the CertificateService.
 type Server struct {
 	cav1.UnimplementedCertificateServiceServer
-	cfg      Config
-	log      *slog.Logger
-	requests *prometheus.CounterVec
-	limits   *limiter
+	cfg              Config
+	log              *slog.Logger
+	requests         *prometheus.CounterVec
+	limits           *limiter
+	reservedRefusals prometheus.Counter
 
 	mu      sync.Mutex
 	issued  map[string]Issued // the latest certificate per workload
@@ -94,10 +106,11 @@ type Server struct {
 // Issued describes the latest certificate this server issued to a
 // workload: what an operator checks to see that rotation works.
 type Issued struct {
-	// Workload is the namespace/name the request named. The identity is
-	// what the issuer enforces: a renewing agent proves its identity with
-	// its current certificate, and any workload of that identity may name
-	// itself.
+	// Workload is the namespace/name the request named, which its
+	// credential is bound to: a join token or ServiceAccount token names
+	// it, and a certificate renews only the workload it names (see
+	// ca.WorkloadOf), so one workload cannot overwrite the record of
+	// another with the same identity.
 	Workload string    `json:"workload"`
 	ID       string    `json:"id"`
 	Serial   string    `json:"serial"`
@@ -158,10 +171,11 @@ func New(cfg Config) (*Server, error) {
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "bulwark_issuer_requests_total",
 			Help: "Certificate signing requests, by how the caller authenticated and the result.",
-		}, []string{"method", "result"})}
+		}, []string{"method", "result"}),
+		reservedRefusals: newReservedRefusals()}
 	s.limits = newLimiter(cfg.RateLimit, cfg.Now)
 	if cfg.Registerer != nil {
-		cfg.Registerer.MustRegister(s.requests, s.limits.limited)
+		cfg.Registerer.MustRegister(s.requests, s.limits.limited, s.reservedRefusals)
 		cfg.Registerer.MustRegister(expiryCollector{s})
 	}
 	return s, nil
@@ -177,12 +191,22 @@ func (s *Server) SignCertificate(ctx context.Context, req *cav1.SignCertificateR
 	method := "none"
 	resp, id, err := s.sign(ctx, req, &method)
 	if err != nil {
+		// Every value in the refusal may come from the caller: the log
+		// line and the answer are bounded whatever it sent.
+		err = boundStatus(err)
 		s.requests.WithLabelValues(method, status.Code(err).String()).Inc()
-		s.log.Warn("certificate refused", "workload", req.GetWorkload(), "method", method, "err", status.Convert(err).Message())
+		level := slog.LevelWarn
+		if status.Code(err) == codes.ResourceExhausted {
+			// A caller over its rate would otherwise buy a log line per
+			// refused request; the metrics count them.
+			level = slog.LevelDebug
+		}
+		s.log.Log(ctx, level, "certificate refused", "workload", quote(req.GetWorkload()), "method", method, "err", status.Convert(err).Message())
 		return nil, err
 	}
 	s.requests.WithLabelValues(method, "OK").Inc()
 	leaf, _ := x509.ParseCertificate(resp.GetCertChain()[0])
+	// Issued: the workload is a valid node ID, short and plain.
 	s.log.Info("certificate issued", "workload", req.GetWorkload(), "id", id, "method", method,
 		"serial", leaf.SerialNumber.Text(16), "expires", leaf.NotAfter.Format(time.RFC3339))
 	s.record(Issued{Workload: req.GetWorkload(), ID: id, Serial: leaf.SerialNumber.Text(16),
@@ -191,6 +215,9 @@ func (s *Server) SignCertificate(ctx context.Context, req *cav1.SignCertificateR
 }
 
 func (s *Server) sign(ctx context.Context, req *cav1.SignCertificateRequest, method *string) (*cav1.SignCertificateResponse, string, error) {
+	if err := checkSize(ctx, req); err != nil {
+		return nil, "", err
+	}
 	if s.cfg.Synced != nil {
 		wait := s.cfg.SyncWait
 		if wait <= 0 {
@@ -220,17 +247,23 @@ func (s *Server) sign(ctx context.Context, req *cav1.SignCertificateRequest, met
 	}
 	ns, name, ok := model.ParseNodeID(req.GetWorkload())
 	if !ok {
-		return nil, "", status.Errorf(codes.InvalidArgument, "workload %q is not namespace/name", req.GetWorkload())
+		return nil, "", status.Errorf(codes.InvalidArgument, "workload %s is not namespace/name", quote(req.GetWorkload()))
 	}
 	td := s.cfg.CA.TrustDomain()
 
 	// Who is calling: a certificate already issued to it, or a join token.
 	var peerID spiffeid.ID
-	saIdentity := "" // the service account a ServiceAccount token proved
+	var peerWorkload *ca.Workload // the workload the caller's certificate names, if it names one
+	saIdentity := ""              // the service account a ServiceAccount token proved
 	switch pid, perr := spiffetls.PeerID(ctx); {
 	case perr == nil:
 		*method = "certificate"
 		peerID = pid
+		if leaf := peerLeaf(ctx); leaf != nil {
+			if w, ok := ca.WorkloadOf(leaf); ok {
+				peerWorkload = &w
+			}
+		}
 	case bearer(ctx, contract.JoinTokenScheme) != "":
 		*method = "join_token"
 		if s.cfg.Tokens == nil {
@@ -274,8 +307,15 @@ func (s *Server) sign(ctx context.Context, req *cav1.SignCertificateRequest, met
 		return nil, "", status.Errorf(codes.PermissionDenied, "workload %s is not in the mesh", req.GetWorkload())
 	}
 	id := w.Identity(td.String())
+	if err := s.checkReserved(id, req.GetWorkload(), *method); err != nil {
+		return nil, "", err
+	}
 	if !peerID.IsZero() && peerID != id {
 		return nil, "", status.Errorf(codes.PermissionDenied, "your certificate is %s, but workload %s is %s", peerID, req.GetWorkload(), id)
+	}
+	if peerWorkload != nil && peerWorkload.String() != req.GetWorkload() {
+		return nil, "", status.Errorf(codes.PermissionDenied, "your certificate was issued to workload %s; it renews %s only, not %s",
+			peerWorkload, peerWorkload, req.GetWorkload())
 	}
 	if saIdentity != "" && saIdentity != w.ServiceAccount {
 		return nil, "", status.Errorf(codes.PermissionDenied, "the token is for service account %s, but workload %s runs as %s", saIdentity, req.GetWorkload(), w.ServiceAccount)
@@ -286,13 +326,13 @@ func (s *Server) sign(ctx context.Context, req *cav1.SignCertificateRequest, met
 	case len(csr.URIs) > 1:
 		return nil, "", status.Errorf(codes.PermissionDenied, "csr asks for %d URI SANs; a workload has exactly one identity, %s", len(csr.URIs), id)
 	case len(csr.URIs) == 1 && csr.URIs[0].String() != id.String():
-		return nil, "", status.Errorf(codes.PermissionDenied, "csr asks for %s; you are %s", csr.URIs[0], id)
+		return nil, "", status.Errorf(codes.PermissionDenied, "csr asks for %s; you are %s", quote(csr.URIs[0].String()), id)
 	}
 
 	if err := s.limits.take(id.String(), *method == "join_token"); err != nil {
 		return nil, "", err
 	}
-	chain, err := s.cfg.CA.SignSVID(csr.PublicKey, id, time.Duration(req.GetTtlSeconds())*time.Second)
+	chain, err := s.cfg.CA.SignWorkloadSVID(csr.PublicKey, id, ca.Workload{Namespace: ns, Name: name}, time.Duration(req.GetTtlSeconds())*time.Second)
 	if err != nil {
 		return nil, "", status.Errorf(codes.InvalidArgument, "%v", err)
 	}
@@ -322,6 +362,21 @@ func (c expiryCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, cert := range c.s.Certificates() {
 		ch <- prometheus.MustNewConstMetric(expiryDesc, prometheus.GaugeValue, float64(cert.Expires.Unix()), cert.Workload)
 	}
+}
+
+// peerLeaf returns the caller's certificate, or nil. (The server's TLS
+// configuration verified it against the bundle before the handshake
+// completed, as for spiffetls.PeerID.)
+func peerLeaf(ctx context.Context) *x509.Certificate {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return nil
+	}
+	info, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(info.State.PeerCertificates) == 0 {
+		return nil
+	}
+	return info.State.PeerCertificates[0]
 }
 
 // bearer returns the credential of the given scheme from the

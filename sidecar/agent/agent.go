@@ -59,6 +59,11 @@ type Config struct {
 	CertTTL time.Duration
 	// SDSSocket is the Unix socket to serve SDS on. Required.
 	SDSSocket string
+	// SDSAllowedUIDs are users, besides the agent's own and the one it
+	// runs Envoy as, whose processes may fetch the key over SDSSocket:
+	// the user of an Envoy the agent does not run. Every other
+	// connection is refused (see package sds).
+	SDSAllowedUIDs []uint32
 	// BootstrapPath, when set, receives the Envoy bootstrap.
 	BootstrapPath string
 	// AdminAddress is Envoy's admin address; defaults to 127.0.0.1:15000.
@@ -118,7 +123,8 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.AdminAddress == "" {
 		cfg.AdminAddress = bootstrap.DefaultAdminAddress
 	}
-	s, err := sds.New(sds.Config{CertName: contract.SecretCertificate, RootsName: contract.SecretRoots, Logger: cfg.Logger})
+	s, err := sds.New(sds.Config{CertName: contract.SecretCertificate, RootsName: contract.SecretRoots,
+		AllowedUIDs: sdsUsers(cfg), Logger: cfg.Logger})
 	if err != nil {
 		return nil, err
 	}
@@ -128,6 +134,16 @@ func New(cfg Config) (*Agent, error) {
 		rand:  mrand.New(mrand.NewPCG(uint64(time.Now().UnixNano()), 0)),
 		ready: make(chan struct{}),
 	}, nil
+}
+
+// sdsUsers are the users whose processes may connect to the SDS socket:
+// the agent's own, the one it runs Envoy as, and those configured.
+func sdsUsers(cfg Config) []uint32 {
+	users := []uint32{uint32(os.Getuid())}
+	if cfg.Envoy != nil && cfg.Envoy.UID != nil {
+		users = append(users, *cfg.Envoy.UID)
+	}
+	return append(users, cfg.SDSAllowedUIDs...)
 }
 
 // Ready is closed once the first certificate is served over SDS, the
@@ -156,8 +172,14 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("agent: SDS socket: %w", err)
 	}
 	if a.cfg.Envoy != nil && a.cfg.Envoy.GID != nil {
-		// Envoy may run as another user; its group reaches the socket.
-		_ = os.Chown(a.cfg.SDSSocket, -1, int(*a.cfg.Envoy.GID))
+		// Envoy may run as another user; its group reaches the socket
+		// (and its user is an allowed peer, see sdsUsers).
+		if err := os.Chown(a.cfg.SDSSocket, -1, int(*a.cfg.Envoy.GID)); err != nil {
+			return fmt.Errorf("agent: SDS socket: %w", err)
+		}
+		if err := os.Chmod(a.cfg.SDSSocket, 0o660); err != nil {
+			return fmt.Errorf("agent: SDS socket: %w", err)
+		}
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

@@ -14,8 +14,10 @@ import (
 	sotwv3 "github.com/envoyproxy/go-control-plane/pkg/server/sotw/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	"github.com/bulwarkmesh/bulwark/internal/bounded"
 	"github.com/bulwarkmesh/bulwark/model"
 )
 
@@ -28,24 +30,51 @@ type stream struct {
 	id       int64
 	ctx      context.Context
 	identity string // the peer's verified SPIFFE ID
+	peer     string // the peer's address
 	node     string
+	// admittedAt is when the stream was admitted as its node's.
+	admittedAt time.Time
 	// sent remembers, per type URL, the nonce and version of the last
 	// response, to tell an ACK from a NACK and which version a NACK
 	// rejects.
 	sent map[string]sent
+	// types is where this stream stands per resource type it was sent.
+	// Each stream of a node keeps its own: a second stream with the same
+	// node ID (an Envoy restarting, or another process holding the
+	// workload's key) can neither ACK nor NACK for the first.
+	types map[string]*TypeStatus
+	// typeURLs are the type URLs the stream asked for, up to
+	// maxTypesPerStream.
+	typeURLs map[string]bool
 }
 
 type sent struct {
 	nonce, version string
 }
 
+// Limits on what one node may hold in the server.
+const (
+	// maxStreamsPerNode bounds the streams open at once for one node ID.
+	// One is the rule; an Envoy that restarts, or reconnects before the
+	// server has noticed its old connection is gone, has two for a while.
+	maxStreamsPerNode = 8
+	// maxTypesPerStream bounds the type URLs one stream may ask for. A
+	// sidecar asks for four.
+	maxTypesPerStream = 16
+)
+
 // proxyState is what the server knows of one connected proxy. Guarded
 // by Server.mu.
 type proxyState struct {
-	proxy   *proxy
-	streams int
-	types   map[string]*TypeStatus
+	proxy *proxy
+	// streams are the node's open streams, in the order they were
+	// admitted. The last is the node's current stream: its status is the
+	// node's.
+	streams []*stream
 }
+
+// current returns the node's latest admitted stream.
+func (p *proxyState) current() *stream { return p.streams[len(p.streams)-1] }
 
 type callbacks struct{ s *Server }
 
@@ -56,15 +85,21 @@ func (c *callbacks) OnStreamOpen(ctx context.Context, id int64, typeURL string) 
 		c.s.m.rejected.WithLabelValues("not_ads").Inc()
 		return status.Errorf(codes.Unimplemented, "only aggregated discovery (ADS) is served")
 	}
-	peer, err := c.s.cfg.Identify(ctx)
+	who, err := c.s.cfg.Identify(ctx)
 	if err != nil {
+		msg := bounded.Text(err.Error(), bounded.Message)
 		c.s.m.rejected.WithLabelValues("unauthenticated").Inc()
-		c.s.log.Warn("stream refused: no verified client certificate", "err", err)
-		return status.Errorf(codes.Unauthenticated, "ADS needs a client certificate of the trust domain: %v", err)
+		c.s.log.Warn("stream refused: no verified client certificate", "err", msg)
+		return status.Errorf(codes.Unauthenticated, "ADS needs a client certificate of the trust domain: %s", msg)
+	}
+	addr := ""
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		addr = p.Addr.String()
 	}
 	c.s.mu.Lock()
 	defer c.s.mu.Unlock()
-	c.s.streams[id] = &stream{id: id, ctx: ctx, identity: peer.String(), sent: map[string]sent{}}
+	c.s.streams[id] = &stream{id: id, ctx: ctx, identity: who.String(), peer: addr, sent: map[string]sent{},
+		types: map[string]*TypeStatus{}, typeURLs: map[string]bool{}}
 	return nil
 }
 
@@ -76,8 +111,8 @@ func (c *callbacks) OnStreamClosed(id int64, _ *corev3.Node) {
 	var gone string
 	if st != nil && st.node != "" {
 		if ps := s.proxies[st.node]; ps != nil {
-			ps.streams--
-			if ps.streams == 0 {
+			ps.streams = slices.DeleteFunc(ps.streams, func(o *stream) bool { return o == st })
+			if len(ps.streams) == 0 {
 				delete(s.proxies, st.node)
 				gone = st.node
 			}
@@ -137,9 +172,11 @@ func (c *callbacks) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest)
 		if !ok {
 			s.mu.Unlock()
 			s.m.rejected.WithLabelValues("bad_node_id").Inc()
-			s.log.Warn("stream refused: node ID is not <namespace>/<workload>", "node", nodeID)
-			return status.Errorf(codes.InvalidArgument, "node ID %q is not <namespace>/<workload>", nodeID)
+			s.log.Warn("stream refused: node ID is not <namespace>/<workload>", "node", quote(nodeID), "peer", st.identity)
+			return status.Errorf(codes.InvalidArgument, "node ID %s is not <namespace>/<workload>", quote(nodeID))
 		}
+		// From here on the node ID is a valid one: short, and only
+		// lower-case letters, digits, '-' and one '/'.
 		// The node ID must name a workload whose identity is the one the
 		// peer proved; otherwise the stream gets nothing at all.
 		snap := s.cfg.Store.Snapshot()
@@ -155,17 +192,31 @@ func (c *callbacks) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest)
 				"peer", st.identity, "workload_identity", want)
 			return status.Errorf(codes.PermissionDenied, "node %s: your certificate is %s, which is not this workload", nodeID, st.identity)
 		}
-		st.node = nodeID
 		ps := s.proxies[nodeID]
+		if ps != nil && len(ps.streams) >= maxStreamsPerNode {
+			s.mu.Unlock()
+			s.m.rejected.WithLabelValues("too_many_streams").Inc()
+			s.log.Warn("stream refused: the node has too many streams open", "node", nodeID, "streams", maxStreamsPerNode,
+				"peer", st.peer)
+			return status.Errorf(codes.ResourceExhausted, "node %s already has %d ADS streams open", nodeID, maxStreamsPerNode)
+		}
+		st.node, st.admittedAt = nodeID, s.cfg.Now()
 		isNew := ps == nil
 		if isNew {
 			ps = &proxyState{
-				proxy: &proxy{id: nodeID, namespace: ns, workload: name, identity: st.identity, connectedAt: s.cfg.Now()},
-				types: map[string]*TypeStatus{},
+				proxy: &proxy{id: nodeID, namespace: ns, workload: name, identity: st.identity, connectedAt: st.admittedAt},
 			}
 			s.proxies[nodeID] = ps
+		} else {
+			// Not an error: an Envoy that restarts, or comes back before
+			// its old connection is seen to be gone, has two streams for
+			// a while. But it is also what another holder of the
+			// workload's key looks like, so it is said, and each stream's
+			// status is kept and shown apart.
+			s.log.Warn("another stream for a connected node; each is tracked on its own, the latest is the node's",
+				"node", nodeID, "streams", len(ps.streams)+1, "peer", st.peer)
 		}
-		ps.streams++
+		ps.streams = append(ps.streams, st)
 		s.m.connected.Set(float64(len(s.proxies)))
 		s.mu.Unlock()
 		if isNew {
@@ -176,7 +227,17 @@ func (c *callbacks) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest)
 	} else if nodeID != st.node {
 		s.mu.Unlock()
 		s.m.rejected.WithLabelValues("node_changed").Inc()
-		return status.Errorf(codes.InvalidArgument, "node ID changed from %q to %q on one stream", st.node, nodeID)
+		return status.Errorf(codes.InvalidArgument, "node ID changed from %q to %s on one stream", st.node, quote(nodeID))
+	}
+	typeURL := req.GetTypeUrl()
+	if !st.typeURLs[typeURL] {
+		if len(st.typeURLs) >= maxTypesPerStream {
+			s.mu.Unlock()
+			s.m.rejected.WithLabelValues("too_many_types").Inc()
+			return status.Errorf(codes.InvalidArgument, "stream asked for more than %d resource types; type URL %s is one too many",
+				maxTypesPerStream, quote(typeURL))
+		}
+		st.typeURLs[typeURL] = true
 	}
 	// Binding the request to the stream looks up every name it
 	// subscribes to; no other stream needs to wait for that. (This
@@ -187,8 +248,10 @@ func (c *callbacks) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 
-	typeURL := req.GetTypeUrl()
-	ts := s.proxies[st.node].typeStatus(typeURL)
+	if _, known := typeNames[typeURL]; !known {
+		return nil // never answered (see fanout.Cache), so nothing to track
+	}
+	ts := st.typeStatus(typeURL)
 	now := s.cfg.Now()
 	last, ok := st.sent[typeURL]
 	if !ok {
@@ -198,7 +261,7 @@ func (c *callbacks) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest)
 		// control plane (restarted, or another replica) agrees with that
 		// version, and the status shows a response and its ACK.
 		if v := req.GetVersionInfo(); v != "" && req.GetResponseNonce() == "" {
-			ts.AckedVersion, ts.AckedAt = v, now
+			ts.AckedVersion, ts.AckedAt = bounded.Text(v, bounded.Name), now
 			req.VersionInfo = ""
 		}
 		return nil
@@ -207,12 +270,16 @@ func (c *callbacks) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest)
 		return nil // a stale nonce: the xDS server ignores the request
 	}
 	if detail := req.GetErrorDetail(); detail != nil {
+		msg := bounded.Text(detail.GetMessage(), bounded.Message)
+		if msg == "" {
+			msg = "(no message)"
+		}
 		s.m.nacks.WithLabelValues(typeName(typeURL)).Inc()
 		if ts.NackedVersion != last.version {
 			s.log.Error("proxy rejected configuration; it will not be sent again until the configuration changes",
-				"node", st.node, "type", typeName(typeURL), "version", last.version, "error", detail.GetMessage())
+				"node", st.node, "stream", st.id, "type", typeName(typeURL), "version", last.version, "error", msg)
 		}
-		ts.NackedVersion, ts.NackError, ts.NackedAt = last.version, detail.GetMessage(), now
+		ts.NackedVersion, ts.NackError, ts.NackedAt = last.version, msg, now
 		req.VersionInfo = last.version
 		return nil
 	}
@@ -234,10 +301,8 @@ func (c *callbacks) OnStreamResponse(_ context.Context, id int64, _ *discoveryv3
 	}
 	st.sent[resp.GetTypeUrl()] = sent{nonce: resp.GetNonce(), version: resp.GetVersionInfo()}
 	s.m.responses.WithLabelValues(typeName(resp.GetTypeUrl())).Inc()
-	if ps := s.proxies[st.node]; ps != nil {
-		ts := ps.typeStatus(resp.GetTypeUrl())
-		ts.SentVersion, ts.SentAt, ts.Resources = resp.GetVersionInfo(), s.cfg.Now(), len(resp.GetResources())
-	}
+	ts := st.typeStatus(resp.GetTypeUrl())
+	ts.SentVersion, ts.SentAt, ts.Resources = resp.GetVersionInfo(), s.cfg.Now(), len(resp.GetResources())
 }
 
 var errDeltaUnsupported = errors.New("incremental (delta) xDS is not served; configure Envoy's ADS with api_type GRPC")
@@ -257,16 +322,18 @@ func (c *callbacks) OnFetchRequest(context.Context, *discoveryv3.DiscoveryReques
 }
 func (c *callbacks) OnFetchResponse(*discoveryv3.DiscoveryRequest, *discoveryv3.DiscoveryResponse) {}
 
-func (p *proxyState) typeStatus(typeURL string) *TypeStatus {
-	ts := p.types[typeURL]
+func (st *stream) typeStatus(typeURL string) *TypeStatus {
+	ts := st.types[typeURL]
 	if ts == nil {
 		ts = &TypeStatus{}
-		p.types[typeURL] = ts
+		st.types[typeURL] = ts
 	}
 	return ts
 }
 
-// TypeStatus is where one proxy stands for one resource type.
+// TypeStatus is where one proxy stands for one resource type. The
+// versions and the NACK message may come from the proxy: they are cut
+// and escaped (internal/bounded) before they are stored.
 type TypeStatus struct {
 	SentVersion   string    `json:"sentVersion,omitempty"`
 	SentAt        time.Time `json:"sentAt,omitzero"`
@@ -278,17 +345,53 @@ type TypeStatus struct {
 	NackedAt      time.Time `json:"nackedAt,omitzero"`
 }
 
-// ProxyStatus is what the server knows of one connected proxy.
-type ProxyStatus struct {
-	Node        string                `json:"node"`
-	Workload    string                `json:"workload"`
-	Identity    string                `json:"identity"`
-	Streams     int                   `json:"streams"`
+// StreamStatus is where one ADS stream stands.
+type StreamStatus struct {
+	// Stream is the server's number for the stream.
+	Stream int64 `json:"stream"`
+	// Peer is the address the stream comes from.
+	Peer string `json:"peer,omitempty"`
+	// ConnectedAt is when the stream was admitted.
 	ConnectedAt time.Time             `json:"connectedAt"`
 	Types       map[string]TypeStatus `json:"types"`
-	// Synced is true when the proxy has ACKed the last response of every
-	// type it was sent.
+	// Synced is true when the stream has ACKed the last response of
+	// every type it was sent.
 	Synced bool `json:"synced"`
+}
+
+// ProxyStatus is what the server knows of one connected proxy: a node
+// with at least one open stream. Its status is that of its current
+// stream, the latest admitted; any other stream open for the node is in
+// OtherStreams, with its own status.
+type ProxyStatus struct {
+	Node     string `json:"node"`
+	Workload string `json:"workload"`
+	Identity string `json:"identity"`
+	// Streams is how many streams the node has open.
+	Streams int `json:"streams"`
+	// Stream, Peer, ConnectedAt, Types and Synced are the current
+	// stream's; see StreamStatus.
+	Stream      int64                 `json:"stream"`
+	Peer        string                `json:"peer,omitempty"`
+	ConnectedAt time.Time             `json:"connectedAt"`
+	Types       map[string]TypeStatus `json:"types"`
+	Synced      bool                  `json:"synced"`
+	// OtherStreams are the node's other open streams, oldest first.
+	// There are none for an Envoy that is connected once; while there
+	// are, the server cannot tell which is the proxy an operator thinks
+	// of (all proved the same identity), so it shows them all.
+	OtherStreams []StreamStatus `json:"otherStreams,omitempty"`
+}
+
+func (st *stream) status() StreamStatus {
+	out := StreamStatus{Stream: st.id, Peer: st.peer, ConnectedAt: st.admittedAt, Types: map[string]TypeStatus{}, Synced: true}
+	for t, ts := range st.types {
+		out.Types[typeName(t)] = *ts
+		if ts.SentVersion != ts.AckedVersion {
+			out.Synced = false
+		}
+	}
+	return out
 }
 
 // Proxies returns the status of every connected proxy, sorted by node.
@@ -298,16 +401,17 @@ func (s *Server) Proxies() []ProxyStatus {
 	defer s.mu.Unlock()
 	out := make([]ProxyStatus, 0, len(s.proxies))
 	for id, ps := range s.proxies {
-		st := ProxyStatus{Node: id, Workload: ps.proxy.workloadKey(), Identity: ps.proxy.identity, Streams: ps.streams,
-			ConnectedAt: ps.proxy.connectedAt, Types: map[string]TypeStatus{}, Synced: true}
-		for t, ts := range ps.types {
-			st.Types[typeName(t)] = *ts
-			if ts.SentVersion != ts.AckedVersion {
-				st.Synced = false
-			}
+		cur := ps.current().status()
+		st := ProxyStatus{Node: id, Workload: ps.proxy.workloadKey(), Identity: ps.proxy.identity, Streams: len(ps.streams),
+			Stream: cur.Stream, Peer: cur.Peer, ConnectedAt: cur.ConnectedAt, Types: cur.Types, Synced: cur.Synced}
+		for _, o := range ps.streams[:len(ps.streams)-1] {
+			st.OtherStreams = append(st.OtherStreams, o.status())
 		}
 		out = append(out, st)
 	}
 	slices.SortFunc(out, func(a, b ProxyStatus) int { return strings.Compare(a.Node, b.Node) })
 	return out
 }
+
+// quote is a client-supplied value as it may appear in a log or error.
+func quote(s string) string { return bounded.Quote(s, bounded.Name) }

@@ -5,7 +5,13 @@
 // stream callbacks. A stream is admitted once its peer's verified
 // certificate matches the workload its node ID names; the server keeps
 // the admitted proxies itself, with where each stands per resource type
-// (Proxies), and wakes its run loop when one connects or leaves.
+// (Proxies), and wakes its run loop when one connects or leaves. ACKs and
+// NACKs are tracked per stream: a node's status is that of its latest
+// admitted stream, and any other stream open with the same node ID is
+// shown apart, never mixed into it. What a client sends (node IDs, type
+// URLs, versions, NACK messages) is cut and escaped before it is logged,
+// stored or returned in an error, and one node may hold only so many
+// streams and type URLs.
 //
 // The run loop watches the model store, coalesces changes (endpoint-only
 // changes and proxies coming and going wait less than the rest), and

@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"reflect"
 	"slices"
@@ -399,18 +398,20 @@ func waitAny(ctx context.Context, chans map[string]<-chan struct{}, wake <-chan 
 	return i >= first
 }
 
+// typeNames are the resource types a sidecar is sent, by type URL.
+var typeNames = map[string]string{
+	resourcev3.ListenerType: "lds",
+	resourcev3.RouteType:    "rds",
+	resourcev3.ClusterType:  "cds",
+	resourcev3.EndpointType: "eds",
+	resourcev3.SecretType:   "sds",
+}
+
+// typeName is the short name of a type URL; "other" for any type URL not
+// in typeNames, so what a client sends cannot mint metric labels.
 func typeName(typeURL string) string {
-	switch typeURL {
-	case resourcev3.ListenerType:
-		return "lds"
-	case resourcev3.RouteType:
-		return "rds"
-	case resourcev3.ClusterType:
-		return "cds"
-	case resourcev3.EndpointType:
-		return "eds"
-	case resourcev3.SecretType:
-		return "sds"
+	if n, ok := typeNames[typeURL]; ok {
+		return n
 	}
-	return fmt.Sprintf("other(%s)", typeURL)
+	return "other"
 }
