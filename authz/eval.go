@@ -143,6 +143,9 @@ func (o Op) matches(req Request) bool {
 		}
 	}
 	if len(o.Paths) > 0 {
+		if SuspectPath(req.Path) {
+			return o.Deny // every DENY path matches it, no ALLOW path does
+		}
 		found := false
 		for _, p := range o.Paths {
 			found = found || p.matches(req.Path)
