@@ -307,6 +307,13 @@ func ParsePathPattern(s string) (PathPattern, error) {
 	if strings.Contains(s, "%") {
 		return PathPattern{}, fmt.Errorf("%q: write the path decoded; requests are matched after normalization", s)
 	}
+	for i := 0; i < len(s); i++ {
+		// The sidecar refuses requests with other bytes, turns "\" into
+		// "/" and sees the others percent-encoded.
+		if c := s[i]; c <= ' ' || c >= 0x7f || strings.IndexByte(`\"<>^`+"`"+`{|}`, c) >= 0 {
+			return PathPattern{}, fmt.Errorf("%q has %q, which no request path has after normalization: it can never match", s, s[i:i+1])
+		}
+	}
 	for _, seg := range strings.Split(s, "/") {
 		if seg == "." || seg == ".." {
 			return PathPattern{}, fmt.Errorf("%q has a %q segment, which normalization removes from every request: it can never match", s, seg)

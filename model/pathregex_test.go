@@ -30,6 +30,11 @@ func TestParsePathPattern(t *testing.T) {
 		{in: "//a", err: `has "//"`},
 		{in: "/a*b/c", err: "a whole segment"},
 		{in: "/;x/admin", err: `the segment ";x", only path parameters`},
+		{in: "/a b", err: `has " ", which no request path has`},
+		{in: "/caf\xc3\xa9", err: `has "\xc3"`},
+		{in: "/a\\b", err: `has "\\"`},
+		{in: "/a{b}", err: `has "{"`},
+		{in: "/a\x00", err: `has "\x00"`},
 		{in: "/a/.;/b", err: `the segment ".;"`},
 		{in: "/a/..;x", err: `the segment "..;x"`},
 	} {
