@@ -50,6 +50,9 @@ func (t *Table) Evaluate(req Request) Decision {
 	req.Path = norm
 	d := decide(req, t.Deny, t.Allow, t.Selectors, t.Default, false)
 	d.Peer = req.Peer
+	if !d.Allowed && SuspectPath(req.Path) {
+		d.Reason += " (the path has a segment that is only path parameters, or a dot with them: every DENY path matches it and no ALLOW path does)"
+	}
 	if t.HasDryRun() {
 		dry := decide(req, byName(t.Deny, t.DryDeny), byName(t.Allow, t.DryAllow),
 			append(append([]string{}, t.Selectors...), t.DrySelectors...), t.Default, true)

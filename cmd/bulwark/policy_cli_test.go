@@ -33,7 +33,7 @@ func TestPolicyExplain(t *testing.T) {
 		{[]string{"--from", "demo/frontend", "--to", "api", "--path", "/hello/..;/admin"}, 0,
 			[]string{"(normalized: /admin)", "DENY by demo/no-admin/0"}},
 		{[]string{"--from", "demo/frontend", "--to", "api", "--path", "/;/admin"}, 0,
-			[]string{"DENY by demo/no-admin/0"}},
+			[]string{"DENY by demo/no-admin/0", "a segment that is only path parameters"}},
 		{[]string{"--from", "demo/frontend", "--to", "api", "--path", "/%zz"}, 0,
 			[]string{"ALLOW by demo/api-from-frontend/0"}},
 		{[]string{"--from", "demo/api", "--to", "db"}, 0,
