@@ -308,8 +308,9 @@ func ParsePathPattern(s string) (PathPattern, error) {
 		return PathPattern{}, fmt.Errorf("%q: write the path decoded; requests are matched after normalization", s)
 	}
 	for i := 0; i < len(s); i++ {
-		// The sidecar refuses requests with other bytes, turns "\" into
-		// "/" and sees the others percent-encoded.
+		// A normalized path is visible ASCII: the sidecar refuses
+		// requests with other bytes, turns "\" into "/" and
+		// percent-encodes the rest of these.
 		if c := s[i]; c <= ' ' || c >= 0x7f || strings.IndexByte(`\"<>^`+"`"+`{|}`, c) >= 0 {
 			return PathPattern{}, fmt.Errorf("%q has %q, which no request path has after normalization: it can never match", s, s[i:i+1])
 		}
