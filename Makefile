@@ -93,11 +93,15 @@ test-race:
 
 # Fuzz the policy and mesh file parser, SPIFFE identities and path patterns,
 # from the seed corpora in the tests. Minimizing is kept to one pass: with
-# large YAML inputs the default minimization stalls the fuzzer.
+# large YAML inputs the default minimization stalls the fuzzer. Last, a
+# larger generated corpus of request paths through the real Envoy, each
+# answer compared with `bulwark policy explain`'s.
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime $$((20000 * $(FUZZ_SCALE)))x -fuzzminimizetime 1x ./source/meshfile
 	$(GO) test -run '^$$' -fuzz '^FuzzParseIdentity$$' -fuzztime $$((200000 * $(FUZZ_SCALE)))x -fuzzminimizetime 1x ./model
 	$(GO) test -run '^$$' -fuzz '^FuzzParsePathPattern$$' -fuzztime $$((200000 * $(FUZZ_SCALE)))x -fuzzminimizetime 1x ./model
+	$(GO) test -run '^$$' -fuzz '^FuzzPathMatch$$' -fuzztime $$((20000 * $(FUZZ_SCALE)))x -fuzzminimizetime 1x ./authz
+	BULWARK_PATH_CORPUS=$$((2000 * $(FUZZ_SCALE))) $(GO) test -count=1 -run '^TestExplainAgreesWithEnvoyOnPaths$$' ./test/e2e
 
 # The load harness (bench/): Bulwark against a stock go-control-plane
 # baseline, and every other figure in BENCHMARKS.md, into bench/out

@@ -42,6 +42,10 @@ type Source struct {
 type Op struct {
 	Methods []string
 	Paths   []PathMatch
+	// Deny is set on the operations of DENY rules. A suspect path
+	// (SuspectPath) matches a DENY rule's Paths whatever they say, and
+	// an ALLOW rule's never.
+	Deny bool
 }
 
 // Unconditional reports whether the operation matches every request.
@@ -52,8 +56,9 @@ type PathMatch struct {
 	Kind       model.PathKind
 	Value      string // exact path, prefix, or the glob as written
 	IgnoreCase bool
-	// Regex is the anchored RE2 expression of a glob, shared by Go and
-	// Envoy.
+	// Regex, set for globs and every DENY path, is the RE2 expression
+	// (model.PathPattern.Regex) that must match the whole path, shared by
+	// Go and Envoy. Exact and prefix ALLOW paths have none.
 	Regex string
 	re    *regexp.Regexp
 }
@@ -143,7 +148,7 @@ func compileRule(td string, p *model.AccessPolicy, i int, r model.AccessRule, po
 		if len(o.Ports) > 0 && !slices.Contains(o.Ports, port) {
 			continue
 		}
-		op := Op{Methods: o.Methods}
+		op := Op{Methods: o.Methods, Deny: p.Spec.Action == model.ActionDeny}
 		for _, raw := range o.Paths {
 			pp, err := model.ParsePathPattern(raw)
 			if err != nil {
@@ -152,7 +157,7 @@ func compileRule(td string, p *model.AccessPolicy, i int, r model.AccessRule, po
 			// Many servers ignore path parameters ("/admin;x" is
 			// "/admin" to a servlet container), so a DENY also matches
 			// the path with parameters; an ALLOW is never widened.
-			op.Paths = append(op.Paths, compilePath(pp, o.IgnoreCase, p.Spec.Action == model.ActionDeny))
+			op.Paths = append(op.Paths, compilePath(pp, o.IgnoreCase, op.Deny))
 		}
 		if proto != model.ProtocolHTTP && !op.Unconditional() {
 			if p.Spec.Action == model.ActionAllow {
@@ -170,55 +175,25 @@ func compileRule(td string, p *model.AccessPolicy, i int, r model.AccessRule, po
 }
 
 // compilePath compiles a path pattern. Globs, and every pattern when
-// params is set, become an anchored RE2 expression shared by Go and
-// Envoy; with params each literal segment may carry ";parameters".
+// params is set (a DENY rule's), become a regular expression.
 func compilePath(pp model.PathPattern, ignoreCase, params bool) PathMatch {
 	m := PathMatch{Kind: pp.Kind, Value: pp.Value, IgnoreCase: ignoreCase}
 	if pp.Kind != model.PathGlob && !params {
 		return m
 	}
-	param := ""
-	if params {
-		param = "(;[^/]*)?"
-	}
-	value := pp.Value
-	tail := ""
-	if pp.Kind == model.PathPrefix {
-		if strings.HasSuffix(value, "/") {
-			tail = ".*"
-		} else {
-			// A prefix that ends inside a segment ("/v1" from "/v1*")
-			// matches the rest of that segment, parameters included.
-			tail = ".*"
-			param = ""
-		}
-	}
-	var b strings.Builder
-	if ignoreCase {
-		b.WriteString("(?i)")
-	}
-	segs := strings.Split(value, "/")
-	for i, seg := range segs {
-		if i > 0 {
-			b.WriteString("/")
-		}
-		switch {
-		case seg == "":
-		case seg == "*" && pp.Kind == model.PathGlob:
-			b.WriteString("[^/]+")
-		case seg == "**" && pp.Kind == model.PathGlob:
-			b.WriteString(".*")
-		case i == len(segs)-1 && pp.Kind == model.PathPrefix:
-			b.WriteString(regexp.QuoteMeta(seg)) // partial last segment
-		default:
-			b.WriteString(regexp.QuoteMeta(seg) + param)
-		}
-	}
-	b.WriteString(tail)
-	m.Regex = b.String()
+	m.Regex = pp.Regex(ignoreCase, params).Expr
 	m.re = regexp.MustCompile("^(?:" + m.Regex + ")$")
 	return m
 }
+
+var suspect = regexp.MustCompile("^(?:" + model.SuspectPathRegex + ")$")
+
+// SuspectPath reports whether a normalized path has a segment that is
+// only path parameters, or a dot or two with them ("/;x/admin",
+// "/public/..;/admin", "%3B" too): a server that honours parameters reads
+// it as a path no pattern can work out. Every DENY path matches it and no
+// ALLOW path does.
+func SuspectPath(path string) bool { return suspect.MatchString(path) }
 
 func (m PathMatch) matches(path string) bool {
 	if m.Regex != "" {

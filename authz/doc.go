@@ -13,7 +13,11 @@
 // matches; a workload no ALLOW policy selects gets the mesh default (deny,
 // or allow-mesh: any authenticated identity of the trust domain). A rule
 // matches when one of its sources and one of its operations match. Paths
-// are matched after Envoy's normalization. On a TCP port, an ALLOW rule
+// are matched after Envoy's normalization, which NormalizePath
+// reproduces. A DENY path also matches the path with ";parameters" on its
+// segments, and every path with a segment of only parameters or a dot
+// with them (SuspectPath); an ALLOW path never matches either (see
+// model.PathPattern.Regex). On a TCP port, an ALLOW rule
 // that names methods or paths never matches and a DENY rule that does
 // matches regardless of them: TCP cannot be half allowed.
 //

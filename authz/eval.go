@@ -2,9 +2,7 @@ package authz
 
 import (
 	"fmt"
-	"path"
 	"slices"
-	"strconv"
 	"strings"
 
 	"github.com/bulwarkmesh/bulwark/model"
@@ -16,7 +14,8 @@ type Request struct {
 	// certificate.
 	Peer string
 	// Method and Path are the HTTP method and path; empty on TCP. Path
-	// is normalized by Evaluate the way Envoy normalizes it.
+	// is the request target as the caller sends it (query included);
+	// Evaluate normalizes it the way the sidecar does (NormalizePath).
 	Method, Path string
 }
 
@@ -33,6 +32,10 @@ type Decision struct {
 	DryRun *Decision
 	// Peer is the identity the sidecar sees (none on a DISABLE port).
 	Peer string
+	// Rejected, when set, says why the sidecar answers the request with
+	// 400 before authorization (see NormalizePath); Allowed is false and
+	// Rule empty.
+	Rejected string
 }
 
 // Evaluate decides req against t, the way the sidecar will.
@@ -40,9 +43,16 @@ func (t *Table) Evaluate(req Request) Decision {
 	if t.Mode == model.MTLSDisable {
 		req.Peer = "" // no TLS on this port: no identity
 	}
-	req.Path = NormalizePath(req.Path)
+	norm, err := NormalizePath(req.Path)
+	if err != nil {
+		return Decision{Peer: req.Peer, Rejected: err.Error(), Reason: "rejected with 400 before authorization: " + err.Error()}
+	}
+	req.Path = norm
 	d := decide(req, t.Deny, t.Allow, t.Selectors, t.Default, false)
 	d.Peer = req.Peer
+	if !d.Allowed && SuspectPath(req.Path) {
+		d.Reason += " (the path has a segment that is only path parameters, or a dot with them: every DENY path matches it and no ALLOW path does)"
+	}
 	if t.HasDryRun() {
 		dry := decide(req, byName(t.Deny, t.DryDeny), byName(t.Allow, t.DryAllow),
 			append(append([]string{}, t.Selectors...), t.DrySelectors...), t.Default, true)
@@ -143,6 +153,9 @@ func (o Op) matches(req Request) bool {
 		}
 	}
 	if len(o.Paths) > 0 {
+		if SuspectPath(req.Path) {
+			return o.Deny // every DENY path matches it, no ALLOW path does
+		}
 		found := false
 		for _, p := range o.Paths {
 			found = found || p.matches(req.Path)
@@ -206,48 +219,4 @@ func (t *Table) EvaluateAny(peer string) Reach {
 		return ReachSome
 	}
 	return ReachNone
-}
-
-// NormalizePath normalizes a request path the way the sidecar's HTTP
-// connection manager does before authorization: the query and fragment
-// are dropped, "." and ".." segments resolved and repeated slashes
-// merged. (Percent-encoded slashes never get this far: the sidecar
-// rejects them.)
-func NormalizePath(p string) string {
-	if p == "" {
-		return ""
-	}
-	if i := strings.IndexAny(p, "?#"); i >= 0 {
-		p = p[:i]
-	}
-	p = decodeUnreserved(p)
-	trailing := strings.HasSuffix(p, "/") && len(p) > 1
-	p = path.Clean("/" + p)
-	if trailing && p != "/" {
-		p += "/"
-	}
-	return p
-}
-
-// decodeUnreserved decodes percent-encoded unreserved characters (letters,
-// digits, "-", ".", "_", "~"), which mean the same encoded or not.
-func decodeUnreserved(p string) string {
-	if !strings.Contains(p, "%") {
-		return p
-	}
-	var b strings.Builder
-	for i := 0; i < len(p); i++ {
-		if p[i] == '%' && i+2 < len(p) {
-			if v, err := strconv.ParseUint(p[i+1:i+3], 16, 8); err == nil {
-				c := byte(v)
-				if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '.' || c == '_' || c == '~' {
-					b.WriteByte(c)
-					i += 2
-					continue
-				}
-			}
-		}
-		b.WriteByte(p[i])
-	}
-	return b.String()
 }

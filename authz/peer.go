@@ -30,12 +30,3 @@ func ResolvePeer(s, trustDomain string) (string, error) {
 	}
 	return id.String(), nil
 }
-
-// RefusedPath reports whether the sidecar refuses a request for path
-// with 400 before authorization sees it: the path has a
-// percent-encoded slash or backslash, which one proxy and one app could
-// read two ways.
-func RefusedPath(path string) bool {
-	lower := strings.ToLower(path)
-	return strings.Contains(lower, "%2f") || strings.Contains(lower, "%5c")
-}

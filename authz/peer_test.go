@@ -31,22 +31,3 @@ func TestResolvePeer(t *testing.T) {
 		})
 	}
 }
-
-func TestRefusedPath(t *testing.T) {
-	for _, tc := range []struct {
-		path string
-		want bool
-	}{
-		{"/v1/items", false},
-		{"/a%20b", false},
-		{"/%2Fadmin", true},
-		{"/a%2fb", true},
-		{"/a%5Cb", true},
-		{"/a%5cb", true},
-		{"/a\\b", false},
-	} {
-		if got := RefusedPath(tc.path); got != tc.want {
-			t.Errorf("RefusedPath(%q) = %v, want %v", tc.path, got, tc.want)
-		}
-	}
-}

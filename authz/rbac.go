@@ -136,12 +136,22 @@ func (o Op) principal() *rbacv3.Principal {
 	}
 	if len(o.Paths) > 0 {
 		var ps []*rbacv3.Principal
+		strict := false // whether an ALLOW path could match a suspect path
 		for _, p := range o.Paths {
-			ps = append(ps, &rbacv3.Principal{Identifier: &rbacv3.Principal_UrlPath{UrlPath: &matcherv3.PathMatcher{
-				Rule: &matcherv3.PathMatcher_Path{Path: p.stringMatcher()},
-			}}})
+			ps = append(ps, urlPath(p.stringMatcher()))
+			strict = strict || p.Kind != model.PathExact
 		}
-		parts = append(parts, or(ps))
+		switch {
+		case o.Deny:
+			// Every DENY path matches a suspect path.
+			parts = append(parts, or(append(ps, suspectPrincipal())))
+		case strict:
+			// No ALLOW path does. (An exact one cannot: validation keeps
+			// suspect segments out of patterns.)
+			parts = append(parts, and([]*rbacv3.Principal{or(ps), not(suspectPrincipal())}))
+		default:
+			parts = append(parts, or(ps))
+		}
 	}
 	if len(parts) == 0 {
 		return anyPrincipal()
@@ -161,6 +171,19 @@ func (p PathMatch) stringMatcher() *matcherv3.StringMatcher {
 		return &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Prefix{Prefix: p.Value}, IgnoreCase: p.IgnoreCase}
 	}
 	return &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: p.Value}}
+}
+
+func urlPath(m *matcherv3.StringMatcher) *rbacv3.Principal {
+	return &rbacv3.Principal{Identifier: &rbacv3.Principal_UrlPath{UrlPath: &matcherv3.PathMatcher{
+		Rule: &matcherv3.PathMatcher_Path{Path: m},
+	}}}
+}
+
+// suspectPrincipal matches a suspect path (SuspectPath).
+func suspectPrincipal() *rbacv3.Principal {
+	return urlPath(&matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_SafeRegex{
+		SafeRegex: &matcherv3.RegexMatcher{Regex: model.SuspectPathRegex},
+	}})
 }
 
 // mtlsPrincipal matches a verified client certificate by typed SAN: a

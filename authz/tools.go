@@ -327,6 +327,13 @@ func pathCovers(a, b PathMatch) bool {
 		}
 		return x == y
 	}
+	if head, ok := strings.CutSuffix(a.Value, "/**"); ok && a.Kind == model.PathGlob && !strings.Contains(head, "*") {
+		// "/beta/**" is /beta and everything below it.
+		if b.Kind == model.PathExact && eq(b.Value, head) {
+			return true
+		}
+		return len(b.Value) > len(head) && eq(b.Value[:len(head)+1], head+"/")
+	}
 	switch {
 	case a.Kind == b.Kind:
 		if a.Kind == model.PathPrefix {

@@ -105,3 +105,36 @@ func TestMatrixAndExplainAgreeWithTheTables(t *testing.T) {
 		t.Errorf("explain /admin/x = %+v", ex[0].Decision)
 	}
 }
+
+// TestLintDoubleStar: a DENY of "/beta/**" voids ALLOW rules for /beta
+// itself and for anything below it, not for /betas.
+func TestLintDoubleStar(t *testing.T) {
+	st := lintState()
+	st.Access = []*model.AccessPolicy{
+		pol("api", model.ActionAllow, false, model.AccessSelector{Service: "api"},
+			model.AccessRule{From: []model.Source{{ServiceAccounts: []string{"frontend"}}}, To: []model.Operation{{Paths: []string{"/beta"}}}},
+			model.AccessRule{From: []model.Source{{ServiceAccounts: []string{"frontend"}}}, To: []model.Operation{{Paths: []string{"/beta/*"}}}},
+			model.AccessRule{From: []model.Source{{ServiceAccounts: []string{"frontend"}}}, To: []model.Operation{{Paths: []string{"/beta/*/x/**"}}}},
+			model.AccessRule{From: []model.Source{{ServiceAccounts: []string{"frontend"}}}, To: []model.Operation{{Paths: []string{"/beta*"}}}},
+			model.AccessRule{From: []model.Source{{ServiceAccounts: []string{"frontend"}}}, To: []model.Operation{{Paths: []string{"/betas"}}}},
+		),
+		pol("freeze", model.ActionDeny, false, model.AccessSelector{Service: "api"},
+			model.AccessRule{From: []model.Source{{Namespaces: []string{"*"}}}, To: []model.Operation{{Paths: []string{"/beta/**"}}}}),
+	}
+	got := map[string]bool{}
+	for _, f := range Lint(snapshotOf(t, st), time.Now()) {
+		if strings.Contains(f.Detail, "never takes effect") {
+			got[f.Rule] = true
+		}
+	}
+	for _, r := range []string{"shop/api/0", "shop/api/1", "shop/api/2"} {
+		if !got[r] {
+			t.Errorf("rule %s is voided by DENY /beta/** but not reported", r)
+		}
+	}
+	for _, r := range []string{"shop/api/3", "shop/api/4"} {
+		if got[r] {
+			t.Errorf("rule %s reported as voided; /beta/** does not cover it", r)
+		}
+	}
+}

@@ -76,7 +76,8 @@ type Operation struct {
 	Methods []string
 	// Paths are matched against the normalized path, without the query:
 	// "/admin" exactly, "/v1/*" as a prefix ("/v1/"), and globs where "*"
-	// is one path segment and "**" any number: "/users/*/profile".
+	// is one path segment and "**" zero or more: "/users/*/profile",
+	// "/beta/**" (which matches "/beta" too). See PathPattern.Regex.
 	Paths []string
 	// IgnoreCase makes the path match case-insensitive.
 	IgnoreCase bool
@@ -192,7 +193,7 @@ func (p *AccessPolicy) Validate(base Path, trustDomain string) error {
 			errs = append(errs, src.validate(rp.Child("from").Index(j), trustDomain)...)
 		}
 		for j, op := range r.To {
-			errs = append(errs, op.validate(rp.Child("to").Index(j))...)
+			errs = append(errs, op.validate(rp.Child("to").Index(j), s.Action)...)
 		}
 	}
 	return errors.Join(errs...)
@@ -245,7 +246,7 @@ func (s *Source) validate(p Path, td string) []error {
 	return errs
 }
 
-func (o *Operation) validate(p Path) []error {
+func (o *Operation) validate(p Path, action Action) []error {
 	var errs []error
 	for i, port := range o.Ports {
 		if err := validPort(port); err != nil {
@@ -258,8 +259,20 @@ func (o *Operation) validate(p Path) []error {
 		}
 	}
 	for i, path := range o.Paths {
-		if _, err := ParsePathPattern(path); err != nil {
+		pp, err := ParsePathPattern(path)
+		if err != nil {
 			errs = append(errs, &FieldError{p.Child("paths").Index(i), err.Error()})
+			continue
+		}
+		// What reaches Envoy as a regular expression must fit its limit:
+		// every DENY path (widened for path parameters) and ALLOW globs.
+		if action != ActionDeny && pp.Kind != PathGlob {
+			continue
+		}
+		if re := pp.Regex(o.IgnoreCase, action == ActionDeny); re.Size > MaxPathRegexSize {
+			errs = append(errs, fieldErrorf(p.Child("paths").Index(i),
+				"%q is too long for the sidecar: its regular expression would have about %d RE2 instructions, over the %d Bulwark allows (Envoy refuses more than 100; a DENY path costs more, as each segment may carry ;parameters): shorten it",
+				path, re.Size, MaxPathRegexSize))
 		}
 	}
 	return errs
@@ -283,7 +296,7 @@ type PathPattern struct {
 }
 
 // ParsePathPattern reads "/exact", "/prefix/*" (prefix "/prefix/") or a
-// glob with "*" for one segment and "**" for any number.
+// glob with "*" for one segment and "**" for zero or more.
 func ParsePathPattern(s string) (PathPattern, error) {
 	if !strings.HasPrefix(s, "/") {
 		return PathPattern{}, fmt.Errorf("%q must start with /", s)
@@ -294,9 +307,20 @@ func ParsePathPattern(s string) (PathPattern, error) {
 	if strings.Contains(s, "%") {
 		return PathPattern{}, fmt.Errorf("%q: write the path decoded; requests are matched after normalization", s)
 	}
+	for i := 0; i < len(s); i++ {
+		// A normalized path is visible ASCII: the sidecar refuses
+		// requests with other bytes, turns "\" into "/" and
+		// percent-encodes the rest of these.
+		if c := s[i]; c <= ' ' || c >= 0x7f || strings.IndexByte(`\"<>^`+"`"+`{|}`, c) >= 0 {
+			return PathPattern{}, fmt.Errorf("%q has %q, which no request path has after normalization: it can never match", s, s[i:i+1])
+		}
+	}
 	for _, seg := range strings.Split(s, "/") {
 		if seg == "." || seg == ".." {
 			return PathPattern{}, fmt.Errorf("%q has a %q segment, which normalization removes from every request: it can never match", s, seg)
+		}
+		if suspectSegment(seg) {
+			return PathPattern{}, fmt.Errorf("%q has the segment %q, only path parameters or a dot with them: servers that honour parameters read it as another path, so every DENY path matches such a request and no ALLOW path does", s, seg)
 		}
 	}
 	if strings.Contains(s, "//") {
@@ -315,6 +339,13 @@ func ParsePathPattern(s string) (PathPattern, error) {
 		}
 	}
 	return PathPattern{Kind: PathGlob, Value: s}, nil
+}
+
+// suspectSegment reports whether a pattern segment is what
+// SuspectPathRegex finds in a request: ";x", ".;x" or "..;x". (Patterns
+// have no "%".)
+func suspectSegment(seg string) bool {
+	return strings.HasPrefix(strings.TrimLeft(seg, "."), ";") && len(seg)-len(strings.TrimLeft(seg, ".")) <= 2
 }
 
 // IdentityMatch matches SPIFFE IDs exactly or by prefix.

@@ -1,6 +1,7 @@
 package model
 
 import (
+	"regexp"
 	"strings"
 	"testing"
 
@@ -30,9 +31,10 @@ func FuzzParseIdentity(f *testing.F) {
 }
 
 // FuzzParsePathPattern: a pattern that parses never contains what
-// normalization removes from requests, so it can match something.
+// normalization removes from requests, so it can match something, and
+// its regular expressions compile.
 func FuzzParsePathPattern(f *testing.F) {
-	for _, s := range []string{"/admin", "/v1/*", "/users/*/profile", "/a/**", "//x", "/a/../b", "/%2F"} {
+	for _, s := range []string{"/admin", "/v1/*", "/users/*/profile", "/a/**", "//x", "/a/../b", "/%2F", "/;x/a", "/adm\xe7\x00"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
@@ -42,6 +44,13 @@ func FuzzParsePathPattern(f *testing.F) {
 		}
 		if strings.Contains(p.Value, "//") || strings.ContainsAny(p.Value, "?#%") {
 			t.Fatalf("%q accepted as %+v", s, p)
+		}
+		for _, params := range []bool{false, true} {
+			for _, ignoreCase := range []bool{false, true} {
+				if _, err := regexp.Compile(p.Regex(ignoreCase, params).Expr); err != nil {
+					t.Fatalf("%q accepted, but its expression does not compile: %v", s, err)
+				}
+			}
 		}
 	})
 }

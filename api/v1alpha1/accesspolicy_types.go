@@ -47,7 +47,8 @@ type Operation struct {
 	// +optional
 	Methods []string `json:"methods,omitempty"`
 	// Paths match the normalized path: "/admin" exactly, "/v1/*" as a
-	// prefix, and globs where "*" is a segment and "**" any number.
+	// prefix, and globs where "*" is one segment and "**" zero or more
+	// ("/beta/**" matches /beta too).
 	// +kubebuilder:validation:items:Pattern=`^/`
 	// +optional
 	Paths []string `json:"paths,omitempty"`

@@ -89,7 +89,7 @@ func runPolicyExplain(args []string, stdout, stderr io.Writer) error {
 	method := fs.String("method", "GET", "HTTP method")
 	path := fs.String("path", "/", "HTTP path, as the caller sends it")
 	at := fs.String("at", "", "evaluate at this date (YYYY-MM-DD), for expiring mTLS exceptions")
-	exitCode := fs.Bool("exit-code", false, "exit 1 when any workload denies the request")
+	exitCode := fs.Bool("exit-code", false, "exit 1 when any workload denies the request, or the sidecar rejects it")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -126,12 +126,16 @@ func runPolicyExplain(args []string, stdout, stderr io.Writer) error {
 	what := ""
 	if sp.Protocol == model.ProtocolHTTP {
 		what = fmt.Sprintf(" %s %s", *method, *path)
-		if norm := authz.NormalizePath(*path); norm != *path {
-			what += fmt.Sprintf(" (normalized: %s)", norm)
-		}
-		if authz.RefusedPath(*path) {
-			fmt.Fprintf(stdout, "%s -> %s:%d%s\n  rejected with 400 before authorization: the sidecar refuses encoded slashes\n", who, svc.Host(), sp.Port, what)
+		norm, err := authz.NormalizePath(*path)
+		if err != nil {
+			fmt.Fprintf(stdout, "%s -> %s:%d%s\n  rejected with 400 before authorization: %v\n", who, svc.Host(), sp.Port, what, err)
+			if *exitCode {
+				return errors.New("rejected")
+			}
 			return nil
+		}
+		if norm != *path {
+			what += fmt.Sprintf(" (normalized: %s)", norm)
 		}
 	}
 	fmt.Fprintf(stdout, "%s -> %s:%d/%s%s\n", who, svc.Host(), sp.Port, sp.Protocol, what)
