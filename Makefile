@@ -92,15 +92,25 @@ test-race:
 	$(GO) test -count=1 -race $(RACE_PKGS)
 
 # Fuzz the policy and mesh file parser, SPIFFE identities and path patterns,
-# from the seed corpora in the tests. Minimizing is kept to one pass: with
-# large YAML inputs the default minimization stalls the fuzzer. Last, a
-# larger generated corpus of request paths through the real Envoy, each
-# answer compared with `bulwark policy explain`'s.
+# and what crosses a trust boundary: ADS requests (node ID, type URLs,
+# resource names, NACKs), the CA service's requests (CSR, workload,
+# credential), join tokens and policy custom resources, from the seed
+# corpora in the tests. Minimizing is kept to one pass: with large YAML
+# inputs the default minimization stalls the fuzzer. The counts keep each
+# target to seconds (about a minute for the four trust-boundary targets
+# on two cores, warm); a cold build cache adds about a minute to
+# instrument the Envoy protos for FuzzADSRequests. Last, a larger
+# generated corpus of request paths through the real Envoy, each answer
+# compared with `bulwark policy explain`'s.
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime $$((20000 * $(FUZZ_SCALE)))x -fuzzminimizetime 1x ./source/meshfile
 	$(GO) test -run '^$$' -fuzz '^FuzzParseIdentity$$' -fuzztime $$((200000 * $(FUZZ_SCALE)))x -fuzzminimizetime 1x ./model
 	$(GO) test -run '^$$' -fuzz '^FuzzParsePathPattern$$' -fuzztime $$((200000 * $(FUZZ_SCALE)))x -fuzzminimizetime 1x ./model
 	$(GO) test -run '^$$' -fuzz '^FuzzPathMatch$$' -fuzztime $$((20000 * $(FUZZ_SCALE)))x -fuzzminimizetime 1x ./authz
+	$(GO) test -run '^$$' -fuzz '^FuzzADSRequests$$' -fuzztime $$((30000 * $(FUZZ_SCALE)))x -fuzzminimizetime 1x ./xds/server
+	$(GO) test -run '^$$' -fuzz '^FuzzSignCertificate$$' -fuzztime $$((20000 * $(FUZZ_SCALE)))x -fuzzminimizetime 1x ./identity/issuer
+	$(GO) test -run '^$$' -fuzz '^FuzzRedeem$$' -fuzztime $$((30000 * $(FUZZ_SCALE)))x -fuzzminimizetime 1x ./identity/attest
+	$(GO) test -run '^$$' -fuzz '^FuzzPolicyObject$$' -fuzztime $$((40000 * $(FUZZ_SCALE)))x -fuzzminimizetime 1x ./source/kinds
 	BULWARK_PATH_CORPUS=$$((2000 * $(FUZZ_SCALE))) $(GO) test -count=1 -run '^TestExplainAgreesWithEnvoyOnPaths$$' ./test/e2e
 
 # The load harness (bench/): Bulwark against a stock go-control-plane
