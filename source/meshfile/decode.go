@@ -193,12 +193,13 @@ var envelopeFields = map[string]bool{"apiVersion": true, "kind": true, "metadata
 
 var envelopeNames = keys(envelopeFields)
 
-// walk is the state of decoding one file: what stops it (a cancelled
-// context) and how many more nodes it may visit. Aliases let a small file
-// name a node many times over (a few kilobytes can stand for billions of
-// nodes), so every visit counts, aliased or not, against a budget that
-// grows with the file: a file without aliases visits each node once and
-// stays well inside it.
+// walk is the state of decoding the files of one load: what stops it (a
+// cancelled context) and how many nodes it may visit. Aliases let a small
+// file name a node many times over (a few kilobytes can stand for
+// billions of nodes), so every visit counts, aliased or not, against a
+// budget of one node per byte read plus aliasAllowance for the whole
+// load (not per file: many small files would multiply it). Files without
+// aliases visit each node once and stay well inside it.
 type walk struct {
 	ctx    context.Context
 	budget int
@@ -208,8 +209,8 @@ type walk struct {
 	stop error
 }
 
-// aliasAllowance is how many nodes, beyond one per byte of the file, a
-// file's aliases may stand for.
+// aliasAllowance is how many nodes, beyond one per byte read, the
+// aliases of a load's files may stand for.
 const aliasAllowance = 10000
 
 // visit counts one node and reports whether the walk may go on.
@@ -226,7 +227,7 @@ func (w *walk) visit(file string, n *yaml.Node) bool {
 	}
 	if w.visits > w.budget {
 		w.stop = &Error{File: file, Line: n.Line, Detail: fmt.Sprintf(
-			"its aliases expand it past %d nodes (one per byte of the file, plus %d); write the repeated parts out", w.budget, aliasAllowance)}
+			"its aliases expand the mesh files past %d nodes (one per byte, plus %d); write the repeated parts out", w.budget, aliasAllowance)}
 		return false
 	}
 	return true
@@ -235,11 +236,13 @@ func (w *walk) visit(file string, n *yaml.Node) bool {
 // decodeFile splits data into documents and decodes each strictly: an
 // unknown field, a value of the wrong type or an unknown kind is an error
 // naming the file, line and field. It reports every problem it finds. It
-// takes time and memory in proportion to the size of data, and returns
-// ctx's error soon after ctx ends.
-func decodeFile(ctx context.Context, file string, data []byte) ([]*document, error) {
+// takes time and memory in proportion to the size of data, counts the
+// nodes it visits in w (whose budget grows by len(data)), and returns
+// w.ctx's error soon after that context ends.
+func decodeFile(w *walk, file string, data []byte) ([]*document, error) {
+	ctx := w.ctx
 	dec := yaml.NewDecoder(bytes.NewReader(data))
-	w := &walk{ctx: ctx, budget: len(data) + aliasAllowance}
+	w.budget += len(data)
 	var docs []*document
 	var errs []error
 	for {

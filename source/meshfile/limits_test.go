@@ -207,8 +207,9 @@ func TestLoadStopsWhenCancelled(t *testing.T) {
 }
 
 // TestAliasesCannotExpandAFile: YAML aliases let a few kilobytes name a
-// node billions of times; a file may stand for at most one node per byte
-// (plus a margin). A 19 KiB file took 41 s and 1.1 GB to be refused.
+// node billions of times; the mesh files may stand for at most one node
+// per byte (plus a margin), together. A 19 KiB file took 41 s and 1.1 GB
+// to be refused.
 func TestAliasesCannotExpandAFile(t *testing.T) {
 	var b strings.Builder
 	b.WriteString(header + "  services: []\n  workloads: []\n---\napiVersion: bulwark.dev/v1alpha1\nkind: AccessPolicy\nmetadata: {name: p, namespace: demo}\n")
@@ -217,12 +218,30 @@ func TestAliasesCannotExpandAFile(t *testing.T) {
 	path := writeFile(t, b.String())
 	start := time.Now()
 	_, err := Load(context.Background(), []string{path})
-	want := fmt.Sprintf(": its aliases expand it past %d nodes (one per byte of the file, plus 10000); write the repeated parts out", b.Len()+aliasAllowance)
+	want := fmt.Sprintf(": its aliases expand the mesh files past %d nodes (one per byte, plus 10000); write the repeated parts out", b.Len()+aliasAllowance)
 	if err == nil || !strings.HasPrefix(err.Error(), path+":") || !strings.HasSuffix(err.Error(), want) {
 		t.Fatalf("got %v\nwant %s:<line>%s", err, path, want)
 	}
 	if d := time.Since(start); d > 2*time.Second {
 		t.Errorf("refusing took %v", d)
+	}
+
+	// The allowance is for all the files together: many small files, each
+	// within it on its own, are refused too.
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "mesh.yaml"), []byte(header+validSpec), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	small := "apiVersion: bulwark.dev/v1alpha1\nkind: AccessPolicy\nmetadata: {name: p%d, namespace: demo}\n" +
+		"spec:\n  selector: {service: api}\n  action: DENY\n  rules:\n    - &r {from: [{serviceAccounts: [&a a" + strings.Repeat(", *a", 49) + "]}]}\n" +
+		strings.Repeat("    - *r\n", 99)
+	for i := range 50 { // each about 5,000 nodes from 1 KiB
+		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("p%02d.yaml", i)), []byte(fmt.Sprintf(small, i)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := Load(context.Background(), []string{dir}); err == nil || !strings.Contains(err.Error(), "its aliases expand the mesh files past") {
+		t.Errorf("50 files of 5,000 nodes each from aliases: got %v", err)
 	}
 
 	// Aliases within the allowance are fine.

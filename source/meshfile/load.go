@@ -81,6 +81,7 @@ func Load(ctx context.Context, paths []string) (*model.State, error) {
 	var docs []*document
 	var errs []error
 	total := 0
+	w := &walk{ctx: ctx, budget: aliasAllowance}
 	for _, f := range files {
 		if err := ctx.Err(); err != nil {
 			return nil, fmt.Errorf("loading %s: %w", f, err)
@@ -94,7 +95,7 @@ func Load(ctx context.Context, paths []string) (*model.State, error) {
 			continue
 		}
 		total += len(data)
-		d, err := decodeFile(ctx, f, data)
+		d, err := decodeFile(w, f, data)
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("loading %s: %w", f, ctx.Err())
 		}
