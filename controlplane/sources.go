@@ -49,13 +49,13 @@ func newSources(ctx context.Context, cfg *Config, store *model.Store, reg promet
 	if cfg.Kube != nil {
 		return kubeSources(ctx, cfg, store, reg)
 	}
-	return fileSources(*cfg, store, reg)
+	return fileSources(ctx, *cfg, store, reg)
 }
 
 // fileSources loads the mesh files, whose trust domain is then fixed for
 // the life of the process, and opens the join token store.
-func fileSources(cfg Config, store *model.Store, reg prometheus.Registerer) (*sources, error) {
-	first, err := meshfile.Load(cfg.MeshPaths)
+func fileSources(ctx context.Context, cfg Config, store *model.Store, reg prometheus.Registerer) (*sources, error) {
+	first, err := meshfile.Load(ctx, cfg.MeshPaths)
 	if err != nil {
 		return nil, err
 	}
@@ -69,7 +69,7 @@ func fileSources(cfg Config, store *model.Store, reg prometheus.Registerer) (*so
 	if err != nil {
 		return nil, err
 	}
-	fs, err := meshfile.New(meshfile.Config{Paths: cfg.MeshPaths, Store: store, Logger: cfg.Logger, Registerer: reg,
+	fs, err := meshfile.New(ctx, meshfile.Config{Paths: cfg.MeshPaths, Store: store, Logger: cfg.Logger, Registerer: reg,
 		Check: func(st *model.State) error {
 			if st.Mesh.TrustDomain != td.String() {
 				return fmt.Errorf("the trust domain cannot change while the control plane runs (%s -> %s): every certificate would stop verifying", td, st.Mesh.TrustDomain)

@@ -148,7 +148,7 @@ func Start(ctx context.Context, cfg Config) (*Mesh, error) {
 	if m.cfg.CADir == "" {
 		m.cfg.CADir = filepath.Join(m.cfg.WorkDir, "ca")
 	}
-	if err := ensureCA(m.cfg.CADir, cfg.MeshPaths); err != nil {
+	if err := ensureCA(ctx, m.cfg.CADir, cfg.MeshPaths); err != nil {
 		m.cleanup()
 		return nil, err
 	}
@@ -464,11 +464,11 @@ func (m *Mesh) cleanup() {
 
 // ensureCA creates a demo CA in dir for the mesh's trust domain unless
 // dir already holds one.
-func ensureCA(dir string, meshPaths []string) error {
+func ensureCA(ctx context.Context, dir string, meshPaths []string) error {
 	if _, err := os.Stat(filepath.Join(dir, ca.CertFile)); err == nil {
 		return nil
 	}
-	st, err := meshfile.Load(meshPaths)
+	st, err := meshfile.Load(ctx, meshPaths)
 	if err != nil {
 		return err
 	}

@@ -1,6 +1,7 @@
 package xds_test
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -16,7 +17,7 @@ import (
 // of these bytes; any randomness would re-send unchanged configuration
 // to every proxy on every change.
 func TestTranslationIsByteStable(t *testing.T) {
-	st, err := meshfile.Load([]string{"testdata/in/authz.yaml"})
+	st, err := meshfile.Load(context.Background(), []string{"testdata/in/authz.yaml"})
 	if err != nil {
 		t.Fatal(err)
 	}

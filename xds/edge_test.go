@@ -1,6 +1,7 @@
 package xds_test
 
 import (
+	"context"
 	"path/filepath"
 	"testing"
 	"time"
@@ -35,7 +36,7 @@ func TestEveryListenerIsAnEdge(t *testing.T) {
 	}
 	hcms, mtlsChains := 0, 0
 	for _, in := range inputs {
-		st, err := meshfile.Load([]string{in})
+		st, err := meshfile.Load(context.Background(), []string{in})
 		if err != nil {
 			t.Fatalf("load %s: %v", in, err)
 		}

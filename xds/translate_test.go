@@ -1,6 +1,7 @@
 package xds_test
 
 import (
+	"context"
 	"path/filepath"
 	"testing"
 	"time"
@@ -32,7 +33,7 @@ func TestTranslateGolden(t *testing.T) {
 	out := golden.NewDir(t, "testdata/out")
 	for _, in := range inputs {
 		t.Run(golden.Name(in), func(t *testing.T) {
-			st, err := meshfile.Load([]string{in})
+			st, err := meshfile.Load(context.Background(), []string{in})
 			if err != nil {
 				t.Fatalf("load %s: %v", in, err)
 			}

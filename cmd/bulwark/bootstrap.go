@@ -17,7 +17,7 @@ import (
 	"github.com/bulwarkmesh/bulwark/source/meshfile"
 )
 
-func runBootstrap(_ context.Context, args []string, stdout, stderr io.Writer) error {
+func runBootstrap(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("bootstrap", "--workload NAMESPACE/NAME [flags]", stderr)
 	workload := fs.String("workload", "", "the workload the sidecar serves, namespace/name (required)")
 	node := fs.String("node", "", "Envoy node ID (default: the workload, namespace/name)")
@@ -39,7 +39,7 @@ func runBootstrap(_ context.Context, args []string, stdout, stderr io.Writer) er
 		return errUsage
 	}
 	if len(mesh) > 0 {
-		st, err := meshfile.Load(mesh)
+		st, err := meshfile.Load(ctx, mesh)
 		if err != nil {
 			return err
 		}

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 )
@@ -40,7 +41,7 @@ func commands() []command {
 		{"bootstrap", "print the Envoy bootstrap for a workload's sidecar", runBootstrap},
 		{"validate", "check mesh files and report every problem", runValidate},
 		{"demo-app", "run the demo app (HTTP echo, /call/<upstream>, TCP line echo)", runDemoApp},
-		{"version", "print the version", runVersion},
+		{"version", "print the version and the modules it was built from", runVersion},
 	}
 }
 
@@ -153,12 +154,22 @@ func parse(fs *flag.FlagSet, args []string) error {
 	return nil
 }
 
-// runVersion prints the version.
+// runVersion prints the version, then what the binary was built from as
+// go version -m lists it: the Go version, the main module, every module
+// compiled in with its version and checksum, and the build settings
+// (with the version control revision when the build recorded one). An
+// SBOM of the same binary (make sbom) lists the same modules.
 func runVersion(_ context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := parse(newFlags("version", "", stderr), args); err != nil {
 		return err
 	}
 	fmt.Fprintln(stdout, "bulwark", version)
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		fmt.Fprintln(stdout, "(the binary holds no build information)")
+		return nil
+	}
+	fmt.Fprint(stdout, info.String())
 	return nil
 }
 

@@ -9,13 +9,12 @@ import (
 	"time"
 
 	"github.com/bulwarkmesh/bulwark/model"
-	"github.com/bulwarkmesh/bulwark/source/meshfile"
 )
 
 // runMTLS lists every port of every workload that is not STRICT, and
 // every configured weakening that no longer applies because its exception
 // expired: the list an auditor asks for.
-func runMTLS(_ context.Context, args []string, stdout, stderr io.Writer) error {
+func runMTLS(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || args[0] != "exceptions" {
 		return groupUsage(args, "Usage: bulwark mtls exceptions --mesh FILE|DIR", stderr)
 	}
@@ -38,12 +37,9 @@ func runMTLS(_ context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		now = t
 	}
-	st, err := meshfile.Load(mesh)
+	st, err := loadMesh(ctx, mesh, stderr)
 	if err != nil {
-		for _, p := range meshfile.Errors(err) {
-			fmt.Fprintln(stderr, p.Error())
-		}
-		return fmt.Errorf("the mesh files do not load")
+		return err
 	}
 	type row struct{ workload, port, mode, source, reason, owner, expires, state string }
 	var rows []row

@@ -11,7 +11,6 @@ import (
 
 	"github.com/bulwarkmesh/bulwark/authz"
 	"github.com/bulwarkmesh/bulwark/model"
-	"github.com/bulwarkmesh/bulwark/source/meshfile"
 )
 
 func runPolicy(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -20,25 +19,21 @@ func runPolicy(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	switch args[0] {
 	case "check":
-		return runPolicyCheck(args[1:], stdout, stderr)
+		return runPolicyCheck(ctx, args[1:], stdout, stderr)
 	case "explain":
-		return runPolicyExplain(args[1:], stdout, stderr)
+		return runPolicyExplain(ctx, args[1:], stdout, stderr)
 	case "matrix":
-		return runPolicyMatrix(args[1:], stdout, stderr)
+		return runPolicyMatrix(ctx, args[1:], stdout, stderr)
 	}
 	fmt.Fprintf(stderr, "bulwark policy: unknown subcommand %q (check, explain, matrix)\n", args[0])
 	return errUsage
 }
 
 // loadSnapshot loads mesh files into a store, printing every problem.
-func loadSnapshot(paths []string, stderr io.Writer) (*model.Snapshot, error) {
-	st, err := meshfile.Load(paths)
+func loadSnapshot(ctx context.Context, paths []string, stderr io.Writer) (*model.Snapshot, error) {
+	st, err := loadMesh(ctx, paths, stderr)
 	if err != nil {
-		problems := meshfile.Errors(err)
-		for _, p := range problems {
-			fmt.Fprintln(stderr, p.Error())
-		}
-		return nil, fmt.Errorf("%d problem(s)", len(problems))
+		return nil, err
 	}
 	store := model.NewStore()
 	if _, err := store.ReplaceState(st); err != nil {
@@ -54,7 +49,7 @@ func atFlag(s string) (time.Time, error) {
 	return time.Parse(time.DateOnly, s)
 }
 
-func runPolicyCheck(args []string, stdout, stderr io.Writer) error {
+func runPolicyCheck(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("policy check", "FILE|DIR ... [--strict]", stderr)
 	strict := fs.Bool("strict", false, "fail (exit 1) on warnings too")
 	if err := parse(fs, args); err != nil {
@@ -64,7 +59,7 @@ func runPolicyCheck(args []string, stdout, stderr io.Writer) error {
 		fs.Usage()
 		return errUsage
 	}
-	snap, err := loadSnapshot(fs.Args(), stderr)
+	snap, err := loadSnapshot(ctx, fs.Args(), stderr)
 	if err != nil {
 		return err
 	}
@@ -79,7 +74,7 @@ func runPolicyCheck(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-func runPolicyExplain(args []string, stdout, stderr io.Writer) error {
+func runPolicyExplain(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("policy explain", "--mesh FILE --from ID|NS/SA|unauthenticated --to SERVICE [--port N] [--method M] [--path P]", stderr)
 	var mesh listFlag
 	fs.Var(&mesh, "mesh", "mesh file or directory (repeatable; required)")
@@ -101,7 +96,7 @@ func runPolicyExplain(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("--at: %w", err)
 	}
-	snap, err := loadSnapshot(mesh, stderr)
+	snap, err := loadSnapshot(ctx, mesh, stderr)
 	if err != nil {
 		return err
 	}
@@ -171,7 +166,7 @@ func runPolicyExplain(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-func runPolicyMatrix(args []string, stdout, stderr io.Writer) error {
+func runPolicyMatrix(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("policy matrix", "--mesh FILE [--format table|dot]", stderr)
 	var mesh listFlag
 	fs.Var(&mesh, "mesh", "mesh file or directory (repeatable; required)")
@@ -188,7 +183,7 @@ func runPolicyMatrix(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("--at: %w", err)
 	}
-	snap, err := loadSnapshot(mesh, stderr)
+	snap, err := loadSnapshot(ctx, mesh, stderr)
 	if err != nil {
 		return err
 	}

@@ -101,6 +101,9 @@ func runServe(ctx context.Context, args []string, _, stderr io.Writer) error {
 	}
 	cp, err := controlplane.Start(ctx, cfg)
 	if err != nil {
+		if ctx.Err() != nil {
+			return errInterrupted // a signal while starting, e.g. loading a big mesh file
+		}
 		return err
 	}
 	return cp.Wait()

@@ -36,6 +36,9 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cfg.MeshPaths, cfg.Logger = mesh, log
 	m, err := localmesh.Start(ctx, cfg)
 	if err != nil {
+		if ctx.Err() != nil {
+			return errInterrupted // a signal while starting, e.g. loading a big mesh file
+		}
 		return err
 	}
 	m.Banner(stdout)

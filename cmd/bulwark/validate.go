@@ -4,11 +4,9 @@ import (
 	"context"
 	"fmt"
 	"io"
-
-	"github.com/bulwarkmesh/bulwark/source/meshfile"
 )
 
-func runValidate(_ context.Context, args []string, stdout, stderr io.Writer) error {
+func runValidate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("validate", "FILE|DIR ...", stderr)
 	if err := parse(fs, args); err != nil {
 		return err
@@ -17,13 +15,9 @@ func runValidate(_ context.Context, args []string, stdout, stderr io.Writer) err
 		fs.Usage()
 		return errUsage
 	}
-	st, err := meshfile.Load(fs.Args())
+	st, err := loadMesh(ctx, fs.Args(), stderr)
 	if err != nil {
-		problems := meshfile.Errors(err)
-		for _, p := range problems {
-			fmt.Fprintln(stderr, p.Error())
-		}
-		return fmt.Errorf("%d problem(s)", len(problems))
+		return err
 	}
 	fmt.Fprintf(stdout, "ok: mesh %q, trust domain %s, %d services, %d workloads\n",
 		st.Mesh.Name, st.Mesh.TrustDomain, len(st.Services), len(st.Workloads))

@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"unicode/utf8"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -217,7 +218,13 @@ func (v Verdict) Condition() metav1.Condition {
 	}
 	msg := strings.Join(lines, "; ")
 	if len(msg) > MaxMessage {
-		msg = msg[:MaxMessage] + "..."
+		// Cut between characters: the API server replaces a broken one,
+		// and the status read back would never equal this one again.
+		cut := MaxMessage
+		for cut > 0 && !utf8.RuneStart(msg[cut]) {
+			cut--
+		}
+		msg = msg[:cut] + "..."
 	}
 	reason := v1alpha1.ReasonInvalid
 	var c *Conflict

@@ -287,14 +287,7 @@ func specOf(u *unstructured.Unstructured, out any) error {
 	if !ok {
 		return &model.FieldError{Path: "spec", Detail: "required"}
 	}
-	b, err := json.Marshal(raw)
-	if err != nil {
-		return err
-	}
-	if err := json.Unmarshal(b, out); err != nil {
-		return &model.FieldError{Path: "spec", Detail: err.Error()}
-	}
-	return nil
+	return kinds.DecodeSpec(raw, out)
 }
 
 // currentCondition reads the object's Accepted condition, or nil.

@@ -1,6 +1,7 @@
 package meshfile
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"testing"
@@ -32,7 +33,7 @@ func FuzzLoad(f *testing.F) {
 		if err := os.WriteFile(path, data, 0o644); err != nil {
 			t.Fatal(err)
 		}
-		st, err := Load([]string{path})
+		st, err := Load(context.Background(), []string{path})
 		if err != nil {
 			for _, e := range Errors(err) {
 				if e.Error() == "" {

@@ -1,6 +1,7 @@
 package meshfile
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -43,7 +44,7 @@ func writeFile(t *testing.T, body string) string {
 }
 
 func TestLoadValid(t *testing.T) {
-	st, err := Load([]string{writeFile(t, header+validSpec)})
+	st, err := Load(context.Background(), []string{writeFile(t, header+validSpec)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -257,7 +258,7 @@ spec: {mode: STRICT}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			p := writeFile(t, tt.body)
-			_, err := Load([]string{p})
+			_, err := Load(context.Background(), []string{p})
 			if err == nil {
 				t.Fatal("Load accepted an invalid file")
 			}

@@ -1,6 +1,7 @@
 package meshfile
 
 import (
+	"context"
 	"strings"
 	"testing"
 )
@@ -17,7 +18,7 @@ func TestControlPlaneIdentityIsReserved(t *testing.T) {
       address: 10.0.0.9
 `
 	path := writeFile(t, body)
-	_, err := Load([]string{path})
+	_, err := Load(context.Background(), []string{path})
 	if err == nil {
 		t.Fatal("a workload with the control plane's identity was accepted")
 	}
@@ -32,7 +33,7 @@ func TestControlPlaneIdentityIsReserved(t *testing.T) {
 		"namespace: demo\n      serviceAccount: bulwark",
 	} {
 		b := strings.Replace(body, "namespace: bulwark-system\n      serviceAccount: bulwark", ok, 1)
-		if _, err := Load([]string{writeFile(t, b)}); err != nil {
+		if _, err := Load(context.Background(), []string{writeFile(t, b)}); err != nil {
 			t.Errorf("%q: %v", ok, err)
 		}
 	}

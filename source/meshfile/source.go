@@ -2,6 +2,7 @@ package meshfile
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"path/filepath"
@@ -42,8 +43,9 @@ type Source struct {
 }
 
 // New loads the files once and writes them to the store. An invalid file
-// at start is an error: there is no last good state to fall back on.
-func New(cfg Config) (*Source, error) {
+// at start is an error: there is no last good state to fall back on. It
+// gives up when ctx ends.
+func New(ctx context.Context, cfg Config) (*Source, error) {
 	if len(cfg.Paths) == 0 || cfg.Store == nil {
 		return nil, fmt.Errorf("meshfile: Paths and Store are required")
 	}
@@ -57,16 +59,20 @@ func New(cfg Config) (*Source, error) {
 		cfg.Now = time.Now
 	}
 	s := &Source{cfg: cfg, log: cfg.Logger.With("source", "meshfile"), metrics: newMetrics(cfg.Registerer)}
-	if err := s.reload(); err != nil {
+	if err := s.reload(ctx); err != nil {
 		return nil, err
 	}
 	return s, nil
 }
 
 // reload reads the files and, if they are valid, replaces the store's
-// state with theirs. On error the store is left as it was.
-func (s *Source) reload() error {
-	st, err := Load(s.cfg.Paths)
+// state with theirs. On error the store is left as it was; a load that
+// ctx cancelled counts as neither success nor failure.
+func (s *Source) reload(ctx context.Context) error {
+	st, err := Load(ctx, s.cfg.Paths)
+	if err != nil && ctx.Err() != nil {
+		return err
+	}
 	if err == nil && s.cfg.Check != nil {
 		err = s.cfg.Check(st)
 	}
@@ -127,6 +133,23 @@ func (s *Source) Run(ctx context.Context) error {
 	// watches starting: read them once more.
 	timer := time.NewTimer(s.cfg.Debounce)
 	fire := timer.C
+	// A load runs beside the loop, so that an edit made while it runs
+	// cancels it: its result would be stale, and the edit should not wait
+	// for it (a load may take a second or two near the size limits).
+	type load struct {
+		done   chan error
+		cancel context.CancelFunc
+	}
+	var running *load
+	var loaded <-chan error // running's result; nil when none runs
+	finish := func() {
+		if running != nil {
+			running.cancel()
+			<-running.done
+			running, loaded = nil, nil
+		}
+	}
+	defer finish()
 	for {
 		select {
 		case <-ctx.Done():
@@ -138,6 +161,9 @@ func (s *Source) Run(ctx context.Context) error {
 			if ev.Op == fsnotify.Chmod {
 				continue
 			}
+			if running != nil {
+				running.cancel() // it ends soon; the next load waits for it
+			}
 			timer.Reset(s.cfg.Debounce)
 			fire = timer.C
 		case err, ok := <-w.Errors:
@@ -147,7 +173,20 @@ func (s *Source) Run(ctx context.Context) error {
 			s.log.Warn("mesh file watch error", "err", err)
 		case <-fire:
 			fire = nil
-			if err := s.reload(); err != nil {
+			finish()
+			lctx, cancel := context.WithCancel(ctx)
+			running = &load{done: make(chan error, 1), cancel: cancel}
+			loaded = running.done
+			go func(l *load) { l.done <- s.reload(lctx) }(running)
+		case err := <-loaded:
+			running.cancel()
+			running, loaded = nil, nil
+			cancelled := errors.Is(err, context.Canceled)
+			switch {
+			case err == nil:
+			case cancelled:
+				s.log.Debug("mesh file load given up: the files changed while it ran")
+			default:
 				s.log.Error("mesh files refused; the last good configuration keeps serving", "problems", len(Errors(err)))
 				for _, e := range Errors(err) {
 					s.log.Error("mesh file problem", "file", e.File, "line", e.Line, "object", e.Object, "field", e.Path, "problem", e.Detail)

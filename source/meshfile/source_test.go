@@ -36,7 +36,7 @@ func TestWatchAppliesValidEditsAndKeepsLastGood(t *testing.T) {
 	path := writeFile(t, header+validSpec)
 	store := model.NewStore()
 	var logs syncBuffer
-	src, err := New(Config{Paths: []string{path}, Store: store, Debounce: 20 * time.Millisecond,
+	src, err := New(context.Background(), Config{Paths: []string{path}, Store: store, Debounce: 20 * time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	if err != nil {
 		t.Fatal(err)
@@ -77,7 +77,7 @@ func TestWatchAppliesValidEditsAndKeepsLastGood(t *testing.T) {
 func TestEditBeforeTheWatchStartsIsApplied(t *testing.T) {
 	path := writeFile(t, header+validSpec)
 	store := model.NewStore()
-	src, err := New(Config{Paths: []string{path}, Store: store, Debounce: 20 * time.Millisecond, Logger: testlog.New(t)})
+	src, err := New(context.Background(), Config{Paths: []string{path}, Store: store, Debounce: 20 * time.Millisecond, Logger: testlog.New(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +91,7 @@ func TestEditBeforeTheWatchStartsIsApplied(t *testing.T) {
 
 func TestNewRefusesAnInvalidFileAtStart(t *testing.T) {
 	path := writeFile(t, header+strings.Replace(validSpec, "10.0.0.2", "nope", 1))
-	_, err := New(Config{Paths: []string{path}, Store: model.NewStore(), Logger: slog.New(slog.DiscardHandler)})
+	_, err := New(context.Background(), Config{Paths: []string{path}, Store: model.NewStore(), Logger: slog.New(slog.DiscardHandler)})
 	if err == nil || !strings.Contains(err.Error(), `spec.workloads[1].address: "nope" is not an IP address`) {
 		t.Fatalf("New = %v, want the address error", err)
 	}

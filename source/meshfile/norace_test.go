@@ -1,0 +1,5 @@
+//go:build !race
+
+package meshfile
+
+const raceDetector = false
