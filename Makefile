@@ -117,7 +117,7 @@ test-race:
 # instrument the Envoy protos for FuzzADSRequests. Last, a larger
 # generated corpus of request paths through the real Envoy, each answer
 # compared with `bulwark policy explain`'s.
-fuzz:
+fuzz: envoy
 	$(GO) test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime $$((20000 * $(FUZZ_SCALE)))x -fuzzminimizetime 1x ./source/meshfile
 	$(GO) test -run '^$$' -fuzz '^FuzzParseIdentity$$' -fuzztime $$((200000 * $(FUZZ_SCALE)))x -fuzzminimizetime 1x ./model
 	$(GO) test -run '^$$' -fuzz '^FuzzParsePathPattern$$' -fuzztime $$((200000 * $(FUZZ_SCALE)))x -fuzzminimizetime 1x ./model
@@ -126,7 +126,8 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzSignCertificate$$' -fuzztime $$((20000 * $(FUZZ_SCALE)))x -fuzzminimizetime 1x ./identity/issuer
 	$(GO) test -run '^$$' -fuzz '^FuzzRedeem$$' -fuzztime $$((30000 * $(FUZZ_SCALE)))x -fuzzminimizetime 1x ./identity/attest
 	$(GO) test -run '^$$' -fuzz '^FuzzPolicyObject$$' -fuzztime $$((40000 * $(FUZZ_SCALE)))x -fuzzminimizetime 1x ./source/kinds
-	BULWARK_PATH_CORPUS=$$((2000 * $(FUZZ_SCALE))) $(GO) test -count=1 -run '^TestExplainAgreesWithEnvoyOnPaths$$' ./test/e2e
+	$(GO) test -run '^$$' -fuzz '^FuzzQuote$$' -fuzztime $$((50000 * $(FUZZ_SCALE)))x -fuzzminimizetime 1x ./internal/bounded
+	ENVOY_BIN=$(abspath $(ENVOY)) BULWARK_PATH_CORPUS=$$((2000 * $(FUZZ_SCALE))) $(GO) test -count=1 -run '^TestExplainAgreesWithEnvoyOnPaths$$' ./test/e2e
 
 # The load harness (bench/): Bulwark against a stock go-control-plane
 # baseline, and every other figure in BENCHMARKS.md, into bench/out

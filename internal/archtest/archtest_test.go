@@ -73,9 +73,9 @@ func rules() []rule {
 		{
 			name:  "leaves",
 			why:   "the contract and the encoding helpers are shared by both sides, so they import nothing else of ours",
-			from:  []string{mod("sidecar/contract/..."), mod("internal/pemutil/..."), mod("internal/protoany/...")},
+			from:  []string{mod("sidecar/contract/..."), mod("internal/pemutil/..."), mod("internal/protoany/..."), mod("internal/bounded/...")},
 			deny:  []string{module + "/..."},
-			allow: []string{mod("sidecar/contract/..."), mod("internal/pemutil/..."), mod("internal/protoany/...")},
+			allow: []string{mod("sidecar/contract/..."), mod("internal/pemutil/..."), mod("internal/protoany/..."), mod("internal/bounded/...")},
 		},
 	}
 }
