@@ -12,11 +12,13 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"unicode"
 	"unicode/utf8"
 
 	yaml "go.yaml.in/yaml/v3"
 
 	"github.com/bulwarkmesh/bulwark/api/v1alpha1"
+	"github.com/bulwarkmesh/bulwark/internal/bounded"
 	"github.com/bulwarkmesh/bulwark/model"
 	"github.com/bulwarkmesh/bulwark/source/kinds"
 )
@@ -317,7 +319,7 @@ func decodeDocument(file string, n *yaml.Node, w *walk) (*document, error) {
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, v := n.Content[i], n.Content[i+1]
 		if !envelopeFields[k.Value] {
-			errs = append(errs, fail(k.Line, clip(k.Value, 64), "unknown field %s%s", quote(k.Value), suggest(k.Value, envelopeNames)))
+			errs = append(errs, fail(k.Line, text(k.Value), "unknown field %s%s", quote(k.Value), suggest(k.Value, envelopeNames)))
 			continue
 		}
 		fields[k.Value] = v
@@ -343,13 +345,13 @@ func decodeDocument(file string, n *yaml.Node, w *walk) (*document, error) {
 	}
 	specType, known := specTypes[d.kind]
 	if !known {
-		d.kind = clip(d.kind, 64) // it is printed; a known kind is short
+		d.kind = text(d.kind) // it is printed; a known kind is short
 	}
 	switch {
 	case fields["kind"] == nil:
 		errs = append(errs, fail(n.Line, "kind", "required: one of %s", strings.Join(keys(specTypes), ", ")))
 	case d.kind != "" && !known:
-		errs = append(errs, fail(fields["kind"].Line, "kind", "unknown kind %s; expected one of %s", quote(d.kind), strings.Join(keys(specTypes), ", ")))
+		errs = append(errs, fail(fields["kind"].Line, "kind", "unknown kind \"%s\"; expected one of %s", d.kind, strings.Join(keys(specTypes), ", ")))
 	}
 
 	var meta metadata
@@ -435,7 +437,7 @@ func (d *document) check(n *yaml.Node, v reflect.Value, path string) []error {
 			k, val := n.Content[i], n.Content[i+1]
 			f, ok := fields.byName[k.Value]
 			if !ok {
-				errs = append(errs, &Error{File: d.file, Line: k.Line, Object: d.object(), Path: joinPath(path, clip(k.Value, 64)),
+				errs = append(errs, &Error{File: d.file, Line: k.Line, Object: d.object(), Path: joinPath(path, text(k.Value)),
 					Detail: fmt.Sprintf("unknown field %s%s", quote(k.Value), suggest(k.Value, fields.names))})
 				continue
 			}
@@ -465,7 +467,7 @@ func (d *document) check(n *yaml.Node, v reflect.Value, path string) []error {
 		for i := 0; i+1 < len(n.Content); i += 2 {
 			k, val := n.Content[i], n.Content[i+1]
 			e := reflect.New(v.Type().Elem()).Elem()
-			errs = append(errs, d.check(val, e, path+"["+strconv.Quote(clip(k.Value, 64))+"]")...)
+			errs = append(errs, d.check(val, e, path+"["+quote(k.Value)+"]")...)
 			m.SetMapIndex(reflect.ValueOf(k.Value).Convert(v.Type().Key()), e)
 		}
 		v.Set(m)
@@ -487,7 +489,7 @@ func (d *document) check(n *yaml.Node, v reflect.Value, path string) []error {
 		}
 		u, err := strconv.ParseUint(n.Value, 0, v.Type().Bits())
 		if err != nil {
-			return bad("%s is out of range", clip(n.Value, 64))
+			return bad("%s is out of range", text(n.Value))
 		}
 		v.SetUint(u)
 	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
@@ -496,7 +498,7 @@ func (d *document) check(n *yaml.Node, v reflect.Value, path string) []error {
 		}
 		i, err := strconv.ParseInt(n.Value, 0, v.Type().Bits())
 		if err != nil {
-			return bad("%s is out of range", clip(n.Value, 64))
+			return bad("%s is out of range", text(n.Value))
 		}
 		v.SetInt(i)
 	default:
@@ -515,7 +517,7 @@ func (d *document) duplicateKeys(n *yaml.Node, path string) []error {
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k := n.Content[i]
 		if line, dup := seen[k.Value]; dup {
-			errs = append(errs, &Error{File: d.file, Line: k.Line, Object: d.object(), Path: joinPath(path, clip(k.Value, 64)),
+			errs = append(errs, &Error{File: d.file, Line: k.Line, Object: d.object(), Path: joinPath(path, text(k.Value)),
 				Detail: fmt.Sprintf("%s is set twice (first on line %d)", quote(k.Value), line)})
 		}
 		seen[k.Value] = k.Line
@@ -563,30 +565,40 @@ func schemaOf(t reflect.Type) *schema {
 	return s
 }
 
-// clip shortens s to at most about n bytes, saying how long it was:
-// values from the file are printed and logged, and a file may hold a
-// value of megabytes.
+// quote quotes a value from the file for a message: escaped, and at most
+// 64 bytes of it (a file may hold a value of megabytes, and messages are
+// printed and logged).
+func quote(s string) string { return bounded.Quote(s, 64) }
+
+// text is quote without the quotes, for a key from the file in a field
+// path or a value in a message.
+func text(s string) string { return bounded.Text(s, 64) }
+
+// clip shortens a message that is already readable (a model's, which
+// quotes the values in it, or the YAML parser's) to at most n bytes, cut
+// between characters, and escapes any character a terminal would act on.
 func clip(s string, n int) string {
-	if len(s) <= n {
-		return s
+	marker := ""
+	if len(s) > n {
+		cut := n
+		for cut > 0 && !utf8.RuneStart(s[cut]) {
+			cut--
+		}
+		s, marker = s[:cut], fmt.Sprintf(" (+%d bytes cut)", len(s)-cut)
 	}
-	return fmt.Sprintf("%s...(%d bytes)", s[:runeCut(s, n)], len(s))
-}
-
-// quote quotes a value from the file for an error message, clipped.
-func quote(s string) string {
-	if len(s) <= 64 {
-		return strconv.Quote(s)
+	if strings.IndexFunc(s, func(r rune) bool { return !unicode.IsPrint(r) }) >= 0 {
+		var b strings.Builder
+		for _, r := range s {
+			if unicode.IsPrint(r) {
+				b.WriteRune(r)
+			} else {
+				q := strconv.QuoteRune(r)
+				b.WriteString(q[1 : len(q)-1])
+			}
+		}
+		s = b.String()
 	}
-	return fmt.Sprintf("%s...(%d bytes)", strconv.Quote(s[:runeCut(s, 64)]), len(s))
-}
-
-// runeCut returns the largest i <= n at which s can be cut between runes.
-func runeCut(s string, n int) int {
-	for n > 0 && !utf8.RuneStart(s[n]) {
-		n--
-	}
-	return n
+	return s + marker
 }
 
 func keys[V any](m map[string]V) []string {

@@ -278,10 +278,14 @@ func TestLoadLimitsTheProblems(t *testing.T) {
 	for _, body := range []string{
 		header + validSpec + "  ? " + long + "\n  : 1\n", // an explicit key may be that long
 		header + strings.Replace(validSpec, "port: 8080, protocol", "port: "+long+", protocol", 1),
+		header + validSpec + "  ? \"\\e]0;pwned\\a\\e[2J" + long + "\"\n  : 1\n", // terminal escapes, escaped
 	} {
 		_, err = Load(context.Background(), []string{writeFile(t, body)})
-		if err == nil || len(err.Error()) > 400 || !strings.Contains(err.Error(), "...(100000 bytes)") {
+		if err == nil || len(err.Error()) > 400 || !regexp.MustCompile(`\(\+\d+ bytes cut\)`).MatchString(err.Error()) {
 			t.Errorf("a value of 100,000 characters is reported as %q", err)
+		}
+		if err != nil && strings.ContainsAny(err.Error(), "\x1b\x07") {
+			t.Errorf("a raw escape in %q", err)
 		}
 	}
 }
