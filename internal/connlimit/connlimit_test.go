@@ -1,7 +1,6 @@
 package connlimit_test
 
 import (
-	"bytes"
 	"errors"
 	"io"
 	"log/slog"
@@ -15,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/bulwarkmesh/bulwark/internal/connlimit"
+	"github.com/bulwarkmesh/bulwark/internal/testlog"
 )
 
 // server accepts on a limited listener and keeps what it accepts, as a
@@ -154,7 +154,7 @@ func TestNoCapsMeansNoLimit(t *testing.T) {
 // TestRefusalsAreLoggedPaced: a flood of refused connections is one log
 // line, then one per LogEvery with the count since.
 func TestRefusalsAreLoggedPaced(t *testing.T) {
-	var buf syncBuffer
+	var buf testlog.Lines
 	now := time.Date(2026, 11, 29, 0, 0, 0, 0, time.UTC)
 	var clockMu sync.Mutex
 	clock := func() time.Time { clockMu.Lock(); defer clockMu.Unlock(); return now }
@@ -198,21 +198,4 @@ func refusedCount(t *testing.T, reg *prometheus.Registry, reason string) float64
 	}
 	t.Fatalf("no refused series for %s", reason)
 	return 0
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -31,6 +31,13 @@ func (l *Lines) All() []string {
 	return strings.Split(s, "\n")
 }
 
+// String returns everything written so far.
+func (l *Lines) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
 // Capture returns a debug-level text logger whose lines the test reads
 // back from the returned Lines, to check what was logged and how.
 func Capture() (*slog.Logger, *Lines) {

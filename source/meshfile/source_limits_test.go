@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/bulwarkmesh/bulwark/internal/testfs"
+	"github.com/bulwarkmesh/bulwark/internal/testlog"
 	"github.com/bulwarkmesh/bulwark/internal/testwait"
 	"github.com/bulwarkmesh/bulwark/model"
 )
@@ -43,7 +44,7 @@ func TestAnEditIsNotHeldBehindABigFile(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			path := writeFile(t, header+validSpec)
 			store := model.NewStore()
-			var logs syncBuffer
+			var logs testlog.Lines
 			src, err := New(context.Background(), Config{Paths: []string{path}, Store: store, Debounce: 20 * time.Millisecond,
 				Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 			if err != nil {

@@ -1,11 +1,9 @@
 package meshfile
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,27 +13,10 @@ import (
 	"github.com/bulwarkmesh/bulwark/model"
 )
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestWatchAppliesValidEditsAndKeepsLastGood(t *testing.T) {
 	path := writeFile(t, header+validSpec)
 	store := model.NewStore()
-	var logs syncBuffer
+	var logs testlog.Lines
 	src, err := New(context.Background(), Config{Paths: []string{path}, Store: store, Debounce: 20 * time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	if err != nil {
