@@ -1,18 +1,13 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/bulwarkmesh/bulwark/internal/envoy/envoytest"
-	"github.com/bulwarkmesh/bulwark/internal/testfs"
-	"github.com/bulwarkmesh/bulwark/internal/testlog"
 	"github.com/bulwarkmesh/bulwark/internal/testwait"
-	"github.com/bulwarkmesh/bulwark/localmesh"
 	"github.com/bulwarkmesh/bulwark/model"
 )
 
@@ -101,23 +96,7 @@ spec:
 		}
 	}
 
-	dir := t.TempDir()
-	path := filepath.Join(dir, "mesh.yaml")
-	testfs.Replace(t, path, docs.String())
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	m, err := localmesh.Start(ctx, localmesh.Config{
-		MeshPaths: []string{path}, XDSAddress: "127.0.0.1:0", HTTPAddress: "127.0.0.1:0",
-		EnvoyBin: bin, WorkDir: filepath.Join(dir, "work"), Logger: testlog.New(t),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := m.Stop(); err != nil {
-			t.Errorf("stop: %v", err)
-		}
-	})
+	m := startMesh(t, bin, docs.String())
 	testwait.Until(t, "api's sidecar to have ACKed or NACKed its configuration", 20*time.Second, func() bool {
 		ps := m.ControlPlane().Server.Proxies()
 		if len(ps) != 1 {

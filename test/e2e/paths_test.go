@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bufio"
-	"context"
 	"crypto/tls"
 	"fmt"
 	"io"
@@ -10,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -18,10 +16,7 @@ import (
 
 	"github.com/bulwarkmesh/bulwark/authz"
 	"github.com/bulwarkmesh/bulwark/internal/envoy/envoytest"
-	"github.com/bulwarkmesh/bulwark/internal/testfs"
-	"github.com/bulwarkmesh/bulwark/internal/testlog"
 	"github.com/bulwarkmesh/bulwark/internal/testwait"
-	"github.com/bulwarkmesh/bulwark/localmesh"
 )
 
 // pathsMesh is api alone, at 127.0.83.1, with DENY paths for frontend
@@ -100,23 +95,7 @@ func TestExplainAgreesWithEnvoyOnPaths(t *testing.T) {
 	n := envInt(t, "BULWARK_PATH_CORPUS", 150)
 	seed := envInt(t, "BULWARK_PATH_SEED", 1)
 
-	dir := t.TempDir()
-	path := filepath.Join(dir, "mesh.yaml")
-	testfs.Replace(t, path, pathsMesh)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	m, err := localmesh.Start(ctx, localmesh.Config{
-		MeshPaths: []string{path}, XDSAddress: "127.0.0.1:0", HTTPAddress: "127.0.0.1:0",
-		EnvoyBin: bin, WorkDir: filepath.Join(dir, "work"), Logger: testlog.New(t),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := m.Stop(); err != nil {
-			t.Errorf("stop: %v", err)
-		}
-	})
+	m := startMesh(t, bin, pathsMesh)
 
 	snap := m.ControlPlane().Store.Snapshot()
 	svc := snap.Service("demo", "api")
