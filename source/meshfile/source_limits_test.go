@@ -2,15 +2,12 @@ package meshfile
 
 import (
 	"context"
-	"log/slog"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/bulwarkmesh/bulwark/internal/testfs"
-	"github.com/bulwarkmesh/bulwark/internal/testlog"
 	"github.com/bulwarkmesh/bulwark/internal/testwait"
-	"github.com/bulwarkmesh/bulwark/model"
 )
 
 // TestAnEditIsNotHeldBehindABigFile: in bulwark serve, a valid edit made
@@ -43,17 +40,7 @@ func TestAnEditIsNotHeldBehindABigFile(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			path := writeFile(t, header+validSpec)
-			store := model.NewStore()
-			var logs testlog.Lines
-			src, err := New(context.Background(), Config{Paths: []string{path}, Store: store, Debounce: 20 * time.Millisecond,
-				Logger: slog.New(slog.NewTextHandler(&logs, nil))})
-			if err != nil {
-				t.Fatal(err)
-			}
-			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan error, 1)
-			go func() { done <- src.Run(ctx) }()
-			t.Cleanup(func() { cancel(); <-done })
+			store, logs := runSource(t, path)
 
 			testfs.Replace(t, path, tt.body)
 			time.Sleep(20*time.Millisecond + tt.after) // its load has started, or is over

@@ -15,17 +15,7 @@ import (
 
 func TestWatchAppliesValidEditsAndKeepsLastGood(t *testing.T) {
 	path := writeFile(t, header+validSpec)
-	store := model.NewStore()
-	var logs testlog.Lines
-	src, err := New(context.Background(), Config{Paths: []string{path}, Store: store, Debounce: 20 * time.Millisecond,
-		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- src.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	store, logs := runSource(t, path)
 
 	// A valid edit: a second api workload, written the way editors do
 	// (to a temporary file, renamed over the original). It may land
@@ -76,4 +66,22 @@ func TestNewRefusesAnInvalidFileAtStart(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), `spec.workloads[1].address: "nope" is not an IP address`) {
 		t.Fatalf("New = %v, want the address error", err)
 	}
+}
+
+// runSource runs a source watching path with a short debounce until the
+// test ends, and returns its store and what it logged.
+func runSource(t *testing.T, path string) (*model.Store, *testlog.Lines) {
+	t.Helper()
+	store := model.NewStore()
+	logs := &testlog.Lines{}
+	src, err := New(context.Background(), Config{Paths: []string{path}, Store: store, Debounce: 20 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- src.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return store, logs
 }
