@@ -20,6 +20,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/bulwarkmesh/bulwark/api/v1alpha1"
+	"github.com/bulwarkmesh/bulwark/internal/bounded"
 	"github.com/bulwarkmesh/bulwark/model"
 	"github.com/bulwarkmesh/bulwark/source/kinds"
 )
@@ -255,7 +256,7 @@ func (s *Source) report(ctx context.Context, res Result) {
 		if msg := v.Verdict.Err.Error(); s.reported[v.Ref] != msg {
 			s.reported[v.Ref] = msg
 			s.log.Error("policy refused", "kind", v.Ref.Kind, "policy", v.Ref.Namespace+"/"+v.Ref.Name,
-				"kept_generation", v.Verdict.Kept, "problems", msg)
+				"kept_generation", v.Verdict.Kept, "problems", bounded.Text(msg, kinds.MaxMessage))
 		}
 	}
 	for ref := range s.reported {
