@@ -172,6 +172,7 @@ func TestActivateGateNamesEveryLaggard(t *testing.T) {
 			{Node: "ns/ahead", AgentSeq: need + 5, ProxySeq: need + 3, Reported: true},
 			{Node: "ns/proxy-behind", AgentSeq: need, ProxySeq: need - 1, Reported: true},
 			{Node: "ns/agent-behind", Replica: "cp-1", AgentSeq: need - 1, ProxySeq: need - 1, Reported: true},
+			{Node: "ns/agent-only-behind", AgentSeq: need - 1, ProxySeq: need, Reported: true},
 			{Node: "ns/silent", AgentSeq: need, ProxySeq: need, Reported: false},
 		},
 		Missing: []string{"replica cp-2"},
@@ -187,6 +188,7 @@ func TestActivateGateNamesEveryLaggard(t *testing.T) {
 	}
 	want := []string{
 		fmt.Sprintf("ns/agent-behind via cp-1 (holds bundle %d, needs %d)", need-1, need),
+		fmt.Sprintf("ns/agent-only-behind (holds bundle %d, its agent %d, needs %d)", need, need-1, need),
 		fmt.Sprintf("ns/proxy-behind (holds bundle %d, its agent %d, needs %d)", need-1, need, need),
 		fmt.Sprintf("ns/silent (has reported no bundle, needs %d)", need),
 		"evidence from replica cp-2 is missing or stale",
