@@ -309,3 +309,21 @@ func TestRemoveGate(t *testing.T) {
 		t.Error("recorded as forced")
 	}
 }
+
+func TestTheAuditTrailKeepsTheLatestEvents(t *testing.T) {
+	s := newState(t)
+	for i := range MaxEvents + 50 {
+		if err := Revoke(s, Revocation{Kind: BySerial, Value: fmt.Sprintf("%x", i+1), Reason: "x"}, at(time.Duration(i)*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(s.Events) != MaxEvents {
+		t.Fatalf("%d events kept", len(s.Events))
+	}
+	if e := lastEvent(s); !strings.Contains(e.Detail, fmt.Sprintf("serial %x ", MaxEvents+50)) {
+		t.Errorf("the last event is %+v", e)
+	}
+	if e := s.Events[0]; !strings.Contains(e.Detail, fmt.Sprintf("serial %x ", 51)) {
+		t.Errorf("the first event kept is %+v", e)
+	}
+}
