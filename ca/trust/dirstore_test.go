@@ -111,6 +111,31 @@ func TestDirStoreMigratesACAInitDirectory(t *testing.T) {
 	}
 }
 
+func TestANewStateDoesNotReplaceALegacyCA(t *testing.T) {
+	ctx := context.Background()
+	dir := initDir(t)
+	before, _ := os.ReadFile(filepath.Join(dir, ca.CertFile))
+	err := NewDirStore(dir, td).Save(ctx, newState(t))
+	wantErr(t, err, ErrConflict, "holds a CA that this state does not")
+	if !errors.Is(err, ca.ErrExists) {
+		t.Error("not ca.ErrExists")
+	}
+	if after, _ := os.ReadFile(filepath.Join(dir, ca.CertFile)); string(after) != string(before) {
+		t.Error("the CA was replaced")
+	}
+	// Into an empty directory, a new state goes (bulwark ca init).
+	empty := filepath.Join(t.TempDir(), "new")
+	s := newState(t)
+	st := NewDirStore(empty, td)
+	if err := st.Save(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(empty); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Errorf("directory: %v %v", fi, err)
+	}
+	caLoad(t, empty)
+}
+
 func TestDirStoreCompareAndSwap(t *testing.T) {
 	ctx := context.Background()
 	dir := initDir(t)
