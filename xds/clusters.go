@@ -54,9 +54,11 @@ func blackHoleCluster() *clusterv3.Cluster {
 // edsCluster reaches a service port through the endpoints that ADS sends
 // under the same name, over mutual TLS that accepts only the identities
 // behind the service. An endpoint whose port has mTLS disabled is marked
-// in its metadata and reached in plaintext.
-func edsCluster(name string, ids []string) *clusterv3.Cluster {
+// in its metadata and reached in plaintext. The cluster carries the
+// revocation epoch.
+func edsCluster(name string, ids []string, epoch uint64) *clusterv3.Cluster {
 	return &clusterv3.Cluster{
+		Metadata:        revocationMetadata(epoch),
 		TransportSocket: contract.ClientTLS(ids),
 		TransportSocketMatches: []*clusterv3.Cluster_TransportSocketMatch{{
 			Name:            "plaintext",

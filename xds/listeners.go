@@ -22,8 +22,8 @@ import (
 // address and target port and hands them to the app. Its filter chains
 // follow the port's mTLS mode: STRICT has only the mutual TLS chain,
 // DISABLE only a plaintext one, PERMISSIVE both, told apart by the TLS
-// inspector.
-func inboundListener(w *model.Workload, in model.InboundPort, table *authz.Table, td string) *listenerv3.Listener {
+// inspector. The mutual TLS chain carries the revocation epoch.
+func inboundListener(w *model.Workload, in model.InboundPort, table *authz.Table, td string, epoch uint64) *listenerv3.Listener {
 	name := InboundName(in.Port)
 	mode := table.Mode
 	l := &listenerv3.Listener{
@@ -35,6 +35,7 @@ func inboundListener(w *model.Workload, in model.InboundPort, table *authz.Table
 		Name:            "mtls",
 		TransportSocket: serverTLS(td),
 		Filters:         inboundFilters(name, in.Protocol, true, table),
+		Metadata:        revocationMetadata(epoch),
 	}
 	plain := &listenerv3.FilterChain{
 		Name:    "plaintext",
@@ -109,13 +110,22 @@ func inboundFilters(name string, proto model.Protocol, mtls bool, table *authz.T
 // Under transparent capture it binds nothing: it stands for the service's
 // address and port, and virtualOutbound hands it the connections whose
 // original destination that is.
-func outboundListener(w *model.Workload, up upstream) *listenerv3.Listener {
+//
+// A TCP port's chain carries the revocation epoch: each of its
+// connections is tied to one mutual TLS connection upstream for its
+// whole life, which replacing the cluster does not close (only pooled,
+// HTTP, connections are), so the app's side is drained instead.
+func outboundListener(w *model.Workload, up upstream, epoch uint64) *listenerv3.Listener {
 	name := OutboundName(up.svc, up.port.Port)
+	chain := &listenerv3.FilterChain{Filters: []*listenerv3.Filter{terminalFilter(name, up.port.Protocol)}}
+	if up.port.Protocol != model.ProtocolHTTP {
+		chain.Metadata = revocationMetadata(epoch)
+	}
 	l := &listenerv3.Listener{
 		Name:             name,
 		Address:          socketAddress(w.LocalAddress, up.localPort),
 		TrafficDirection: corev3.TrafficDirection_OUTBOUND,
-		FilterChains:     []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{terminalFilter(name, up.port.Protocol)}}},
+		FilterChains:     []*listenerv3.FilterChain{chain},
 	}
 	if w.Transparent() {
 		l.Address = socketAddress(up.svc.Address, up.port.Port)

@@ -41,6 +41,13 @@ type Options struct {
 	// Translator.Parts to check TLS contexts against. Defaults to
 	// contract.Secrets().
 	Secrets []string
+	// RevocationEpoch is the mesh's revocation epoch, stamped on every
+	// inbound filter chain that requires a client certificate, every
+	// cluster that originates mutual TLS and every outbound chain that
+	// proxies TCP to one, so that changing it makes Envoy close each
+	// mutual TLS connection made before (see revocation.go). 0 stamps
+	// nothing.
+	RevocationEpoch uint64
 }
 
 func (o Options) secrets() []string {

@@ -102,9 +102,13 @@ func NewTranslator(snap *model.Snapshot, opts Options) *Translator {
 // only endpoints changed, it keeps what t built that does
 // not depend on the endpoints of the services whose endpoints changed:
 // every inbound side, and the outbound pieces, upstream lists and
-// outbound parts of every other service. Otherwise it starts afresh. t
+// outbound parts of every other service. Otherwise (a table other than
+// endpoints changed, or the revocation epoch did) it starts afresh. t
 // must not be used after.
 func (t *Translator) Next(snap *model.Snapshot, opts Options, changed map[string]bool) *Translator {
+	if opts.RevocationEpoch != t.opts.RevocationEpoch {
+		return NewTranslator(snap, opts)
+	}
 	for table := range changed {
 		if table != model.TableEndpoints {
 			return NewTranslator(snap, opts)
@@ -279,7 +283,7 @@ func (t *Translator) outboundPart(w *model.Workload) *Part {
 		if w.Transparent() {
 			r.Listeners = append(r.Listeners, o.transparent)
 		} else {
-			r.Listeners = append(r.Listeners, outboundListener(w, up))
+			r.Listeners = append(r.Listeners, outboundListener(w, up, t.opts.RevocationEpoch))
 		}
 		r.Clusters = append(r.Clusters, o.cluster)
 		r.Endpoints = append(r.Endpoints, o.cla)
@@ -359,14 +363,14 @@ func (t *Translator) outboundOf(up upstream) *outboundPieces {
 	}
 	o = &outboundPieces{
 		svc:     up.svc,
-		cluster: edsCluster(name, t.serviceIdentities(up.svc)),
+		cluster: edsCluster(name, t.serviceIdentities(up.svc), t.opts.RevocationEpoch),
 		cla:     loadAssignment(t.snap, up.svc, up.port, t.opts.Now),
 	}
 	if up.port.Protocol == model.ProtocolHTTP {
 		o.route = routeConfig(name, name, connectRetries())
 	}
 	if up.svc.Address != "" {
-		o.transparent = outboundListener(&model.Workload{Capture: model.CaptureTransparent}, up)
+		o.transparent = outboundListener(&model.Workload{Capture: model.CaptureTransparent}, up, t.opts.RevocationEpoch)
 	}
 	t.mu.Lock()
 	if prev, ok := t.outbound[name]; ok {
@@ -414,7 +418,7 @@ func (t *Translator) inboundOf(w *model.Workload) *inboundPieces {
 	for _, ip := range inboundPorts(t.snap, w) {
 		name := InboundName(ip.Port)
 		table := t.idx.Table(w, ip.Port, ip.Protocol)
-		l := inboundListener(w, ip, table, t.td)
+		l := inboundListener(w, ip, table, t.td, t.opts.RevocationEpoch)
 		if w.Transparent() {
 			// One listener takes all redirected traffic; each port is a
 			// filter chain matched by the original destination port.

@@ -384,7 +384,7 @@ func (a *Agent) startEnvoy() (*envoy.Process, error) {
 		return nil, errors.New("agent: running Envoy needs a bootstrap path")
 	}
 	cfg := envoy.Config{Bin: e.Bin, ConfigPath: a.cfg.BootstrapPath, AdminAddress: a.cfg.AdminAddress,
-		LogLevel: e.LogLevel, Stdout: e.Stdout, Stderr: e.Stderr, ExtraArgs: e.ExtraArgs}
+		LogLevel: e.LogLevel, Stdout: e.Stdout, Stderr: e.Stderr, ExtraArgs: append(drainArgs(), e.ExtraArgs...)}
 	if e.UID != nil || e.GID != nil {
 		cred := &syscall.Credential{Uid: uint32(os.Getuid()), Gid: uint32(os.Getgid())}
 		if e.UID != nil {

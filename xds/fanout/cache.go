@@ -24,7 +24,9 @@ import (
 // request's version is not the set's (the whole set is sent); for
 // endpoints and routes, with the requested resources whose version the
 // stream does not have, once every requested name is in the set (so a
-// proxy never waits on half of a change, as ADS requires).
+// proxy never waits on half of a change, as ADS requires). A stream
+// sent an EDS cluster that changed is sent its load assignment again,
+// changed or not: Envoy waits for it before it uses the new cluster.
 //
 // What a stream has been sent is kept here, not in the server's
 // per-stream "returned resources" map (the cache always hands it nil):
@@ -103,6 +105,29 @@ func (s *sent) narrow(k Kind, subscribed map[string]struct{}, exact *Set) {
 			e.names[p.Name] = struct{}{}
 		}
 	}
+}
+
+// forget drops names from what the stream has of kind k, so they are
+// sent again; it reports whether the stream had any of them.
+func (s *sent) forget(k Kind, names []string) bool {
+	e := &s[k]
+	if e.set == nil {
+		return false
+	}
+	if e.names == nil { // all of the set: list them, less names
+		e.names = make(map[string]struct{}, e.set.n)
+		for _, p := range e.set.all() {
+			e.names[p.Name] = struct{}{}
+		}
+	}
+	had := false
+	for _, name := range names {
+		if _, ok := e.names[name]; ok {
+			delete(e.names, name)
+			had = true
+		}
+	}
+	return had
 }
 
 type watch struct {
@@ -476,7 +501,58 @@ func (r *response) commit() {
 		st = &sent{}
 		n.streams[r.w.stream] = st
 	}
+	if r.w.kind == Clusters {
+		r.reassign(st)
+	}
 	st[r.w.kind].set, st[r.w.kind].names = r.set, r.covered
+}
+
+// reassign makes the stream be sent again the load assignment of each
+// EDS cluster that the response, about to be sent, changes. Envoy builds
+// a changed cluster anew and keeps it warming, and the old one serving,
+// until that cluster's load assignment arrives, changed or not
+// (go-control-plane#245); Envoy 1.40 gives up only after the initial
+// fetch timeout (15 s) and takes the one it had. A changed cluster
+// that waits that long keeps its old TLS context, SANs and revocation
+// epoch, and the connections of its old pool, for as long.
+//
+// The load assignments are forgotten from what the stream has, so the
+// stream's next endpoints request gets them; if one is already waiting,
+// it is answered now, behind the clusters (the ADS server sends in the
+// order responses come, and its channel has room for one per kind).
+// The node's lock is held.
+func (r *response) reassign(st *sent) {
+	prev := st[Clusters].set
+	if prev == nil || prev == r.set {
+		return
+	}
+	d := r.set.diff(prev)
+	changed := d.fresh
+	if d.allFresh {
+		changed = r.set.all()
+	}
+	var stale []string
+	for _, p := range changed {
+		if p.eds == "" {
+			continue
+		}
+		if v := st.version(Clusters, p.Name); v != "" && v != p.Version {
+			stale = append(stale, p.eds)
+		}
+	}
+	if len(stale) == 0 || !st.forget(Endpoints, stale) {
+		return
+	}
+	n := r.w.node
+	for w := range n.watches[Endpoints] {
+		if w.stream != r.w.stream || n.config[Endpoints] == nil {
+			continue
+		}
+		if resp := respond(w, n.config[Endpoints]); resp != nil {
+			w.out <- resp
+			delete(n.watches[Endpoints], w)
+		}
+	}
 }
 
 // GetDiscoveryResponse builds a new message each time: the server sets

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/encoding/protowire"
@@ -63,6 +64,9 @@ type Piece struct {
 	// enc is the resource as it appears in a DiscoveryResponse: field
 	// "resources" (tag, length, Any).
 	enc mem.Buffer
+	// eds is, for a cluster that takes its endpoints from EDS, the name
+	// of its load assignment; else "".
+	eds string
 }
 
 // Group is the resources of one kind of one xds.Part, sorted by name.
@@ -416,7 +420,14 @@ func NewPiece(m proto.Message, typeURL string) (*Piece, error) {
 	}
 	enc := protowire.AppendTag(make([]byte, 0, len(ab)+8), resourcesField, protowire.BytesType)
 	enc = protowire.AppendBytes(enc, ab)
-	return &Piece{Name: xds.ResourceName(m), Version: hex.EncodeToString(sum[:8]), any: a, enc: mem.SliceBuffer(enc)}, nil
+	pc := &Piece{Name: xds.ResourceName(m), Version: hex.EncodeToString(sum[:8]), any: a, enc: mem.SliceBuffer(enc)}
+	if c, ok := m.(*clusterv3.Cluster); ok && c.GetType() == clusterv3.Cluster_EDS {
+		pc.eds = c.GetEdsClusterConfig().GetServiceName()
+		if pc.eds == "" {
+			pc.eds = c.GetName()
+		}
+	}
+	return pc, nil
 }
 
 func asMessages[T proto.Message](in []T) []proto.Message {

@@ -28,6 +28,11 @@
 // with the one its translator was built from, never from the watch that
 // woke it, so a write that lands as a pass starts is taken whole.
 //
+// SetRevocationEpoch makes every proxy drain its mutual TLS connections
+// once (a revocation must also end the connections a revoked
+// certificate already has); the epoch is stamped on what carries mutual
+// TLS and nothing else.
+//
 // It handles NACKs itself: a rejected version is logged once with the
 // proxy and Envoy's error, counted, and not sent again until the
 // configuration changes. Nothing is published before the sources have

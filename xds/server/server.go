@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -84,18 +85,22 @@ type Server struct {
 	streams map[int64]*stream      // open ADS streams
 	proxies map[string]*proxyState // by node ID, while any stream is open
 	// wake holds a signal, when there is one, that proxies connected or
-	// left since Run last looked; see proxiesChanged.
+	// left, or the revocation epoch changed, since Run last looked; see
+	// proxiesChanged.
 	wake chan struct{}
+	// epoch is the revocation epoch to publish (SetRevocationEpoch).
+	epoch atomic.Uint64
 
 	// published maps each proxy the cache has a configuration for to the
 	// connection it was made for. Touched only by the Run goroutine, as
 	// are tr, built and prep: the last translation pass, reused while
 	// only proxies come and go (a translator does not read them), and
-	// the snapshot it translates.
-	published map[string]*proxy
-	tr        *xds.Translator
-	built     *model.Snapshot
-	prep      *fanout.Preparer
+	// the snapshot it translates, and the revocation epoch it stamps.
+	published  map[string]*proxy
+	tr         *xds.Translator
+	built      *model.Snapshot
+	builtEpoch uint64
+	prep       *fanout.Preparer
 
 	hooks hooks // for tests only
 }
@@ -165,9 +170,30 @@ func (s *Server) Register(ctx context.Context, g grpc.ServiceRegistrar) {
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(g, s.xds)
 }
 
+// SetRevocationEpoch sets the mesh's revocation epoch. When it differs
+// from the current one, every connected proxy's configuration is
+// translated again with the epoch stamped on everything that carries
+// mutual TLS (xds.Options.RevocationEpoch), and pushed: Envoy then
+// drains every mutual TLS connection it holds, which a new validation
+// context alone never does (see the xds package's revocation.go). The
+// same epoch again pushes nothing.
+//
+// The epoch must change whenever the set of revoked certificates does
+// and only then (each change costs every sidecar one reconnection of
+// each of its mutual TLS connections), and must survive a control plane
+// restart: call SetRevocationEpoch with the stored epoch before Run, so
+// the first configuration a reconnecting proxy gets is the one it holds
+// and drains nothing. 0, the initial epoch, stamps nothing. Safe for
+// concurrent use; it never blocks.
+func (s *Server) SetRevocationEpoch(epoch uint64) {
+	if s.epoch.Swap(epoch) != epoch {
+		s.proxiesChanged()
+	}
+}
+
 // Run publishes the model until ctx ends: once the sources have synced,
-// then after every coalesced change to the model or to the set of
-// connected proxies.
+// then after every coalesced change to the model, to the set of
+// connected proxies or to the revocation epoch.
 func (s *Server) Run(ctx context.Context) error {
 	if s.cfg.Synced != nil {
 		s.log.Info("waiting for sources to sync before publishing")
@@ -277,24 +303,33 @@ func only(watch map[string]<-chan struct{}, tables ...string) bool {
 
 // sync publishes the snapshot to proxies, the connected proxies. changed
 // holds the tables in which snap differs from the snapshot the last
-// translator was built from. When no table of the model changed, only
-// the proxies that (re)connected are translated; otherwise all are. A
-// translation pass builds what proxies share once, and the cache only
-// answers the proxies, and the types, that changed.
+// translator was built from. When no table of the model changed and the
+// revocation epoch did not either, only the proxies that (re)connected
+// are translated; otherwise all are. A translation pass builds what
+// proxies share once, and the cache only answers the proxies, and the
+// types, that changed.
 func (s *Server) sync(snap *model.Snapshot, proxies []*proxy, changed map[string]bool) {
 	start := time.Now()
+	epoch := s.epoch.Load()
 	modelChanged := len(changed) > 0
+	if s.tr != nil && epoch != s.builtEpoch {
+		s.log.Info("revocation epoch changed: every proxy drains its mutual TLS connections",
+			"from", s.builtEpoch, "to", epoch)
+		modelChanged = true
+	}
 	switch {
 	case s.tr == nil:
 		now := s.cfg.Now()
-		s.tr, s.built = xds.NewTranslator(snap, xds.Options{Now: now, Authz: authz.NewIndex(snap, now), Secrets: s.cfg.Secrets}), snap
+		s.tr, s.built = xds.NewTranslator(snap, xds.Options{Now: now, Authz: authz.NewIndex(snap, now), Secrets: s.cfg.Secrets, RevocationEpoch: epoch}), snap
 		s.prep = fanout.NewPreparer()
 	case modelChanged:
 		// Next starts afresh unless only endpoints changed; then it
-		// rebuilds only the services whose endpoints did.
-		s.tr, s.built = s.tr.Next(snap, xds.Options{Now: s.cfg.Now(), Secrets: s.cfg.Secrets}, changed), snap
+		// rebuilds only the services whose endpoints did. A new epoch
+		// changes every proxy: it starts afresh then too.
+		s.tr, s.built = s.tr.Next(snap, xds.Options{Now: s.cfg.Now(), Secrets: s.cfg.Secrets, RevocationEpoch: epoch}, changed), snap
 		s.prep = s.prep.Next()
 	}
+	s.builtEpoch = epoch
 	tr, prep := s.tr, s.prep
 	td := snap.Mesh().TrustDomain
 	live := map[string]bool{}
