@@ -351,7 +351,10 @@ func (a *Agent) fetch(ctx context.Context, current *x509svid.SVID) (*x509svid.SV
 
 // install serves a new certificate over SDS.
 func (a *Agent) install(svid *x509svid.SVID, bundle []*x509.Certificate) error {
-	if err := a.sds.Update(svid.Certificates, svid.PrivateKey, bundle); err != nil {
+	if err := a.sds.UpdateBundle(0, bundle, nil); err != nil {
+		return fmt.Errorf("agent: SDS: %w", err)
+	}
+	if err := a.sds.UpdateCertificate(svid.Certificates, svid.PrivateKey); err != nil {
 		return fmt.Errorf("agent: SDS: %w", err)
 	}
 	a.mu.Lock()
