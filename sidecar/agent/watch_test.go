@@ -693,3 +693,23 @@ func TestPushedBundleReachesTheRealEnvoy(t *testing.T) {
 		t.Errorf("Envoy's loaded trust bundle has no CRL of bundle 2 with only_verify_leaf_cert_crl:\n%s", body)
 	}
 }
+
+// TestRenewalNotPostponedByABundle: a reissue later than the renewal
+// already due does not move the renewal: it stays where it was.
+func TestRenewalNotPostponedByABundle(t *testing.T) {
+	e := startPush(t, func(e *pushEnv) *cav1.TrustBundle {
+		return &cav1.TrustBundle{Sequence: 1, Roots: rawCerts(append(e.cas[0].Roots(), e.cas[1].Roots()...)...), SigningCa: e.signing[0].Raw}
+	})
+	e.cp.waitAck(t, &cav1.TrustBundleAck{Sequence: 1})
+	first, i := waitWait(t, e, 0, "the first renewal", func(d time.Duration) bool { return d > time.Hour })
+	e.clock.Advance(first - time.Hour)
+	// A reissue window of two days: the random moment is almost surely
+	// after the renewal due in an hour.
+	e.cp.push(&cav1.TrustBundle{Sequence: 2, Roots: rawCerts(append(e.cas[0].Roots(), e.cas[1].Roots()...)...),
+		SigningCa: e.signing[1].Raw, ReissueWithinMs: (48 * time.Hour).Milliseconds()})
+	waitLog(t, e, "another authority signs now")
+	next, _ := waitWait(t, e, i+1, "the renewal after the wake-up", func(time.Duration) bool { return true })
+	if next > time.Hour {
+		t.Errorf("after the bundle the agent waits %s to renew, want at most the hour left", next)
+	}
+}
