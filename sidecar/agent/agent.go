@@ -291,9 +291,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		retry.reset()
 		// The answer's bundle is installed only if it is newer than the
-		// one the watch brought.
+		// one the watch brought; one that cannot be keeps the one held.
 		if err := a.installBundle(nbundle); err != nil {
-			return err
+			a.log.Error("trust bundle refused; keeping the one held", "err", err)
 		}
 		if err := a.install(next); err != nil {
 			return err
@@ -474,6 +474,15 @@ func (a *Agent) installBundle(b heldBundle) error {
 	}
 	if len(b.roots) == 0 {
 		return fmt.Errorf("agent: trust bundle %d has no root", b.seq)
+	}
+	if held {
+		// Envoy takes a CRL outside its validity (thisUpdate ahead of
+		// this host's clock, nextUpdate past) without complaint, and then
+		// refuses every leaf of its issuer: keep the bundle held instead,
+		// which the control plane sees in the acks.
+		if err := checkCRLTimes(b.crls, a.cfg.Now()); err != nil {
+			return fmt.Errorf("agent: trust bundle %d: %w", b.seq, err)
+		}
 	}
 	if err := a.sds.UpdateBundle(b.seq, b.roots, b.crls); err != nil {
 		return fmt.Errorf("agent: SDS: %w", err)

@@ -225,3 +225,24 @@ func issuedBy(leaf, signing *x509.Certificate) bool {
 	}
 	return leaf.CheckSignatureFrom(signing) == nil
 }
+
+// checkCRLTimes refuses CRLs that are not valid at now: Envoy would
+// refuse every leaf their issuers signed. A CRL that does not parse is
+// left to package sds, which refuses it.
+func checkCRLTimes(crls [][]byte, now time.Time) error {
+	var errs []error
+	for i, der := range crls {
+		c, err := x509.ParseRevocationList(der)
+		if err != nil {
+			continue
+		}
+		switch {
+		case c.ThisUpdate.After(now):
+			errs = append(errs, fmt.Errorf("crls[%d] (issuer %s): thisUpdate %s is ahead of this host's clock (%s)",
+				i, c.Issuer, c.ThisUpdate.Format(time.RFC3339), now.UTC().Format(time.RFC3339)))
+		case !c.NextUpdate.IsZero() && !c.NextUpdate.After(now):
+			errs = append(errs, fmt.Errorf("crls[%d] (issuer %s): expired at %s (nextUpdate)", i, c.Issuer, c.NextUpdate.Format(time.RFC3339)))
+		}
+	}
+	return errors.Join(errs...)
+}

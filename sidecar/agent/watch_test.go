@@ -422,7 +422,7 @@ func crlOf(t *testing.T, number int64) []byte {
 	t.Helper()
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	issuer := &x509.Certificate{SerialNumber: big.NewInt(1), SubjectKeyId: []byte{1}, KeyUsage: x509.KeyUsageCRLSign}
-	tmpl := &x509.RevocationList{Number: big.NewInt(number), ThisUpdate: time.Now(), NextUpdate: time.Now().Add(time.Hour)}
+	tmpl := &x509.RevocationList{Number: big.NewInt(number), ThisUpdate: time.Now().Add(-time.Minute), NextUpdate: time.Now().Add(time.Hour)}
 	der, err := x509.CreateRevocationList(rand.Reader, tmpl, issuer, key)
 	if err != nil {
 		t.Fatal(err)
@@ -712,4 +712,34 @@ func TestRenewalNotPostponedByABundle(t *testing.T) {
 	if next > time.Hour {
 		t.Errorf("after the bundle the agent waits %s to renew, want at most the hour left", next)
 	}
+}
+
+// TestBundleWithACRLOutOfTimeIsKept: a bundle whose CRL is not valid on
+// this host's clock (Envoy would take it and refuse every leaf of its
+// issuer) is not installed; the agent keeps, and acks, the one it holds.
+func TestBundleWithACRLOutOfTimeIsKept(t *testing.T) {
+	e := startPush(t, func(e *pushEnv) *cav1.TrustBundle {
+		return &cav1.TrustBundle{Sequence: 1, Roots: rawCerts(e.cas[0].Roots()...)}
+	})
+	e.cp.waitAck(t, &cav1.TrustBundleAck{Sequence: 1})
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	issuer := &x509.Certificate{SerialNumber: big.NewInt(1), SubjectKeyId: []byte{1}, KeyUsage: x509.KeyUsageCRLSign}
+	now := e.clock.Now()
+	for i, tc := range []struct{ this, next time.Time }{
+		{now.Add(time.Minute), now.Add(time.Hour)},   // ahead of this host's clock
+		{now.Add(-time.Hour), now.Add(-time.Minute)}, // expired
+	} {
+		der, err := x509.CreateRevocationList(rand.Reader, &x509.RevocationList{Number: big.NewInt(int64(i)), ThisUpdate: tc.this, NextUpdate: tc.next}, issuer, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.cp.push(&cav1.TrustBundle{Sequence: uint64(2 + i), Roots: rawCerts(e.cas[0].Roots()...), Crls: [][]byte{der}})
+		waitLog(t, e, []string{"is ahead of this host's clock", "expired at"}[i])
+		if held, _ := e.a.BundleSequence(); held != 1 {
+			t.Errorf("case %d: the agent holds bundle %d, want 1", i, held)
+		}
+	}
+	// A valid one goes in.
+	e.cp.push(&cav1.TrustBundle{Sequence: 4, Roots: rawCerts(e.cas[0].Roots()...), Crls: [][]byte{crlOf(t, 4)}})
+	e.cp.waitAck(t, &cav1.TrustBundleAck{Sequence: 4})
 }
