@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 
 	cav1 "github.com/bulwarkmesh/bulwark/api/ca/v1"
@@ -60,7 +61,13 @@ func (a *Agent) watchOnce(ctx context.Context) (delivered bool, err error) {
 	svid, renewed := a.svid, a.certCh
 	a.mu.Unlock()
 	conn, err := grpc.NewClient(a.cfg.ControlPlane, grpc.WithTransportCredentials(
-		credentials.NewTLS(spiffetls.ClientConfig(svid, a.anchors(), a.cfg.ControlPlaneID))))
+		credentials.NewTLS(spiffetls.ClientConfig(svid, a.anchors(), a.cfg.ControlPlaneID))),
+		// The stream is quiet for hours between bundles: pings find a
+		// control plane that went away without closing it (a node lost,
+		// a NAT that forgot the flow), so the agent reconnects instead of
+		// waiting on a dead stream. Every 30s is what the control plane's
+		// keepalive policy allows (at most every 10s).
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}))
 	if err != nil {
 		return false, err
 	}
