@@ -161,10 +161,10 @@ type ControlPlane struct {
 	Store       *model.Store
 	Server      *server.Server
 	// CA is the certificate authority in use: Config.CA, or the default.
-	CA     Authority
+	CA Authority
 	// AdminAddr is the admin socket's path; "" when none is served.
 	AdminAddr string
-	Tokens *attest.JoinTokens
+	Tokens    *attest.JoinTokens
 	// Identity is the control plane's SPIFFE ID.
 	Identity spiffeid.ID
 	// CADir is where the default CA's files are (Config.CADir, or the

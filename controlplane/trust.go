@@ -14,7 +14,7 @@ import (
 // evidence published for the leader's gates.
 type TrustCoordinator interface {
 	Store() trust.Store
-	Leading() bool // this replica drives rotations and automatic steps
+	Leading() bool                                            // this replica drives rotations and automatic steps
 	Publish(ctx context.Context, acks []trust.ProxyAck) error // this replica's evidence, for the others
 	Others(ctx context.Context) (acks []trust.ProxyAck, missing []string, err error)
 	// Changed is closed when the stored state may have changed (nil: poll).
@@ -40,7 +40,9 @@ func (DirCoordinator) Leading() bool { return true }
 func (DirCoordinator) Publish(context.Context, []trust.ProxyAck) error { return nil }
 
 // Others are none.
-func (DirCoordinator) Others(context.Context) ([]trust.ProxyAck, []string, error) { return nil, nil, nil }
+func (DirCoordinator) Others(context.Context) ([]trust.ProxyAck, []string, error) {
+	return nil, nil, nil
+}
 
 // Changed is nil: poll.
 func (DirCoordinator) Changed() <-chan struct{} { return nil }
