@@ -65,6 +65,9 @@ type Config struct {
 	// rotation mints; defaults ca.DefaultRootTTL and
 	// ca.DefaultIntermediateTTL.
 	RootTTL, IntermediateTTL time.Duration
+	// adminDefault: AdminSocket is the default, not the operator's
+	// choice: a socket that cannot be bound is a warning, not a failure.
+	adminDefault bool
 	// TokenDir holds join tokens (file mode); defaults to CADir/tokens.
 	TokenDir string
 	// Identity is the control plane's own SPIFFE ID; defaults to
@@ -121,6 +124,7 @@ func (cfg *Config) setDefaults() error {
 		cfg.IntermediateTTL = ca.DefaultIntermediateTTL
 	}
 	if cfg.AdminSocket == "" {
+		cfg.adminDefault = true
 		switch {
 		case cfg.Kube != nil:
 			cfg.AdminSocket = DefaultKubeAdminSocket
