@@ -258,6 +258,17 @@ func (s *adminService) Rotate(ctx context.Context, req *cav1.RotateRequest) (*ca
 	return out, nil
 }
 
+// CancelRotation forgets the rotation in progress.
+func (s *adminService) CancelRotation(ctx context.Context, req *cav1.CancelRotationRequest) (*cav1.ChangeResponse, error) {
+	return s.step(ctx, req.GetOperator(), func(st *trust.State, _ trust.Evidence, op trust.Operation) (string, error) {
+		id := ""
+		if st.Rotation != nil {
+			id = st.Rotation.Target
+		}
+		return id, trust.CancelRotation(st, op)
+	})
+}
+
 // newestPrepared is the ID of the authority prepared last and not
 // revoked, or "".
 func newestPrepared(st *trust.State) string {

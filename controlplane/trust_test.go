@@ -598,6 +598,18 @@ func TestStatusOutput(t *testing.T) {
 			t.Errorf("status output lacks %q:\n%s", want, out)
 		}
 	}
+
+	// Cancelled, the rotation is forgotten; its target stays prepared.
+	if _, err := admin.CancelRotation(ctx10(t), &cav1.CancelRotationRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	after := load(t, dir)
+	if after.Rotation != nil || after.Get(stored.Rotation.Target).Phase != trust.Prepared {
+		t.Errorf("after cancel: rotation %v, target %s", after.Rotation, after.Get(stored.Rotation.Target).Phase)
+	}
+	if _, err := admin.CancelRotation(ctx10(t), &cav1.CancelRotationRequest{}); status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("cancel with no rotation: %v, want FailedPrecondition", err)
+	}
 }
 
 // signWith asks for a certificate for workload over tc: presenting the
