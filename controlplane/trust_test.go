@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -646,6 +647,29 @@ func TestRevokedWorkloadCannotRenew(t *testing.T) {
 	}
 	if _, err := admin.Revoke(ctx10(t), &cav1.RevokeRequest{Kind: "workload", Value: "demo/api-1", Operator: &cav1.Operator{Reason: "stolen key"}}); err != nil {
 		t.Fatal(err)
+	}
+	// The serials of the certificates issued to it are on the CRLs.
+	var issued []string
+	for _, c := range cp.Certificates() {
+		if c.Workload == "demo/api-1" {
+			issued = append(issued, c.Serial)
+		}
+	}
+	if r := load(t, dir).Revocations; len(r) != 1 || len(issued) != 1 || !slices.Contains(r[0].Serials, issued[0]) {
+		t.Errorf("revocation %+v does not cover the certificate issued last %v", r, issued)
+	}
+	onCRL := false
+	for _, der := range load(t, dir).Bundle().CRLs {
+		rl, err := x509.ParseRevocationList(der)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range rl.RevokedCertificateEntries {
+			onCRL = onCRL || (len(issued) == 1 && e.SerialNumber.Text(16) == issued[0])
+		}
+	}
+	if !onCRL {
+		t.Errorf("the serial %v is on no CRL of the bundle", issued)
 	}
 	err := signWith(t, cp, tc, "demo/api-1")
 	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "revoked") || !strings.Contains(err.Error(), "stolen key") {
