@@ -47,7 +47,7 @@ func (s *adminService) Status(ctx context.Context, _ *cav1.StatusRequest) (*cav1
 	out := TrustStatusOf(st, &ev)
 	out.Leading = t.coord.Leading()
 	out.Warnings = append(out.Warnings, t.warnings()...)
-	if g := t.Waiting(); g != nil && out.Rotation != nil {
+	if g := t.Waiting(); g != nil && out.Rotation != nil && g.Step == out.Rotation.Step {
 		out.Rotation.Waiting = g.Why
 		out.Rotation.Laggards = g.Laggards
 	}
