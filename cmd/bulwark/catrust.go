@@ -40,9 +40,15 @@ type adminFlags struct {
 }
 
 func bindAdmin(fs *flag.FlagSet) adminFlags {
+	af := bindSocket(fs)
+	af.as = fs.String("as", "", "a note kept with your user in the audit trail: your name, a ticket")
+	return af
+}
+
+// bindSocket binds the flags of a command that changes nothing.
+func bindSocket(fs *flag.FlagSet) adminFlags {
 	return adminFlags{
 		socket: fs.String("socket", defaultSocket(), "the control plane's admin socket (file mode: <ca-dir>/admin.sock; env BULWARK_ADMIN_SOCKET)"),
-		as:     fs.String("as", "", "a note kept with your user in the audit trail: your name, a ticket"),
 		timeout: fs.Duration("timeout", 30*time.Second,
 			"give up on the control plane after this long"),
 	}
@@ -133,7 +139,7 @@ func printChange(out io.Writer, what string, resp *cav1.ChangeResponse) {
 
 func runCAStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("ca status", "[--json] [--socket PATH | --dir DIR]", stderr)
-	af := bindAdmin(fs)
+	af := bindSocket(fs)
 	asJSON := fs.Bool("json", false, "print the status as JSON")
 	dir := fs.String("dir", "", "read this CA directory instead of asking a running control plane (nothing is known of proxies then)")
 	if err := parse(fs, args); err != nil {
