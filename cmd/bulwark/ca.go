@@ -14,20 +14,50 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/bulwarkmesh/bulwark/ca"
+	"github.com/bulwarkmesh/bulwark/ca/trust"
+	"github.com/bulwarkmesh/bulwark/controlplane"
+	"github.com/bulwarkmesh/bulwark/internal/peercred"
 	"github.com/bulwarkmesh/bulwark/internal/pemutil"
 )
 
+// caUsage lists the ca subcommands.
+const caUsage = `Usage: bulwark ca <subcommand> [flags]
+
+  init       create a CA directory (a root and an intermediate)
+  issue      issue a certificate offline from a CA directory
+  status     authorities, the bundle and which proxies hold it, the rotation, revocations
+  prepare    add an authority, minted or handed in, to the bundle without signing with it
+  activate   make a prepared authority the one that signs (gated: every proxy holds it)
+  retire     stop an authority signing
+  remove     take a retired authority out of the bundle (gated: no live leaf chains to it)
+  rotate     replace the signing authority, gate by gate; --wait follows it
+  revoke     revoke a workload, a SPIFFE ID or a certificate
+  unrevoke   drop a revocation
+  crl        import an organisation's CRL, or clear one
+
+The lifecycle commands talk to the control plane's admin socket (--socket).`
+
 func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || isHelp(args[0]) {
-		return groupUsage(args, "Usage: bulwark ca init|issue [flags]", stderr)
+		return groupUsage(args, caUsage, stderr)
 	}
-	switch args[0] {
-	case "init":
-		return runCAInit(args[1:], stdout, stderr)
-	case "issue":
-		return runCAIssue(args[1:], stdout, stderr)
+	subs := map[string]func(context.Context, []string, io.Writer, io.Writer) error{
+		"init":     func(_ context.Context, a []string, o, e io.Writer) error { return runCAInit(a, o, e) },
+		"issue":    func(_ context.Context, a []string, o, e io.Writer) error { return runCAIssue(a, o, e) },
+		"status":   runCAStatus,
+		"prepare":  runCAPrepare,
+		"activate": runCAPhase("activate"),
+		"retire":   runCAPhase("retire"),
+		"remove":   runCAPhase("remove"),
+		"rotate":   runCARotate,
+		"revoke":   runCARevoke(false),
+		"unrevoke": runCARevoke(true),
+		"crl":      runCACRL,
 	}
-	fmt.Fprintf(stderr, "bulwark ca: unknown subcommand %q (init, issue)\n", args[0])
+	if f, ok := subs[args[0]]; ok {
+		return f(ctx, args[1:], stdout, stderr)
+	}
+	fmt.Fprintf(stderr, "bulwark ca: unknown subcommand %q (init, issue, status, prepare, activate, retire, remove, rotate, revoke, unrevoke, crl)\n", args[0])
 	return errUsage
 }
 
@@ -51,9 +81,35 @@ func runCAInit(args []string, stdout, stderr io.Writer) error {
 	if err := ca.Init(ca.InitConfig{Dir: *dir, TrustDomain: td, RootTTL: *rootTTL, IntermediateTTL: *intTTL}); err != nil {
 		return err
 	}
+	if err := storeInitState(*dir, td); err != nil {
+		return err
+	}
+	// No proxy was ever connected to this CA: a control plane started on
+	// it has none to wait for before its gates decide.
+	if err := controlplane.InitRoster(*dir); err != nil {
+		return err
+	}
 	fmt.Fprintf(stdout, "CA for %s created in %s: %s (trust anchor), %s and %s (signing), %s (keep it offline if you can)\n",
 		td, *dir, ca.RootCertFile, ca.CertFile, ca.KeyFile, ca.RootKeyFile)
 	return nil
+}
+
+// storeInitState records the CA just made as the trust State's first
+// authority (Origin "init", sequence 1), so that the trust lifecycle
+// starts from it and the audit trail from who made it.
+func storeInitState(dir string, td spiffeid.TrustDomain) error {
+	store := trust.NewDirStore(dir, td)
+	legacy, err := store.Load(context.Background())
+	if err != nil {
+		return err
+	}
+	l := legacy.Active()
+	a, err := trust.NewAuthority(l.Root, l.RootKey, l.Chain, l.Key, "init")
+	if err != nil {
+		return err
+	}
+	st := trust.New(td, a, trust.Operation{Who: peercred.Describe(uint32(os.Getuid())) + " (bulwark ca init)"})
+	return store.Save(context.Background(), st)
 }
 
 // runCAIssue issues a certificate offline, for a gateway or a person
