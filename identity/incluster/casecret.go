@@ -148,9 +148,9 @@ func createCA(ctx context.Context, cfg CASecretConfig, log *slog.Logger) error {
 		}
 		data[f] = b
 	}
-	st, err := filesState(data, cfg.TrustDomain, "init", time.Now())
+	st, err := trust.FromCAFiles("the new CA", data, cfg.TrustDomain, "init", time.Now())
 	if err != nil {
-		return fmt.Errorf("kube: the new CA: %w", err)
+		return err
 	}
 	store, err := NewSecretStore(SecretStoreConfig{Client: cfg.Client, Namespace: cfg.Namespace, Name: cfg.Name, TrustDomain: cfg.TrustDomain})
 	if err != nil {

@@ -2,8 +2,6 @@ package incluster
 
 import (
 	"context"
-	"crypto"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -16,17 +14,15 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/bulwarkmesh/bulwark/ca"
 	"github.com/bulwarkmesh/bulwark/ca/trust"
-	"github.com/bulwarkmesh/bulwark/internal/pemutil"
 )
 
 // DefaultName is the default name of the CA Secret and of the Lease.
 const DefaultName = "bulwark-ca"
 
 // StateKey is the key of the CA Secret that holds the trust State
-// (trust.Marshal). The other keys (caFiles) are a view of its active
-// authority, for readers from before it.
+// (trust.Marshal). The other keys (trust.CAFiles) show its active
+// authority to readers from before it.
 const StateKey = "trust-state.json"
 
 // SecretStoreConfig says which Secret holds the trust State.
@@ -35,8 +31,9 @@ type SecretStoreConfig struct {
 	Namespace string               // required: the control plane's namespace
 	// Name of the Secret; defaults to DefaultName.
 	Name string
-	// TrustDomain of a Secret that holds only a CA's files (from before
-	// the trust State), which Load migrates. Required.
+	// TrustDomain of the State: a stored State of another is refused, and
+	// a Secret holding only a CA's files (from before the State) is
+	// migrated as of it. Required.
 	TrustDomain spiffeid.TrustDomain
 	// Now is the clock of a migration; defaults to time.Now.
 	Now func() time.Time
@@ -98,87 +95,23 @@ func (s *SecretStore) decode(sec *corev1.Secret) (*trust.State, error) {
 
 // DecodeSecret returns the trust State a CA Secret holds: the one under
 // StateKey, or, when there is none, the CA files migrated as one active
-// authority of trust domain td (Origin "legacy", Sequence 1, Revision 0).
+// authority of trust domain td (trust.FromCAFiles: Origin "legacy",
+// Sequence 1, Revision 0). A State of another trust domain than td is
+// refused.
 func DecodeSecret(sec *corev1.Secret, td spiffeid.TrustDomain, now time.Time) (*trust.State, error) {
 	ref := "secret " + sec.Namespace + "/" + sec.Name
-	if b, ok := sec.Data[StateKey]; ok {
-		st, err := trust.Unmarshal(b)
-		if err != nil {
-			return nil, fmt.Errorf("kube: %s: key %s: %w", ref, StateKey, err)
-		}
-		return st, nil
+	b, ok := sec.Data[StateKey]
+	if !ok {
+		return trust.FromCAFiles(ref, sec.Data, td, "legacy", now)
 	}
-	st, err := filesState(sec.Data, td, "legacy", now)
+	st, err := trust.Unmarshal(b)
 	if err != nil {
-		return nil, fmt.Errorf("kube: %s: %w", ref, err)
+		return nil, fmt.Errorf("kube: %s: key %s: %w", ref, StateKey, err)
+	}
+	if st.TrustDomain != td {
+		return nil, fmt.Errorf("kube: %s: key %s: the state is of trust domain %s, not %s", ref, StateKey, st.TrustDomain, td)
 	}
 	return st, nil
-}
-
-// filesState builds the State of a CA kept as files: the signing
-// certificate, its key, the chain above it up to the root it verifies
-// to, and the root's key when Bulwark made the CA. origin is "legacy"
-// for a Secret from before the State, "init" for a CA just made.
-func filesState(data map[string][]byte, td spiffeid.TrustDomain, origin string, now time.Time) (*trust.State, error) {
-	for _, k := range []string{ca.RootCertFile, ca.CertFile, ca.KeyFile} {
-		if len(data[k]) == 0 {
-			return nil, fmt.Errorf("key %s: missing: neither a trust state (%s) nor a CA", k, StateKey)
-		}
-	}
-	roots, err := pemutil.ParseCerts(data[ca.RootCertFile])
-	if err != nil {
-		return nil, fmt.Errorf("key %s: %w", ca.RootCertFile, err)
-	}
-	chain, err := pemutil.ParseCerts(data[ca.CertFile])
-	if err != nil {
-		return nil, fmt.Errorf("key %s: %w", ca.CertFile, err)
-	}
-	if more := data[ca.ChainFile]; len(more) > 0 {
-		certs, err := pemutil.ParseCerts(more)
-		if err != nil {
-			return nil, fmt.Errorf("key %s: %w", ca.ChainFile, err)
-		}
-		for _, c := range certs {
-			if !c.Equal(chain[0]) && !containsCert(roots, c) {
-				chain = append(chain, c)
-			}
-		}
-	}
-	key, err := pemutil.ParseKey(data[ca.KeyFile])
-	if err != nil {
-		return nil, fmt.Errorf("key %s: %w", ca.KeyFile, err)
-	}
-	var rootKey crypto.Signer
-	if b := data[ca.RootKeyFile]; len(b) > 0 {
-		if rootKey, err = pemutil.ParseKey(b); err != nil {
-			return nil, fmt.Errorf("key %s: %w", ca.RootKeyFile, err)
-		}
-	}
-	top := chain[len(chain)-1]
-	var root *x509.Certificate
-	for _, r := range roots {
-		if top.CheckSignatureFrom(r) == nil {
-			root = r
-			break
-		}
-	}
-	if root == nil {
-		return nil, fmt.Errorf("key %s: no root there signed %q", ca.RootCertFile, top.Subject.CommonName)
-	}
-	a, err := trust.NewAuthority(root, rootKey, chain, key, origin)
-	if err != nil {
-		return nil, err
-	}
-	return trust.New(td, a, trust.Operation{Who: "migration", Now: now}), nil
-}
-
-func containsCert(certs []*x509.Certificate, c *x509.Certificate) bool {
-	for _, x := range certs {
-		if x.Equal(c) {
-			return true
-		}
-	}
-	return false
 }
 
 // Save stores st if the Secret still holds Revision st.Revision (0: no
@@ -204,11 +137,15 @@ func (s *SecretStore) Save(ctx context.Context, st *trust.State) error {
 	if stored != st.Revision {
 		return fmt.Errorf("kube: %s holds revision %d, not %d: %w", s.ref(), stored, st.Revision, trust.ErrConflict)
 	}
+	if st.TrustDomain != s.cfg.TrustDomain {
+		return fmt.Errorf("kube: %s: the state is of trust domain %s, the store of %s: %w", s.ref(), st.TrustDomain, s.cfg.TrustDomain, trust.ErrInvalid)
+	}
 	data, err := secretData(st)
 	if err != nil {
 		return fmt.Errorf("kube: %s: %w", s.ref(), err)
 	}
 	if missing {
+		maps.DeleteFunc(data, func(_ string, v []byte) bool { return v == nil })
 		_, err = secrets.Create(ctx, &corev1.Secret{
 			ObjectMeta: metav1.ObjectMeta{Name: s.cfg.Name, Namespace: s.cfg.Namespace,
 				Labels: map[string]string{"app.kubernetes.io/part-of": "bulwark"}},
@@ -216,14 +153,17 @@ func (s *SecretStore) Save(ctx context.Context, st *trust.State) error {
 		}, metav1.CreateOptions{})
 	} else {
 		sec = sec.DeepCopy()
-		// Keys of our own are replaced, anyone else's kept.
-		for _, k := range caFiles {
-			delete(sec.Data, k)
-		}
 		if sec.Data == nil {
 			sec.Data = map[string][]byte{}
 		}
-		maps.Copy(sec.Data, data)
+		// Keys of our own are replaced or removed, anyone else's kept.
+		for k, v := range data {
+			if v == nil {
+				delete(sec.Data, k)
+			} else {
+				sec.Data[k] = v
+			}
+		}
 		// The Update names sec.ResourceVersion: a write since the Get is
 		// a conflict, never overwritten.
 		_, err = secrets.Update(ctx, sec, metav1.UpdateOptions{})
@@ -239,7 +179,8 @@ func (s *SecretStore) Save(ctx context.Context, st *trust.State) error {
 }
 
 // secretData is what a Secret holds for st: the State at its next
-// revision, and the CA files of its active authority.
+// revision, and the CA files that show its active authority
+// (trust.CAFiles; nil for a file to remove).
 func secretData(st *trust.State) (map[string][]byte, error) {
 	next := *st
 	next.Revision++
@@ -247,39 +188,10 @@ func secretData(st *trust.State) (map[string][]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("key %s: %w", StateKey, err)
 	}
-	files, err := legacyFiles(st)
+	files, err := trust.CAFiles(st)
 	if err != nil {
 		return nil, err
 	}
 	files[StateKey] = b
-	return files, nil
-}
-
-// legacyFiles is the view of st that readers of a CA directory
-// understand: every root of the bundle (so they trust what the bundle
-// trusts), and the active authority's signing certificate, key, chain
-// and root key (when held).
-func legacyFiles(st *trust.State) (map[string][]byte, error) {
-	act := st.Active()
-	if act == nil {
-		return nil, fmt.Errorf("%w: no authority is active", trust.ErrIllegal)
-	}
-	key, err := pemutil.EncodeKey(act.Key)
-	if err != nil {
-		return nil, fmt.Errorf("authority %s: key: %w", act.ID, err)
-	}
-	files := map[string][]byte{
-		ca.RootCertFile: pemutil.EncodeCerts(st.Bundle().Roots),
-		ca.CertFile:     pemutil.EncodeCerts(act.Chain[:1]),
-		ca.KeyFile:      key,
-	}
-	if len(act.Chain) > 1 {
-		files[ca.ChainFile] = pemutil.EncodeCerts(act.Chain[1:])
-	}
-	if act.RootKey != nil {
-		if files[ca.RootKeyFile], err = pemutil.EncodeKey(act.RootKey); err != nil {
-			return nil, fmt.Errorf("authority %s: root key: %w", act.ID, err)
-		}
-	}
 	return files, nil
 }

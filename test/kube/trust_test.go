@@ -473,10 +473,14 @@ func TestTrustRootConfigMapFollowsTheBundle(t *testing.T) {
 
 	// A new authority under a new root, prepared.
 	changed := coord.Changed()
-	next := mintAuthority(t)
-	next.Phase, next.PreparedSeq = trust.Prepared, st.Sequence+1
-	st.Authorities = append(st.Authorities, next)
-	st.Sequence++
+	next, err := trust.DefaultMint(ca.DefaultRootTTL, ca.DefaultIntermediateTTL, time.Now())("root", old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	op := trust.Operation{Who: "test", Now: time.Now()}
+	if err := trust.Prepare(st, next, op); err != nil {
+		t.Fatal(err)
+	}
 	if err := store.Save(ctx, st); err != nil {
 		t.Fatal(err)
 	}
@@ -489,10 +493,10 @@ func TestTrustRootConfigMapFollowsTheBundle(t *testing.T) {
 	namespace(t, c, rootsB, true)
 	rootsAre(t, c, rootsB, old.Root, next.Root)
 
-	// The old one removed (the lifecycle's steps are package trust's;
-	// here only the outcome matters).
-	old.Phase, next.Phase = trust.Removed, trust.Active
-	st.Sequence++
+	// The new one active, the old one removed: its root leaves.
+	if err := errors.Join(trust.Activate(st, next.ID, trust.Evidence{}, op), trust.Remove(st, old.ID, trust.Evidence{}, op)); err != nil {
+		t.Fatal(err)
+	}
 	if err := store.Save(ctx, st); err != nil {
 		t.Fatal(err)
 	}
@@ -527,34 +531,6 @@ func coordinator(t *testing.T, cfg incluster.CoordinatorConfig) (*incluster.Coor
 	stop := func() { cancel(); _ = coord.Wait() }
 	t.Cleanup(stop)
 	return coord, stop
-}
-
-// mintAuthority makes a new root and intermediate.
-func mintAuthority(t *testing.T) *trust.Authority {
-	t.Helper()
-	dir := filepath.Join(t.TempDir(), "ca")
-	if err := ca.Init(ca.InitConfig{Dir: dir, TrustDomain: clusterLocal}); err != nil {
-		t.Fatal(err)
-	}
-	read := func(f string) []byte {
-		b, err := os.ReadFile(filepath.Join(dir, f))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return b
-	}
-	roots, err1 := pemutil.ParseCerts(read(ca.RootCertFile))
-	chain, err2 := pemutil.ParseCerts(read(ca.CertFile))
-	key, err3 := pemutil.ParseKey(read(ca.KeyFile))
-	rootKey, err4 := pemutil.ParseKey(read(ca.RootKeyFile))
-	if err := errors.Join(err1, err2, err3, err4); err != nil {
-		t.Fatal(err)
-	}
-	a, err := trust.NewAuthority(roots[0], rootKey, chain, key, "minted")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return a
 }
 
 // rootsAre waits until ns's root ConfigMap holds exactly roots.
