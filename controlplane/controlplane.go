@@ -194,6 +194,16 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	if err != nil {
 		return nil, err
 	}
+	cp, err := start(ctx, cfg, store, reg, src)
+	if err != nil && src.stop != nil {
+		_ = src.stop()
+	}
+	return cp, err
+}
+
+// start is Start once the sources are up: what they started is stopped
+// by the caller if this fails, and by the control plane's Stop otherwise.
+func start(ctx context.Context, cfg Config, store *model.Store, reg *prometheus.Registry, src *sources) (*ControlPlane, error) {
 	authority, coord, err := newAuthority(ctx, cfg, src.td, reg)
 	if err != nil {
 		return nil, err
@@ -289,6 +299,9 @@ func serve(ctx context.Context, cfg Config, p parts) (*ControlPlane, error) {
 	iss.Register(grpcServer)
 
 	g.Go(func() error { return p.src.run.Run(ctx) })
+	if p.src.stop != nil {
+		g.Go(func() error { <-ctx.Done(); return p.src.stop() })
+	}
 	g.Go(func() error { return srv.Run(ctx) })
 	if tm != nil {
 		g.Go(func() error { return tm.run(ctx) })

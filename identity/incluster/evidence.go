@@ -1,6 +1,7 @@
 package incluster
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"encoding/json"
@@ -9,6 +10,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -73,6 +75,13 @@ type Evidence struct {
 	cfg  EvidenceConfig
 	name string // this replica's ConfigMap
 	log  *slog.Logger
+
+	mu   sync.Mutex
+	last struct { // the last document written
+		proxies []byte // its proxies, as JSON: unchanged ones are written only every Period
+		at      time.Time
+		doc     bool // false: the last one written was not a Publish
+	}
 }
 
 // evidenceDoc is the JSON kept under EvidenceKey.
@@ -146,8 +155,25 @@ func EvidenceConfigMapName(holder string) string {
 // Publish replaces this replica's evidence with acks (each one's Replica
 // set to the holder), stamped now. Past MaxProxies (or the size bound)
 // the laggards are kept first and the document says it was truncated.
+// It may be called more often than Period: the same proxies as last time
+// are written again only once Period has passed (the timestamp is what
+// keeps this replica from being stale).
 func (e *Evidence) Publish(ctx context.Context, acks []trust.ProxyAck) error {
-	return e.write(ctx, e.doc(acks))
+	d := e.doc(acks)
+	proxies, err := json.Marshal(d.Proxies)
+	if err != nil {
+		return fmt.Errorf("kube: evidence %s: %w", e.name, err)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.last.doc && bytes.Equal(proxies, e.last.proxies) && d.Published.Sub(e.last.at) < e.cfg.Period {
+		return nil
+	}
+	if err := e.write(ctx, d); err != nil {
+		return err
+	}
+	e.last.proxies, e.last.at, e.last.doc = proxies, d.Published, true
+	return nil
 }
 
 // announce publishes a pending document: this replica is known, and
@@ -157,6 +183,9 @@ func (e *Evidence) Publish(ctx context.Context, acks []trust.ProxyAck) error {
 func (e *Evidence) announce(ctx context.Context) error {
 	d := e.doc(nil)
 	d.Pending = true
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.last.doc = false
 	return e.write(ctx, d)
 }
 
@@ -167,6 +196,9 @@ func (e *Evidence) announce(ctx context.Context) error {
 func (e *Evidence) leave(ctx context.Context) error {
 	d := e.doc(nil)
 	d.Leaving = true
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.last.doc = false
 	return e.write(ctx, d)
 }
 

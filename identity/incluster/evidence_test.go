@@ -150,3 +150,41 @@ func TestEvidenceConfigMapName(t *testing.T) {
 		}
 	}
 }
+
+// Publish is called every second by the trust loop: the same proxies are
+// written again only once a period has passed; a change at once.
+func TestPublishWritesChangesAtOnceAndTheSameEveryPeriod(t *testing.T) {
+	ctx := context.Background()
+	c := fake.NewClientset()
+	clock := newClock()
+	e := evidenceFor(t, c, clock, "replica-a", 0)
+	writes := func() int {
+		n := 0
+		for _, a := range c.Actions() {
+			if a.GetVerb() == "create" || a.GetVerb() == "update" {
+				n++
+			}
+		}
+		return n
+	}
+	same := []trust.ProxyAck{ackOf("ns/a", 1)}
+	for i, step := range []struct {
+		after time.Duration
+		acks  []trust.ProxyAck
+		want  int
+	}{
+		{0, same, 1},
+		{time.Second, same, 1},
+		{time.Second, []trust.ProxyAck{ackOf("ns/a", 2)}, 2},
+		{time.Second, []trust.ProxyAck{ackOf("ns/a", 2)}, 2},
+		{DefaultPublishPeriod, []trust.ProxyAck{ackOf("ns/a", 2)}, 3},
+	} {
+		clock.add(step.after)
+		if err := e.Publish(ctx, step.acks); err != nil {
+			t.Fatal(err)
+		}
+		if got := writes(); got != step.want {
+			t.Fatalf("step %d: %d writes, want %d", i, got, step.want)
+		}
+	}
+}
