@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"log/slog"
 	"math/big"
 	"os"
@@ -594,5 +595,153 @@ func TestStatusOutput(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("status output lacks %q:\n%s", want, out)
 		}
+	}
+}
+
+// signWith asks for a certificate for workload over tc: presenting the
+// certificate in tc renews it.
+func signWith(t *testing.T, cp *controlplane.ControlPlane, tc *tls.Config, workload string) error {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := grpc.NewClient(cp.XDSAddr.String(), grpc.WithTransportCredentials(credentials.NewTLS(tc)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_, err = cav1.NewCertificateServiceClient(conn).SignCertificate(ctx10(t), &cav1.SignCertificateRequest{Csr: csr, Workload: workload})
+	return err
+}
+
+// TestRevokedWorkloadCannotRenew: once a workload is revoked the issuer
+// refuses to renew its certificate and to give it a first one; the serial
+// of the leaf it presents goes on the CRL; unrevoked, it renews again.
+func TestRevokedWorkloadCannotRenew(t *testing.T) {
+	dir := newCADir(t)
+	cp := startOn(t, dir, nil)
+	admin := adminClient(t, cp)
+	tc := workloadTLS(t, cp, "demo/api-1")
+	if err := signWith(t, cp, tc, "demo/api-1"); err != nil {
+		t.Fatalf("renewal before the revocation: %v", err)
+	}
+	if _, err := admin.Revoke(ctx10(t), &cav1.RevokeRequest{Kind: "workload", Value: "demo/api-1", Operator: &cav1.Operator{Reason: "stolen key"}}); err != nil {
+		t.Fatal(err)
+	}
+	err := signWith(t, cp, tc, "demo/api-1")
+	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "revoked") || !strings.Contains(err.Error(), "stolen key") {
+		t.Errorf("renewal of a revoked workload: %v, want PermissionDenied saying it is revoked and why", err)
+	}
+	tok, err := cp.Tokens.Create("demo/api-1", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	csr, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	conn, err := grpc.NewClient(cp.XDSAddr.String(), grpc.WithTransportCredentials(credentials.NewTLS(
+		spiffetls.ClientConfig(nil, x509bundle.FromX509Authorities(meshTD, cp.CA.Roots()), cp.Identity))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx := metadata.AppendToOutgoingContext(ctx10(t), contract.AuthorizationKey, contract.JoinTokenScheme+" "+tok)
+	if _, err := cav1.NewCertificateServiceClient(conn).SignCertificate(ctx, &cav1.SignCertificateRequest{Csr: csr, Workload: "demo/api-1"}); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("a first certificate for a revoked workload: %v, want PermissionDenied", err)
+	}
+	if err := signWith(t, cp, workloadTLS(t, cp, "demo/db-1"), "demo/db-1"); err != nil {
+		t.Errorf("another workload's renewal: %v", err)
+	}
+	if _, err := admin.Unrevoke(ctx10(t), &cav1.UnrevokeRequest{Kind: "workload", Value: "demo/api-1"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := signWith(t, cp, tc, "demo/api-1"); err != nil {
+		t.Errorf("renewal after unrevoke: %v", err)
+	}
+}
+
+// watchBundle opens the agent's bundle stream over tc and returns a
+// function that waits for the bundle of sequence seq (or later) and acks
+// it as installed and loaded by Envoy.
+func watchBundle(t *testing.T, cp *controlplane.ControlPlane, tc *tls.Config) func(seq uint64) {
+	t.Helper()
+	conn, err := grpc.NewClient(cp.XDSAddr.String(), grpc.WithTransportCredentials(credentials.NewTLS(tc)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(func() { cancel(); conn.Close() })
+	stream, err := cav1.NewCertificateServiceClient(conn).WatchTrustBundle(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return func(seq uint64) {
+		t.Helper()
+		for {
+			b, err := stream.Recv()
+			if err != nil {
+				t.Fatalf("bundle stream: %v", err)
+			}
+			if b.GetSequence() >= seq {
+				if err := stream.Send(&cav1.TrustBundleAck{Sequence: b.GetSequence(), ProxySequence: b.GetSequence()}); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+		}
+	}
+}
+
+// TestActivateWaitsForTheAgentsReport: the evidence joins the proxies
+// connected over ADS with their agents' reports. A proxy whose agent
+// holds the bundle before the new authority holds up its activation,
+// shown in proxy-status and ca status; once it acknowledges the new
+// bundle, activate goes through.
+func TestActivateWaitsForTheAgentsReport(t *testing.T) {
+	dir := newCADir(t)
+	cp := startOn(t, dir, nil)
+	admin := adminClient(t, cp)
+	tc := workloadTLS(t, cp, "demo/api-1")
+	connectProxy(t, cp, "demo/api-1")
+	ack := watchBundle(t, cp, tc)
+	seq := load(t, dir).Sequence
+	ack(seq)
+	testwait.Until(t, "the report of bundle "+fmt.Sprint(seq), 5*time.Second, func() bool {
+		ps := cp.Proxies()
+		return len(ps) == 1 && ps[0].Bundle != nil && ps[0].Bundle.ProxySeq == seq
+	})
+
+	prep, err := admin.Prepare(ctx10(t), &cav1.PrepareRequest{Kind: "root"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = admin.Activate(ctx10(t), &cav1.AuthorityRequest{Id: prep.GetAuthority()})
+	if g := gateRefusal(err); g == nil || len(g.GetLaggards()) != 1 || !strings.Contains(g.GetLaggards()[0], fmt.Sprintf("demo/api-1 (holds bundle %d", seq)) {
+		t.Fatalf("activate before the proxy holds the new bundle: %v, want a refusal naming demo/api-1 at bundle %d", err, seq)
+	}
+	if b := cp.Proxies()[0].Bundle; b.Current != prep.GetSequence() {
+		t.Errorf("proxy-status current bundle %d, want %d", b.Current, prep.GetSequence())
+	}
+	var out strings.Builder
+	controlplane.WriteProxyStatus(&out, cp.Proxies(), time.Now())
+	if want := fmt.Sprintf("%d/%d BEHIND (current %d)", seq, seq, prep.GetSequence()); !strings.Contains(out.String(), want) {
+		t.Errorf("proxy-status lacks %q:\n%s", want, out.String())
+	}
+
+	ack(prep.GetSequence())
+	testwait.Until(t, "activate to go through", 5*time.Second, func() bool {
+		_, err := admin.Activate(ctx10(t), &cav1.AuthorityRequest{Id: prep.GetAuthority()})
+		return err == nil
+	})
+	// The leaf the agent presents was signed by the old authority: the
+	// old one cannot be removed while it does.
+	old := load(t, dir).Authorities[0].ID
+	_, err = admin.Remove(ctx10(t), &cav1.AuthorityRequest{Id: old})
+	if g := gateRefusal(err); g == nil || g.GetStep() != "remove" || !strings.Contains(strings.Join(g.GetLaggards(), " "), "demo/api-1") {
+		t.Errorf("remove %s while demo/api-1 presents its leaf: %v, want the remove gate naming demo/api-1", old, err)
 	}
 }

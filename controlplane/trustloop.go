@@ -478,7 +478,16 @@ func (t *trustManager) kick() {
 	}
 }
 
-// issuerReports reads the agents' bundle reports from the issuer.
+// issuerReports reads the agents' bundle reports from the issuer: those
+// of open streams, and for a while those of streams just ended (an agent
+// reconnecting keeps its place; issuer.ReportGrace).
 func issuerReports(iss *issuer.Server) func() []bundleReport {
-	return func() []bundleReport { return nil }
+	return func() []bundleReport {
+		rs := iss.BundleReports()
+		out := make([]bundleReport, 0, len(rs))
+		for _, r := range rs {
+			out = append(out, bundleReport{Workload: r.Workload, AgentSeq: r.AgentSeq, ProxySeq: r.ProxySeq, Leaf: r.Leaf})
+		}
+		return out
+	}
 }
