@@ -149,7 +149,9 @@ type KubeConfig struct {
 	TrustDomain string
 	// DefaultAccess for workloads no ALLOW policy selects; default deny.
 	DefaultAccess model.DefaultAccess
-	// Holder names this replica in the CA Lease (its pod name).
+	// Holder names this replica (its pod name) in the CA Lease and in its
+	// trust evidence ConfigMap, bulwark-trust-evidence-<Holder>: every
+	// replica needs its own. Defaults to hostname-pid.
 	Holder string
 	// Audience of workloads' ServiceAccount tokens; default "bulwark".
 	Audience string

@@ -14,7 +14,11 @@ import (
 	"testing"
 	"time"
 
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -23,9 +27,12 @@ import (
 	typedcoordinationv1 "k8s.io/client-go/kubernetes/typed/coordination/v1"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 
+	cav1 "github.com/bulwarkmesh/bulwark/api/ca/v1"
 	"github.com/bulwarkmesh/bulwark/ca"
 	"github.com/bulwarkmesh/bulwark/ca/trust"
+	"github.com/bulwarkmesh/bulwark/controlplane"
 	"github.com/bulwarkmesh/bulwark/identity/incluster"
+	"github.com/bulwarkmesh/bulwark/internal/adstest"
 	"github.com/bulwarkmesh/bulwark/internal/pemutil"
 	"github.com/bulwarkmesh/bulwark/internal/testlog"
 	"github.com/bulwarkmesh/bulwark/internal/testwait"
@@ -716,4 +723,159 @@ func (c cutLeases) Create(ctx context.Context, l *coordinationv1.Lease, o metav1
 		return nil, errCut
 	}
 	return c.LeaseInterface.Create(ctx, l, o)
+}
+
+// TestTrustTwoReplicasRotateThroughOne: two control planes on one API
+// server share the trust State in the CA Secret. A root rotation is
+// started through the leader's admin socket; the other replica follows
+// every step (its bundle carries the new root once prepared, and after
+// activation the certificates it issues are the new authority's), and
+// its own proxies are counted by the leader's gate: a proxy connected to
+// replica 2 that has acknowledged nothing holds the activation, named,
+// until it goes away.
+func TestTrustTwoReplicasRotateThroughOne(t *testing.T) {
+	needAPIServer(t)
+	c := api.client(t)
+	applyCRDs(t)
+	sys, ns := fresh("trust-ha-system"), fresh("trust-ha")
+	namespace(t, c, sys, false)
+	namespace(t, c, ns, true)
+	web := pod(t, c, ns, "web-1", "web", "10.45.0.1", nil)
+	sockets := t.TempDir()
+	replica := func(holder string) *controlplane.ControlPlane {
+		cp, err := controlplane.Start(ctx, controlplane.Config{
+			Kube:       &controlplane.KubeConfig{Rest: api.admin(), Namespace: sys, Holder: holder},
+			XDSAddress: "127.0.0.1:0", AdminSocket: filepath.Join(sockets, holder+".sock"),
+			Logger: testlog.New(t).With("replica", holder), Debounce: 20 * time.Millisecond,
+		})
+		if err != nil {
+			t.Fatalf("%s: %v", holder, err)
+		}
+		t.Cleanup(func() { _ = cp.Stop() })
+		return cp
+	}
+	cp1 := replica("ha-1")
+	admin1 := adminClient(t, cp1)
+	testwait.Until(t, "replica 1 to lead", 10*time.Second, func() bool {
+		st, err := admin1.Status(ctx, &cav1.StatusRequest{})
+		return err == nil && st.GetLeading()
+	})
+	cp2 := replica("ha-2")
+	admin2 := adminClient(t, cp2)
+	store := secretStore(t, c, sys)
+	before, err := store.Load(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := before.Active()
+
+	// A proxy of replica 2, whose agent has reported no bundle.
+	proxy := adstest.Dial(t, cp2.XDSAddr.String(), ns+"/"+web.Name, svidFor(t, cp2, ns, "web"))
+	proxy.Subscribe(resourcev3.ClusterType)
+	proxy.Recv(resourcev3.ClusterType, 20*time.Second)
+
+	if _, err := admin1.Rotate(ctx, &cav1.RotateRequest{Kind: "root", Operator: &cav1.Operator{As: "test", Reason: "two replicas"}}); err != nil {
+		t.Fatal(err)
+	}
+	var target *trust.Authority
+	testwait.Until(t, "the rotation to stop at the activation, held by replica 2's proxy", 20*time.Second, func() bool {
+		st, err := admin1.Status(ctx, &cav1.StatusRequest{})
+		if err != nil || st.GetRotation().GetTarget() == "" || st.GetRotation().GetStep() != trust.StepActivate {
+			return false
+		}
+		for _, l := range st.GetRotation().GetLaggards() {
+			if strings.Contains(l, ns+"/web-1") {
+				return true
+			}
+		}
+		return false
+	})
+	mid, err := store.Load(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	target = mid.Get(mid.Rotation.Target)
+	if target == nil || target.Phase != trust.Prepared || mid.Active().ID != old.ID {
+		t.Fatalf("mid-rotation the Secret holds target %v, active %s; want the target prepared, %s active", target, mid.Active().ID, old.ID)
+	}
+	// Replica 2 follows: its bundle carries the new root, at the stored
+	// sequence.
+	testwait.Until(t, "replica 2's bundle to carry the prepared root", 10*time.Second, func() bool {
+		st, err := admin2.Status(ctx, &cav1.StatusRequest{})
+		return err == nil && st.GetSequence() == mid.Sequence && len(cp2.CA.Roots()) == 2 && cp2.CA.Roots()[1].Equal(target.Root)
+	})
+	// An operator's activation through either replica is refused too,
+	// naming the proxy.
+	for i, admin := range []cav1.TrustAdminClient{admin1, admin2} {
+		_, err := admin.Activate(ctx, &cav1.AuthorityRequest{Id: target.ID})
+		if g := gateRefusal(err); g == nil || g.GetStep() != "activate" || !strings.Contains(strings.Join(g.GetLaggards(), ","), ns+"/web-1") {
+			t.Errorf("activate through replica %d: %v, want a refusal naming %s/web-1", i+1, err, ns)
+		}
+	}
+	if st, _ := admin2.Status(ctx, &cav1.StatusRequest{}); st.GetLeading() {
+		t.Error("replica 2 says it leads too")
+	}
+
+	// The proxy goes; the leader's gate sees it gone from replica 2's
+	// evidence, and the rotation completes.
+	proxy.Close()
+	testwait.Until(t, "the rotation done", 30*time.Second, func() bool {
+		st, err := store.Load(ctx)
+		return err == nil && st.Rotation == nil
+	})
+	final, err := store.Load(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if act := final.Active(); act == nil || act.ID != target.ID || final.Get(old.ID).Phase != trust.Removed {
+		t.Fatalf("after the rotation: active %v, old %s; want %s active and the old one removed", act, final.Get(old.ID).Phase, target.ID)
+	}
+	// Replica 2 issues under the new authority, and trusts only its root.
+	testwait.Until(t, "replica 2's bundle to hold only the new root", 10*time.Second, func() bool {
+		return len(cp2.CA.Roots()) == 1 && cp2.CA.Roots()[0].Equal(target.Root)
+	})
+	testwait.Until(t, "the pod to reach replica 2's model", 20*time.Second, func() bool {
+		return cp2.Store.Snapshot().Workload(ns, web.Name) != nil
+	})
+	leaf, err := sign(t, cp2, ns+"/"+web.Name, tokenFor(t, c, web, "bulwark"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := final.IssuerOf(leaf); got != target.ID {
+		t.Errorf("replica 2 issued a certificate signed by %q, want the new authority %s", got, target.ID)
+	}
+	// The trust anchors agents start from follow, and the Secret's CA
+	// files show the new authority to readers from before the State.
+	rootsAre(t, c, ns, target.Root)
+	sec, err := c.CoreV1().Secrets(sys).Get(ctx, incluster.DefaultName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(sec.Data[ca.CertFile]); got != string(pemutil.EncodeCerts(target.Chain[:1])) {
+		t.Error("the Secret's ca-cert.pem is not the new authority's signing certificate")
+	}
+}
+
+// adminClient talks to cp's admin socket, as `bulwark ca` does.
+func adminClient(t *testing.T, cp *controlplane.ControlPlane) cav1.TrustAdminClient {
+	t.Helper()
+	if cp.AdminAddr == "" {
+		t.Fatal("the control plane serves no admin socket")
+	}
+	conn, err := grpc.NewClient("unix:"+cp.AdminAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return cav1.NewTrustAdminClient(conn)
+}
+
+// gateRefusal is the gate's refusal carried by an admin call's error.
+func gateRefusal(err error) *cav1.GateRefusal {
+	for _, d := range status.Convert(err).Details() {
+		if g, ok := d.(*cav1.GateRefusal); ok {
+			return g
+		}
+	}
+	return nil
 }
