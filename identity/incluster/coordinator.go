@@ -69,10 +69,10 @@ type Coordinator struct {
 
 	mu      sync.Mutex
 	changed chan struct{}
-	decoded struct { // the last Secret decoded for its roots
-		version string
-		pem     string
-	}
+
+	// decoded is the last Secret decoded for its roots; touched only by
+	// loop.
+	decoded struct{ version, pem string }
 
 	done chan struct{}
 	err  error
@@ -204,30 +204,58 @@ func (c *Coordinator) Start(ctx context.Context) error {
 	if err := c.evidence.announce(ctx); err != nil {
 		return err
 	}
-	c.secrets.Start(ctx.Done())
-	c.meshNS.Start(ctx.Done())
-	for _, f := range []informers.SharedInformerFactory{c.secrets, c.meshNS} {
-		for typ, ok := range f.WaitForCacheSync(ctx.Done()) {
-			if !ok {
-				return fmt.Errorf("kube: trust coordinator: the watch on %v did not sync", typ)
-			}
-		}
+	ctx, cancel := context.WithCancel(ctx)
+	if err := c.sync(ctx); err != nil {
+		// Not known as pending for ten minutes: say it left.
+		cancel()
+		c.secrets.Shutdown()
+		c.meshNS.Shutdown()
+		c.leave()
+		return err
 	}
 	var wg sync.WaitGroup
 	wg.Go(func() { c.err = c.leader.Run(ctx) })
 	wg.Go(func() { c.loop(ctx) })
 	go func() {
 		wg.Wait()
+		cancel()
 		c.secrets.Shutdown()
 		c.meshNS.Shutdown()
-		leaveCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := c.evidence.leave(leaveCtx); err != nil {
-			c.log.Warn("cannot say in the trust evidence that this replica left", "err", err)
-		}
+		c.leave()
 		close(c.done)
 	}()
 	return nil
+}
+
+// syncTimeout bounds the first sync of the watches: one that cannot list
+// (RBAC without list and watch on the Secret, say) would otherwise keep
+// the control plane from starting without a word.
+const syncTimeout = 30 * time.Second
+
+// sync starts the watches and waits until they have listed.
+func (c *Coordinator) sync(ctx context.Context) error {
+	c.secrets.Start(ctx.Done())
+	c.meshNS.Start(ctx.Done())
+	syncCtx, cancel := context.WithTimeout(ctx, syncTimeout)
+	defer cancel()
+	for _, f := range []informers.SharedInformerFactory{c.secrets, c.meshNS} {
+		for typ, ok := range f.WaitForCacheSync(syncCtx.Done()) {
+			if !ok {
+				return fmt.Errorf("kube: trust coordinator: the watch on %v in %s did not sync within %s (can it list and watch them?)", typ, c.cfg.Namespace, syncTimeout)
+			}
+		}
+	}
+	return nil
+}
+
+// leave says in this replica's evidence that it left, with a context of
+// its own: the one it ran with has ended.
+func (c *Coordinator) leave() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := c.evidence.leave(ctx); err != nil {
+		c.log.Warn("cannot say in the trust evidence that this replica left", "err", err)
+	}
 }
 
 // Wait blocks until the Coordinator has stopped after its context ended

@@ -124,19 +124,69 @@ func TestTrustSecretStoreCAS(t *testing.T) {
 			}
 			writers[i] = s
 		}
-		racing(t, store, writers)
+		racing(t, store, writers, nil)
+	})
+
+	t.Run("two replicas activate different authorities", func(t *testing.T) {
+		// Two prepared successors; each writer activates another one, as
+		// two replicas that both believed they led might. One activation
+		// is stored; the other replica's is refused and it must load the
+		// new state again (where its choice is no longer the next step).
+		st, err := store.Load(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		op := trust.Operation{Who: "test", Now: time.Now()}
+		mint := trust.DefaultMint(ca.DefaultRootTTL, ca.DefaultIntermediateTTL, time.Now())
+		var targets [2]string
+		for i := range targets {
+			a, err := mint("intermediate", st.Active())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := trust.Prepare(st, a, op); err != nil {
+				t.Fatal(err)
+			}
+			targets[i] = a.ID
+		}
+		if err := store.Save(ctx, st); err != nil {
+			t.Fatal(err)
+		}
+		won := racing(t, store, [2]*incluster.SecretStore{secretStore(t, c, sys), secretStore(t, c, sys)}, func(st *trust.State, who string) {
+			target := targets[0]
+			if who == "writer-1" {
+				target = targets[1]
+			}
+			if err := trust.Activate(st, target, trust.Evidence{}, trust.Operation{Who: who, Now: time.Now()}); err != nil {
+				t.Error(err)
+			}
+		})
+		got, err := store.Load(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		active := 0
+		for _, a := range got.Authorities {
+			if a.Phase == trust.Active {
+				active++
+			}
+		}
+		if active != 1 || got.Active().ID != targets[won] || got.Get(targets[1-won]).Phase != trust.Prepared {
+			t.Errorf("after the race: %d active, %s active, the loser's choice %s; want only the winner's %s active", active, got.Active().ID, got.Get(targets[1-won]).Phase, targets[won])
+		}
 	})
 
 	t.Run("free race, repeated", func(t *testing.T) {
 		for range 5 {
-			racing(t, store, [2]*incluster.SecretStore{secretStore(t, c, sys), secretStore(t, c, sys)})
+			racing(t, store, [2]*incluster.SecretStore{secretStore(t, c, sys), secretStore(t, c, sys)}, nil)
 		}
 	})
 }
 
-// racing loads one state into two writers, lets both save at once, and
-// checks that exactly one won and the Secret holds its state.
-func racing(t *testing.T, store *incluster.SecretStore, writers [2]*incluster.SecretStore) {
+// racing loads one state into two writers, makes each one's change
+// (step when nil), lets both save at once, and checks that exactly one
+// won and the Secret holds its state. It returns the winner.
+func racing(t *testing.T, store *incluster.SecretStore, writers [2]*incluster.SecretStore, change func(st *trust.State, who string)) int {
 	t.Helper()
 	base, err := store.Load(ctx)
 	if err != nil {
@@ -150,7 +200,10 @@ func racing(t *testing.T, store *incluster.SecretStore, writers [2]*incluster.Se
 		if err != nil {
 			t.Fatal(err)
 		}
-		step(st, []string{"writer-0", "writer-1"}[i])
+		if change == nil {
+			change = step
+		}
+		change(st, []string{"writer-0", "writer-1"}[i])
 		states[i] = st
 	}
 	for i, w := range writers {
@@ -181,6 +234,7 @@ func racing(t *testing.T, store *incluster.SecretStore, writers [2]*incluster.Se
 	if states[1-won].Revision != base.Revision {
 		t.Errorf("the loser's revision moved to %d", states[1-won].Revision)
 	}
+	return won
 }
 
 // gatedClient holds every Secret Update until read is done: both writers
