@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/bulwarkmesh/bulwark/ca"
+	"github.com/bulwarkmesh/bulwark/internal/pemutil"
 )
 
 // Files of a CA directory that the trust state adds to those of package
