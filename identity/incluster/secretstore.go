@@ -14,7 +14,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/bulwarkmesh/bulwark/ca"
 	"github.com/bulwarkmesh/bulwark/ca/trust"
+	"github.com/bulwarkmesh/bulwark/internal/pemutil"
 )
 
 // DefaultName is the default name of the CA Secret and of the Lease.
@@ -137,6 +139,11 @@ func (s *SecretStore) Save(ctx context.Context, st *trust.State) error {
 	if stored != st.Revision {
 		return fmt.Errorf("kube: %s holds revision %d, not %d: %w", s.ref(), stored, st.Revision, trust.ErrConflict)
 	}
+	if stored == 0 && !missing {
+		if err := s.checkFirstSave(sec, st); err != nil {
+			return err
+		}
+	}
 	if st.TrustDomain != s.cfg.TrustDomain {
 		return fmt.Errorf("kube: %s: the state is of trust domain %s, the store of %s: %w", s.ref(), st.TrustDomain, s.cfg.TrustDomain, trust.ErrInvalid)
 	}
@@ -176,6 +183,28 @@ func (s *SecretStore) Save(ctx context.Context, st *trust.State) error {
 	}
 	st.Revision++
 	return nil
+}
+
+// checkFirstSave refuses to store a State over a Secret holding a CA
+// from before the State unless the State holds that CA (it was migrated
+// from it): a State made anew must not replace a running mesh's CA, which
+// would cut every workload off. As trust.DirStore does for a directory.
+func (s *SecretStore) checkFirstSave(sec *corev1.Secret, st *trust.State) error {
+	b := sec.Data[ca.CertFile]
+	if len(b) == 0 {
+		return nil
+	}
+	certs, err := pemutil.ParseCerts(b)
+	if err != nil {
+		return fmt.Errorf("kube: %s: key %s: %w: %v", s.ref(), ca.CertFile, ca.ErrInvalidCA, err)
+	}
+	for _, a := range st.Authorities {
+		if a.Signing().Equal(certs[0]) {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: %s holds a CA that this state does not (load the Secret to migrate it, instead of replacing it): %w",
+		trust.ErrConflict, s.ref(), ca.ErrExists)
 }
 
 // secretData is what a Secret holds for st: the State at its next

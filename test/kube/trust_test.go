@@ -323,6 +323,15 @@ func TestTrustLegacySecretMigrates(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// A State made anew never replaces the CA a running mesh trusts.
+	other, err := trust.DefaultMint(ca.DefaultRootTTL, ca.DefaultIntermediateTTL, time.Now())("root", a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := store.Save(ctx, trust.New(clusterLocal, other, trust.Operation{Who: "test"})); !errors.Is(err, trust.ErrConflict) || !errors.Is(err, ca.ErrExists) {
+		t.Fatalf("a new State saved over the legacy CA: %v, want ErrConflict and ca.ErrExists", err)
+	}
+
 	if err := store.Save(ctx, st); err != nil {
 		t.Fatal(err)
 	}
