@@ -6,9 +6,11 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/bulwarkmesh/bulwark/ca"
 	"github.com/bulwarkmesh/bulwark/ca/trust"
 	"github.com/bulwarkmesh/bulwark/controlplane"
 	"github.com/bulwarkmesh/bulwark/internal/testlog"
@@ -55,8 +57,9 @@ func TestCACommandsDriveTheLifecycle(t *testing.T) {
 	for _, want := range []string{
 		"Trust domain cluster.local, bundle sequence 1\n",
 		"Authorities:\n",
-		"ID            PHASE   ROOT",
-		first + "  active  Bulwark root CA cluster.local  Bulwark intermediate CA cluster.local  ",
+		"ID            PHASE   ROOT                           ROOT EXPIRES        SIGNING",
+		"  Bulwark intermediate CA cluster.local  " + time.Now().Add(ca.DefaultIntermediateTTL).UTC().Format("2006-01-02") + " (729d)",
+		first + "  active  Bulwark root CA cluster.local  " + time.Now().Add(ca.DefaultRootTTL).UTC().Format("2006-01-02") + " (3649d)",
 		"  init    0\n",
 		" init " + first + " by uid ",
 		"Proxies: 0 connected\n",
@@ -92,13 +95,14 @@ func TestCACommandsDriveTheLifecycle(t *testing.T) {
 		t.Errorf("ca revoke: exit %d, stdout %q, stderr %q", code, out, errOut)
 	}
 
-	// Rotate to the prepared root, following it: every step is printed
-	// and it ends (nothing is connected, so no gate waits).
-	code, out, errOut = runCLI(t, append([]string{"ca", "rotate", "--to", next[1], "--wait"}, sock...)...)
+	// Rotate (to the prepared root: a plain rotate takes the newest
+	// prepared authority), following it: every step is printed and it
+	// ends (nothing is connected, so no gate waits).
+	code, out, errOut = runCLI(t, append([]string{"ca", "rotate", "--wait"}, sock...)...)
 	if code != 0 {
 		t.Fatalf("ca rotate --wait: exit %d: %s\n%s", code, errOut, out)
 	}
-	for _, want := range []string{"root rotation of " + first + " started", "rotation done: " + first + " replaced"} {
+	for _, want := range []string{"root rotation of " + first + " to " + next[1] + " started", "step remove", "step confirm", "rotation done: " + first + " replaced"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("ca rotate --wait lacks %q:\n%s", want, out)
 		}
