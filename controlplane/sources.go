@@ -46,9 +46,10 @@ type sources struct {
 }
 
 // newSources builds the source of cfg's mode. In Kubernetes mode without
-// cfg.CA it also makes sure the CA Secret exists and writes it to
-// cfg.CADir (a temporary directory if empty), since the source publishes
-// the CA's roots; newAuthority then loads it from there.
+// cfg.CA it also makes sure the CA Secret exists, writes its CA files to
+// cfg.CADir (a temporary directory if empty), and, unless cfg.Trust is
+// given, starts the trust coordinator on the Secret and sets it as
+// cfg.Trust (kubeCA), from which newAuthority then loads the State.
 func newSources(ctx context.Context, cfg *Config, store *model.Store, reg prometheus.Registerer) (*sources, error) {
 	if cfg.Kube != nil {
 		return kubeSources(ctx, cfg, store, reg)
