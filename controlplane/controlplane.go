@@ -160,7 +160,9 @@ type KubeConfig struct {
 	TrustDomain string
 	// DefaultAccess for workloads no ALLOW policy selects; default deny.
 	DefaultAccess model.DefaultAccess
-	// Holder names this replica in the CA Lease (its pod name).
+	// Holder names this replica (its pod name) in the CA Lease and in its
+	// trust evidence ConfigMap, bulwark-trust-evidence-<Holder>: every
+	// replica needs its own. Defaults to hostname-pid.
 	Holder string
 	// Audience of workloads' ServiceAccount tokens; default "bulwark".
 	Audience string
@@ -209,6 +211,16 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	if err != nil {
 		return nil, err
 	}
+	cp, err := start(ctx, cfg, store, reg, src)
+	if err != nil && src.stop != nil {
+		_ = src.stop()
+	}
+	return cp, err
+}
+
+// start is Start once the sources are up: what they started is stopped
+// by the caller if this fails, and by the control plane's Stop otherwise.
+func start(ctx context.Context, cfg Config, store *model.Store, reg *prometheus.Registry, src *sources) (*ControlPlane, error) {
 	authority, coord, err := newAuthority(ctx, cfg, src.td, reg)
 	if err != nil {
 		return nil, err
@@ -308,6 +320,9 @@ func serve(ctx context.Context, cfg Config, p parts) (*ControlPlane, error) {
 	iss.Register(grpcServer)
 
 	g.Go(func() error { return p.src.run.Run(ctx) })
+	if p.src.stop != nil {
+		g.Go(func() error { <-ctx.Done(); return p.src.stop() })
+	}
 	g.Go(func() error { return srv.Run(ctx) })
 	if tm != nil {
 		g.Go(func() error { return tm.run(ctx) })

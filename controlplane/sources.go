@@ -39,12 +39,17 @@ type sources struct {
 	// redeems join tokens (file mode). The other is nil.
 	reviewer issuer.ServiceAccountReviewer
 	tokens   *attest.JoinTokens
+	// stop ends what the mode started before serving (Kubernetes: the
+	// trust coordinator, which releases the Lease) and waits for it; nil
+	// when nothing was.
+	stop func() error
 }
 
 // newSources builds the source of cfg's mode. In Kubernetes mode without
-// cfg.CA it also makes sure the CA Secret exists and writes it to
-// cfg.CADir (a temporary directory if empty), since the source publishes
-// the CA's roots; newAuthority then loads it from there.
+// cfg.CA it also makes sure the CA Secret exists, writes its CA files to
+// cfg.CADir (a temporary directory if empty), and, unless cfg.Trust is
+// given, starts the trust coordinator on the Secret and sets it as
+// cfg.Trust (kubeCA), from which newAuthority then loads the State.
 func newSources(ctx context.Context, cfg *Config, store *model.Store, reg prometheus.Registerer) (*sources, error) {
 	if cfg.Kube != nil {
 		return kubeSources(ctx, cfg, store, reg)
@@ -111,7 +116,7 @@ func kubeSources(ctx context.Context, cfg *Config, store *model.Store, reg prome
 	if err != nil {
 		return nil, err
 	}
-	rootPEM, err := kubeCARoots(ctx, cfg, client, td)
+	rootPEM, stop, err := kubeCA(ctx, cfg, client, td)
 	if err != nil {
 		return nil, err
 	}
@@ -119,30 +124,57 @@ func kubeSources(ctx context.Context, cfg *Config, store *model.Store, reg prome
 		DefaultAccess: k.DefaultAccess, RootNamespace: k.Namespace, WriteStatus: true, RootCertPEM: rootPEM,
 		Logger: cfg.Logger, Registerer: reg})
 	if err != nil {
+		if stop != nil {
+			_ = stop()
+		}
 		return nil, err
 	}
-	return &sources{run: ks, synced: ks.Synced(), td: td,
+	return &sources{run: ks, synced: ks.Synced(), td: td, stop: stop,
 		reviewer: &incluster.TokenReviewer{Client: client, Audience: k.Audience}}, nil
 }
 
-// kubeCARoots returns the PEM roots the Kubernetes source publishes to
-// workloads. With cfg.CA they are that CA's; otherwise the CA lives in a
-// Secret, created once under a Lease by whichever replica gets there
-// first, and written to cfg.CADir, whose root file is returned as it is.
-func kubeCARoots(ctx context.Context, cfg *Config, client kubernetes.Interface, td spiffeid.TrustDomain) ([]byte, error) {
+// kubeCA sets up the CA of Kubernetes mode, and returns the PEM roots
+// the Kubernetes source publishes to workloads (nil: it publishes none)
+// and what stops what it started (nil: nothing).
+//
+// With cfg.CA the roots are that CA's, and there is no lifecycle.
+// Otherwise the CA lives in a Secret, created once under a Lease by
+// whichever replica gets there first, and written to cfg.CADir. Then,
+// unless the embedder gave cfg.Trust, the trust State is kept in that
+// Secret by an incluster.Coordinator, started here (so that this replica
+// is known to the others' gates before it serves a proxy) and set as
+// cfg.Trust; its leader keeps the roots ConfigMaps equal to the bundle's
+// roots, so the source publishes none. With an embedder's cfg.Trust, the
+// source publishes the Secret's roots file as before.
+func kubeCA(ctx context.Context, cfg *Config, client kubernetes.Interface, td spiffeid.TrustDomain) ([]byte, func() error, error) {
 	if cfg.CA != nil {
-		return pemutil.EncodeCerts(cfg.CA.Roots()), nil
+		return pemutil.EncodeCerts(cfg.CA.Roots()), nil, nil
 	}
 	if cfg.CADir == "" {
 		dir, err := os.MkdirTemp("", "bulwark-ca-")
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		cfg.CADir = dir
 	}
 	if err := incluster.EnsureCASecret(ctx, incluster.CASecretConfig{Client: client, Namespace: cfg.Kube.Namespace, Holder: cfg.Kube.Holder,
 		TrustDomain: td, Dir: cfg.CADir, Logger: cfg.Logger}); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return os.ReadFile(filepath.Join(cfg.CADir, ca.RootCertFile))
+	if cfg.Trust != nil {
+		roots, err := os.ReadFile(filepath.Join(cfg.CADir, ca.RootCertFile))
+		return roots, nil, err
+	}
+	coord, err := incluster.NewCoordinator(incluster.CoordinatorConfig{Client: client, Namespace: cfg.Kube.Namespace,
+		Holder: cfg.Kube.Holder, TrustDomain: td, Logger: cfg.Logger})
+	if err != nil {
+		return nil, nil, err
+	}
+	coordCtx, cancel := context.WithCancel(ctx)
+	if err := coord.Start(coordCtx); err != nil {
+		cancel()
+		return nil, nil, err
+	}
+	cfg.Trust = coord
+	return nil, func() error { cancel(); return coord.Wait() }, nil
 }

@@ -3,8 +3,6 @@ package trust
 import (
 	"bytes"
 	"context"
-	"crypto"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -79,105 +77,25 @@ func (d *DirStore) Load(ctx context.Context) (*State, error) {
 	return s, nil
 }
 
-// migrate reads the files of package ca as one active authority.
+// migrate reads the files of package ca as one active authority
+// (FromCAFiles).
 func (d *DirStore) migrate() (*State, error) {
-	path := func(name string) string { return filepath.Join(d.dir, name) }
-	have := func(name string) bool { _, err := os.Stat(path(name)); return err == nil }
-	if !have(ca.RootCertFile) && !have(ca.CertFile) && !have(ca.KeyFile) {
-		return nil, fmt.Errorf("trust: %s: %w (create it with 'bulwark ca init --dir %s')", d.dir, ca.ErrNoCA, d.dir)
-	}
-	invalid := func(format string, args ...any) error {
-		return fmt.Errorf("trust: %s: %w: "+format, append([]any{d.dir, ca.ErrInvalidCA}, args...)...)
-	}
-	for _, f := range []string{ca.RootCertFile, ca.CertFile, ca.KeyFile} {
-		if !have(f) {
-			return nil, invalid("missing %s", f)
+	files := map[string][]byte{}
+	for _, name := range []string{ca.RootCertFile, ca.CertFile, ca.KeyFile, ca.ChainFile, ca.RootKeyFile} {
+		data, err := os.ReadFile(filepath.Join(d.dir, name))
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
 		}
-	}
-	readCerts := func(name string) ([]*x509.Certificate, error) {
-		data, err := os.ReadFile(path(name))
 		if err != nil {
-			return nil, invalid("%v", err)
+			return nil, fmt.Errorf("trust: %s: %w: %v", d.dir, ca.ErrInvalidCA, err)
 		}
-		certs, err := pemutil.ParseCerts(data)
-		if err != nil {
-			return nil, invalid("%s: %v", name, err)
-		}
-		return certs, nil
+		files[name] = data
 	}
-	readKey := func(name string) (crypto.Signer, error) {
-		data, err := os.ReadFile(path(name))
-		if err != nil {
-			return nil, invalid("%v", err)
-		}
-		k, err := pemutil.ParseKey(data)
-		if err != nil {
-			return nil, invalid("%s: %v", name, err)
-		}
-		return k, nil
+	s, err := FromCAFiles(d.dir, files, d.td, "legacy", d.now())
+	if errors.Is(err, ca.ErrNoCA) {
+		return nil, fmt.Errorf("%w (create it with 'bulwark ca init --dir %s')", err, d.dir)
 	}
-	roots, err := readCerts(ca.RootCertFile)
-	if err != nil {
-		return nil, err
-	}
-	chain, err := readCerts(ca.CertFile)
-	if err != nil {
-		return nil, err
-	}
-	if have(ca.ChainFile) {
-		more, err := readCerts(ca.ChainFile)
-		if err != nil {
-			return nil, err
-		}
-		for _, c := range more {
-			if !c.Equal(chain[0]) && !containsCert(roots, c) {
-				chain = append(chain, c)
-			}
-		}
-	}
-	key, err := readKey(ca.KeyFile)
-	if err != nil {
-		return nil, err
-	}
-	// The root is the anchor the chain ends at. The state keeps one root
-	// per authority, so other anchors in the roots file would leave the
-	// bundle: refuse rather than drop trust silently.
-	top := chain[len(chain)-1]
-	var root *x509.Certificate
-	for _, r := range roots {
-		if top.CheckSignatureFrom(r) == nil {
-			root = r
-		}
-	}
-	if root == nil {
-		return nil, invalid("%s does not chain to a root of %s", ca.CertFile, ca.RootCertFile)
-	}
-	if len(roots) > 1 {
-		return nil, invalid("%s holds %d roots; the trust state keeps only the root %q that %s chains to, and would drop the others from every bundle: remove them from the file, or keep them in another bundle", ca.RootCertFile, len(roots), root.Subject.CommonName, ca.CertFile)
-	}
-	var rootKey crypto.Signer
-	if have(ca.RootKeyFile) {
-		if rootKey, err = readKey(ca.RootKeyFile); err != nil {
-			return nil, err
-		}
-	}
-	now := d.now()
-	a, err := newAuthority(root, rootKey, chain, key, "legacy", now)
-	if err != nil {
-		return nil, fmt.Errorf("trust: %s: %w: %v", d.dir, ca.ErrInvalidCA, err)
-	}
-	td := d.td
-	if td.IsZero() {
-		if td, err = a.trustDomain(); err != nil {
-			return nil, err
-		}
-		if td.IsZero() {
-			return nil, invalid("its certificates name no trust domain; give it")
-		}
-	} else if err := namesOnly(td, append([]*x509.Certificate{root}, chain...)...); err != nil {
-		return nil, fmt.Errorf("trust: %s: %w", d.dir, err)
-	}
-	return New(td, a, Operation{Who: "migration", Now: now}), nil
+	return s, err
 }
 
 // Save stores s if the stored revision is still s.Revision, and bumps
@@ -295,47 +213,34 @@ func (d *DirStore) lock(ctx context.Context) (func(), error) {
 	}
 }
 
-// writeLegacy writes the files of package ca for the active authority,
-// each only if it changed (agents watch the roots file).
+// writeLegacy writes the files of package ca for the active authority
+// (CAFiles), each only if it changed (agents watch the roots file).
 func (d *DirStore) writeLegacy(s *State) error {
-	act := s.Active()
-	key, err := pemutil.EncodeKey(act.Key)
+	files, err := CAFiles(s)
 	if err != nil {
 		return err
-	}
-	files := []struct {
-		name string
-		data []byte // nil: remove
-		mode os.FileMode
-	}{
-		{ca.RootCertFile, pemutil.EncodeCerts(s.Bundle().Roots), 0o644},
-		{ca.CertFile, pemutil.EncodeCerts(act.Chain[:1]), 0o644},
-		{ca.KeyFile, key, 0o600},
-		{ca.ChainFile, pemutil.EncodeCerts(act.Chain[1:]), 0o644},
-		{ca.RootKeyFile, nil, 0o600},
-	}
-	if act.RootKey != nil {
-		if files[4].data, err = pemutil.EncodeKey(act.RootKey); err != nil {
-			return err
-		}
 	}
 	// The key before the certificate, so that a reader between the two
 	// renames sees a new key with an old certificate at worst, which
 	// ca.Load refuses (and retries), never a certificate it cannot use
 	// silently.
-	for _, f := range []int{2, 1, 3, 4, 0} {
-		file := files[f]
-		p := filepath.Join(d.dir, file.name)
-		if len(file.data) == 0 {
+	for _, name := range []string{ca.KeyFile, ca.CertFile, ca.ChainFile, ca.RootKeyFile, ca.RootCertFile} {
+		data := files[name]
+		p := filepath.Join(d.dir, name)
+		if len(data) == 0 {
 			if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				return err
 			}
 			continue
 		}
-		if old, err := os.ReadFile(p); err == nil && bytes.Equal(old, file.data) {
+		if old, err := os.ReadFile(p); err == nil && bytes.Equal(old, data) {
 			continue
 		}
-		if err := writeAtomic(d.dir, file.name, file.data, file.mode); err != nil {
+		mode := os.FileMode(0o644)
+		if name == ca.KeyFile || name == ca.RootKeyFile {
+			mode = 0o600
+		}
+		if err := writeAtomic(d.dir, name, data, mode); err != nil {
 			return err
 		}
 	}

@@ -18,6 +18,7 @@ import (
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 
 	"github.com/bulwarkmesh/bulwark/ca"
+	"github.com/bulwarkmesh/bulwark/ca/trust"
 )
 
 // CASecretConfig says where the CA lives in the cluster.
@@ -43,8 +44,9 @@ var caFiles = []string{ca.RootCertFile, ca.RootKeyFile, ca.CertFile, ca.KeyFile,
 
 // EnsureCASecret makes the CA Secret exist and writes its files to
 // cfg.Dir, ready for ca.Load. When the Secret is missing, the replica
-// that holds the Lease creates a new CA and stores it; the others wait
-// for it. A Secret that exists is never replaced: an operator's own CA
+// that holds the Lease creates a new CA and stores it, with its trust
+// State at revision 1 (StateKey; SecretStore reads and changes it
+// afterwards); the others wait for it. A Secret that exists is never replaced: an operator's own CA
 // (no root key) is used as it is. So every replica, and every restart,
 // uses the same CA.
 func EnsureCASecret(ctx context.Context, cfg CASecretConfig) error {
@@ -52,10 +54,10 @@ func EnsureCASecret(ctx context.Context, cfg CASecretConfig) error {
 		return errors.New("kube: Client, Namespace, Dir and TrustDomain are required")
 	}
 	if cfg.Name == "" {
-		cfg.Name = "bulwark-ca"
+		cfg.Name = DefaultName
 	}
 	if cfg.LeaseName == "" {
-		cfg.LeaseName = "bulwark-ca"
+		cfg.LeaseName = DefaultName
 	}
 	if cfg.Holder == "" {
 		h, _ := os.Hostname()
@@ -119,8 +121,8 @@ func EnsureCASecret(ctx context.Context, cfg CASecretConfig) error {
 	}
 }
 
-// createCA makes a CA and stores it, unless another replica got there
-// first.
+// createCA makes a CA and stores it, with its trust State, unless
+// another replica got there first.
 func createCA(ctx context.Context, cfg CASecretConfig, log *slog.Logger) error {
 	secrets := cfg.Client.CoreV1().Secrets(cfg.Namespace)
 	if _, err := secrets.Get(ctx, cfg.Name, metav1.GetOptions{}); err == nil {
@@ -146,19 +148,23 @@ func createCA(ctx context.Context, cfg CASecretConfig, log *slog.Logger) error {
 		}
 		data[f] = b
 	}
-	_, err = secrets.Create(ctx, &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: cfg.Name, Namespace: cfg.Namespace,
-			Labels: map[string]string{"app.kubernetes.io/part-of": "bulwark"}},
-		Type: corev1.SecretTypeOpaque,
-		Data: data,
-	}, metav1.CreateOptions{})
-	switch {
-	case apierrors.IsAlreadyExists(err):
+	st, err := trust.FromCAFiles("the new CA", data, cfg.TrustDomain, "init", time.Now())
+	if err != nil {
+		return err
+	}
+	store, err := NewSecretStore(SecretStoreConfig{Client: cfg.Client, Namespace: cfg.Namespace, Name: cfg.Name, TrustDomain: cfg.TrustDomain})
+	if err != nil {
+		return err
+	}
+	// Revision 0 on a missing Secret creates it; another replica's
+	// Secret created meanwhile is a conflict, and that one is used.
+	switch err := store.Save(ctx, st); {
+	case errors.Is(err, trust.ErrConflict):
 		return nil
 	case err != nil:
 		return fmt.Errorf("kube: create CA secret: %w", err)
 	}
-	log.Info("created the mesh CA and stored it", "trust_domain", cfg.TrustDomain.String())
+	log.Info("created the mesh CA and stored it", "trust_domain", cfg.TrustDomain.String(), "authority", st.Active().ID)
 	return nil
 }
 
