@@ -61,12 +61,15 @@ type trustManager struct {
 	// nodesOf returns the workloads (namespace/name) with a SPIFFE ID, for
 	// revocations by ID.
 	nodesOf func(id string) []string
-	mint    func(now time.Time) func(kind string, old *trust.Authority) (*trust.Authority, error)
-	log     *slog.Logger
-	m       *trustMetrics
-	now     func() time.Time
-	poll    time.Duration
-	kicks   chan struct{}
+	// setEpoch hands the State's revocation epoch to the ADS server,
+	// which drains the proxies' mutual TLS connections when it moves.
+	setEpoch func(uint64)
+	mint     func(now time.Time) func(kind string, old *trust.Authority) (*trust.Authority, error)
+	log      *slog.Logger
+	m        *trustMetrics
+	now      func() time.Time
+	poll     time.Duration
+	kicks    chan struct{}
 
 	// Warm-up: until the evidence is complete after a start, every gate
 	// refuses (see RosterKeeper).
@@ -243,6 +246,9 @@ func (t *trustManager) reload(ctx context.Context) *trust.State {
 	if err == nil {
 		_, err = t.auth.install(st)
 	}
+	if err == nil {
+		t.setEpoch(st.RevocationEpoch)
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
@@ -312,6 +318,12 @@ func (t *trustManager) drive(ctx context.Context) {
 	} else {
 		t.setWaiting(nil)
 	}
+	if trust.DrainDue(st, ev, now) {
+		// Every proxy holds the CRLs that refuse the new certificates (or
+		// the deadline passed): close the connections they already hold.
+		trust.OrderDrain(st, op)
+		changed = true
+	}
 	due, warn, why := trust.RenewalDue(st, now)
 	t.expiryWarning(warn, why)
 	if due {
@@ -341,6 +353,8 @@ func (t *trustManager) drive(ctx context.Context) {
 	t.audit(newEvents(st, last))
 	if _, err := t.auth.install(st); err != nil {
 		t.log.Error("the trust state just saved cannot be used; the last good one stays in use", "err", err)
+	} else {
+		t.setEpoch(st.RevocationEpoch)
 	}
 }
 
@@ -556,6 +570,7 @@ func newTrustManager(cfg Config, p parts, srv *server.Server, iss *issuer.Server
 	td := p.src.td.String()
 	store := p.store
 	t := &trustManager{coord: p.coord, auth: auth, proxies: srv.Proxies, reports: issuerReports(iss), issued: iss.Certificates,
+		setEpoch: srv.SetRevocationEpoch,
 		nodesOf: func(id string) []string {
 			var out []string
 			for _, w := range store.Snapshot().Workloads() {
@@ -590,6 +605,9 @@ func newTrustManager(cfg Config, p parts, srv *server.Server, iss *issuer.Server
 			"proxies", len(t.expected), "at_most", t.warmup)
 	}
 	p.reg.MustRegister(trustCollector{t})
+	// Before the ADS server runs: proxies reconnecting after a restart
+	// get what they hold, and nothing is drained again.
+	t.setEpoch(auth.State().RevocationEpoch)
 	return t
 }
 

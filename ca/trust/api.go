@@ -154,6 +154,15 @@ type State struct {
 	ImportedCRLs []ImportedCRL
 	Rotation     *Rotation
 	Events       []Event
+	// DrainPending is the Sequence of the latest change that made the
+	// set of refused certificates grow (a revocation, serials learned for
+	// one, an imported CRL's entries, an authority removed or revoked),
+	// at DrainPendingAt. Envoy checks a CRL only at the handshake, so the
+	// connections such certificates already hold are closed by a drain:
+	// RevocationEpoch is the DrainPending last ordered (see DrainDue).
+	DrainPending    uint64
+	DrainPendingAt  time.Time
+	RevocationEpoch uint64
 }
 
 // Bundle is what every workload and proxy is handed: the trust anchors,

@@ -23,15 +23,18 @@ const FormatVersion = 1
 // field added to the API does not silently change (or vanish from) what
 // is stored.
 type document struct {
-	Version      int              `json:"version"`
-	TrustDomain  string           `json:"trustDomain"`
-	Revision     uint64           `json:"revision"`
-	Sequence     uint64           `json:"sequence"`
-	Authorities  []docAuthority   `json:"authorities"`
-	Revocations  []docRevocation  `json:"revocations,omitempty"`
-	ImportedCRLs []docImportedCRL `json:"importedCRLs,omitempty"`
-	Rotation     *docRotation     `json:"rotation,omitempty"`
-	Events       []docEvent       `json:"events,omitempty"`
+	Version         int              `json:"version"`
+	TrustDomain     string           `json:"trustDomain"`
+	Revision        uint64           `json:"revision"`
+	Sequence        uint64           `json:"sequence"`
+	DrainPending    uint64           `json:"drainPending,omitempty"`
+	DrainPendingAt  time.Time        `json:"drainPendingAt,omitzero"`
+	RevocationEpoch uint64           `json:"revocationEpoch,omitempty"`
+	Authorities     []docAuthority   `json:"authorities"`
+	Revocations     []docRevocation  `json:"revocations,omitempty"`
+	ImportedCRLs    []docImportedCRL `json:"importedCRLs,omitempty"`
+	Rotation        *docRotation     `json:"rotation,omitempty"`
+	Events          []docEvent       `json:"events,omitempty"`
 }
 
 type docAuthority struct {
@@ -104,7 +107,8 @@ type docEvent struct {
 // as PEM (keys PKCS#8), CRLs as DER. A key that cannot be exported (an
 // HSM's) is an error naming its authority.
 func Marshal(s *State) ([]byte, error) {
-	d := document{Version: FormatVersion, TrustDomain: s.TrustDomain.Name(), Revision: s.Revision, Sequence: s.Sequence}
+	d := document{Version: FormatVersion, TrustDomain: s.TrustDomain.Name(), Revision: s.Revision, Sequence: s.Sequence,
+		DrainPending: s.DrainPending, DrainPendingAt: s.DrainPendingAt, RevocationEpoch: s.RevocationEpoch}
 	for i, a := range s.Authorities {
 		if a.Root == nil || len(a.Chain) == 0 || a.Key == nil {
 			return nil, fmt.Errorf("trust: marshal: authorities[%d] %s: root, chain or key missing", i, a.ID)
@@ -168,9 +172,13 @@ func Unmarshal(data []byte) (*State, error) {
 	if err != nil {
 		return nil, fmt.Errorf("trust: state: trustDomain: %w", err)
 	}
-	s := &State{TrustDomain: td, Revision: d.Revision, Sequence: d.Sequence}
+	s := &State{TrustDomain: td, Revision: d.Revision, Sequence: d.Sequence,
+		DrainPending: d.DrainPending, DrainPendingAt: d.DrainPendingAt, RevocationEpoch: d.RevocationEpoch}
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf("trust: state: "+format, args...)) }
+	if d.RevocationEpoch > d.DrainPending || d.DrainPending > d.Sequence {
+		bad("revocationEpoch %d, drainPending %d, sequence %d: each must be at most the next", d.RevocationEpoch, d.DrainPending, d.Sequence)
+	}
 	if d.Sequence == 0 {
 		bad("sequence: 0; the first state is 1")
 	}

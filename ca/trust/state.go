@@ -212,6 +212,7 @@ func (s *State) apply(f func(c *State) error) error {
 	if err := f(c); err != nil {
 		return err
 	}
+	c.noteRefusals(s)
 	*s = *c
 	return nil
 }
