@@ -14,8 +14,9 @@ import (
 )
 
 // Default limits of the gRPC port (ADS and the CA service), for a mesh of
-// a few thousand sidecars. Each sidecar holds about one connection (its
-// Envoy's ADS stream; its agent connects only to renew, and closes).
+// a few thousand sidecars. Each sidecar holds two connections: its
+// Envoy's ADS stream and its agent's trust bundle watch (a renewal opens
+// a third for a moment).
 const (
 	// DefaultHandshakeTimeout bounds the time from accepting a connection
 	// to its TLS handshake and HTTP/2 preface being done. A real client
@@ -23,18 +24,19 @@ const (
 	DefaultHandshakeTimeout = 10 * time.Second
 	// DefaultIdleTimeout closes a connection that has had no stream for
 	// this long. Envoy keeps its ADS stream open for the life of the
-	// connection and the agent closes its connection after each call,
-	// so only a client that holds a connection for nothing is affected.
+	// connection, the agent its bundle watch, and a renewal's connection
+	// is closed after its call, so only a client that holds a connection
+	// for nothing is affected.
 	DefaultIdleTimeout = 2 * time.Minute
 	// DefaultMaxConnections is twice what 8,000 sidecars hold, for
 	// reconnections overlapping old connections not yet closed. An idle
 	// TLS connection costs about 56 KB, so the cap bounds what
-	// connections without streams can take to about 1 GB.
-	DefaultMaxConnections = 16384
+	// connections without streams can take to about 2 GB.
+	DefaultMaxConnections = 32768
 	// DefaultMaxConnectionsPerSource allows a Kubernetes node of 110 pods
-	// (the kubelet's default maximum) behind one NAT address twice over,
-	// and the local demo (every sidecar on 127.0.0.1) a few hundred
-	// workloads.
+	// (the kubelet's default maximum, 220 connections) behind one NAT
+	// address twice over, and the local demo (every sidecar on
+	// 127.0.0.1) a few hundred workloads.
 	DefaultMaxConnectionsPerSource = 512
 )
 
