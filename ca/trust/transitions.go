@@ -178,10 +178,16 @@ func activateGate(a *Authority, ev Evidence) *GateError {
 }
 
 // leafGate refuses a step while a connected workload presents a leaf
-// that authority id signed.
+// that authority id signed, or may: a proxy whose agent has reported
+// nothing (a control plane just restarted, an agent stopped beside a
+// running Envoy) holds a leaf nobody here has seen.
 func leafGate(step, id string, ev Evidence, why, breaks string) *GateError {
 	var lag []string
 	for _, p := range ev.Proxies {
+		if !p.Reported {
+			lag = append(lag, fmt.Sprintf("%s: has reported no leaf (its agent is not connected here)", nodeName(p)))
+			continue
+		}
 		for _, l := range p.Leaves {
 			if l.Issuer == id {
 				lag = append(lag, fmt.Sprintf("%s: leaf %s signed by %s", nodeName(p), shortSerial(l.Serial), id))

@@ -289,7 +289,10 @@ func TestRemoveGate(t *testing.T) {
 		ev   Evidence
 		lag  string
 	}{
-		{name: "a leaf it signed", ev: Evidence{Proxies: []ProxyAck{{Node: "ns/a", Leaves: []LeafInfo{{Serial: "abc", Issuer: old.ID}}}}}, lag: "ns/a: leaf abc signed by " + old.ID},
+		{name: "a leaf it signed", ev: Evidence{Proxies: []ProxyAck{{Node: "ns/a", Reported: true, Leaves: []LeafInfo{{Serial: "abc", Issuer: old.ID}}}}}, lag: "ns/a: leaf abc signed by " + old.ID},
+		// Connected over ADS, its agent silent (a control plane that just
+		// restarted): its leaf is unknown, so it may be one old signed.
+		{name: "a proxy whose agent reported nothing", ev: Evidence{Proxies: []ProxyAck{{Node: "ns/b"}}}, lag: "ns/b: has reported no leaf"},
 		{name: "missing evidence", ev: Evidence{Missing: []string{"cp-2"}}, lag: "evidence from cp-2 is missing or stale"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -301,7 +304,7 @@ func TestRemoveGate(t *testing.T) {
 		})
 	}
 	// Leaves of other authorities, and lagging bundles, do not hold it up.
-	ev := Evidence{Proxies: []ProxyAck{{Node: "ns/a", Leaves: []LeafInfo{{Serial: "abc", Issuer: p.ID}}}}}
+	ev := Evidence{Proxies: []ProxyAck{{Node: "ns/a", Reported: true, Leaves: []LeafInfo{{Serial: "abc", Issuer: p.ID}}}}}
 	if err := Remove(s, old.ID, ev, at(0)); err != nil {
 		t.Fatal(err)
 	}
