@@ -45,3 +45,12 @@ func TestHarness(t *testing.T) {
 		}
 	}
 }
+
+func TestHarnessRenew(t *testing.T) {
+	m := startMesh(t, options{})
+	for _, w := range m.workloads {
+		if err := w.renew(); err != nil {
+			t.Errorf("%s: %v", w.name, err)
+		}
+	}
+}
