@@ -162,7 +162,7 @@ proto:
 	$(GO) build -o $(PROTOC_VENV)/bin/protoc-gen-go google.golang.org/protobuf/cmd/protoc-gen-go
 	$(GO) build -o $(PROTOC_VENV)/bin/protoc-gen-go-grpc google.golang.org/grpc/cmd/protoc-gen-go-grpc
 	PATH=$(abspath $(PROTOC_VENV))/bin:$$PATH $(PROTOC_VENV)/bin/python -m grpc_tools.protoc -I . \
-		--go_out=paths=source_relative:. --go-grpc_out=paths=source_relative:. api/ca/v1/ca.proto
+		--go_out=paths=source_relative:. --go-grpc_out=paths=source_relative:. api/ca/v1/ca.proto api/ca/v1/admin.proto
 
 # A kind cluster running the control plane and the demo (needs docker,
 # kind and kubectl, which these build machines do not have).

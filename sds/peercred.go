@@ -1,12 +1,10 @@
 package sds
 
 import (
-	"errors"
 	"log/slog"
-	"net"
-	"os"
-	"slices"
 	"sync/atomic"
+
+	"github.com/bulwarkmesh/bulwark/internal/peercred"
 )
 
 // peerFilter accepts only connections whose peer process runs as one of
@@ -14,42 +12,15 @@ import (
 // before a byte of SDS is served. The kernel vouches for the peer's
 // credentials (SO_PEERCRED, taken when it connected), so a process cannot
 // claim another's.
-type peerFilter struct {
-	net.Listener
-	allowed []uint32
-	log     *slog.Logger
-	refused *atomic.Int64
-}
-
-// Accept returns the next connection from an allowed peer, closing the
-// others.
-func (f peerFilter) Accept() (net.Conn, error) {
-	for {
-		c, err := f.Listener.Accept()
+func peerFilter(l peercred.Listener, log *slog.Logger, refused *atomic.Int64) peercred.Listener {
+	l.Refused = func(cred peercred.Cred, err error) {
+		refused.Add(1)
 		if err != nil {
-			return nil, err
-		}
-		uid, pid, err := peerUID(c)
-		if err == nil && slices.Contains(f.allowed, uid) {
-			return c, nil
-		}
-		f.refused.Add(1)
-		if err != nil {
-			f.log.Warn("SDS connection refused: cannot tell who the peer is", "err", err)
+			log.Warn("SDS connection refused: cannot tell who the peer is", "err", err)
 		} else {
-			f.log.Warn("SDS connection refused: the peer's user may not have the workload's key",
-				"peer_uid", uid, "peer_pid", pid, "allowed_uids", f.allowed)
+			log.Warn("SDS connection refused: the peer's user may not have the workload's key",
+				"peer_uid", cred.UID, "peer_pid", cred.PID, "allowed_uids", l.Allowed)
 		}
-		_ = c.Close()
 	}
+	return l
 }
-
-// allowedUIDs is uids, or this process's own user ID when there are none.
-func allowedUIDs(uids []uint32) []uint32 {
-	if len(uids) == 0 {
-		return []uint32{uint32(os.Getuid())}
-	}
-	return slices.Clone(uids)
-}
-
-var errNotUnix = errors.New("not a Unix socket connection")

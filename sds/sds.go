@@ -32,6 +32,7 @@ import (
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"google.golang.org/grpc"
 
+	"github.com/bulwarkmesh/bulwark/internal/peercred"
 	"github.com/bulwarkmesh/bulwark/internal/pemutil"
 )
 
@@ -128,7 +129,7 @@ func Listen(path string) (net.Listener, error) {
 // Serve serves SDS on l until ctx ends, to peers whose user is one of
 // Config.AllowedUIDs only.
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
-	l = peerFilter{Listener: l, allowed: allowedUIDs(s.cfg.AllowedUIDs), log: s.cfg.Logger, refused: &s.refused}
+	l = peerFilter(peercred.Listener{Listener: l, Allowed: peercred.Allowed(s.cfg.AllowedUIDs)}, s.cfg.Logger, &s.refused)
 	g := grpc.NewServer()
 	xds := serverv3.NewServer(ctx, s.cache, nil)
 	secretv3.RegisterSecretDiscoveryServiceServer(g, xds)

@@ -45,6 +45,10 @@ type Authority struct {
 	// Revoked: the signing certificate itself is revoked. Its CRL leaves
 	// the bundle, so every leaf it signed is refused by every proxy.
 	Revoked bool
+	// RevokedAt and RevokedReason say when and why (added by the
+	// implementation, for status).
+	RevokedAt     time.Time
+	RevokedReason string
 	// PreparedSeq is the bundle sequence that first carried the authority.
 	PreparedSeq uint64
 	// Origin: "init" (bulwark ca init), "legacy" (a CA directory from
@@ -74,9 +78,14 @@ type Revocation struct {
 	// far as they are known; more are added as replicas learn them
 	// (AddSerials). Every one is on its issuer's CRL.
 	Serials []string
-	Reason  string
-	By      string
-	At      time.Time
+	// Leaves are the certificates of Serials whose issuer or expiry is
+	// known (added by the implementation): a serial with a known issuer
+	// is on that authority's CRL only, one without on every CRL; their
+	// NotAfter sets Expires.
+	Leaves []LeafInfo
+	Reason string
+	By     string
+	At     time.Time
 	// Expires is when no certificate the entry covers can be valid any
 	// more; Prune drops the entry then.
 	Expires time.Time
@@ -106,12 +115,16 @@ type Rotation struct {
 	Kind      string // "root" or "intermediate"
 	Old       string // the authority being replaced
 	Target    string // the new authority, once prepared
-	Step      string // "prepare", "activate", "reissue", "remove", "done"
+	Step      string // "prepare", "activate", "reissue", "remove", "confirm", "done"
 	StartedAt time.Time
 	By        string
 	Reason    string
 	Auto      bool // started by the automatic intermediate renewal
 	Force     bool
+	// ConfirmSeq is the bundle sequence that no longer carries Old
+	// (added by the implementation): the rotation is done when every
+	// proxy has acknowledged it.
+	ConfirmSeq uint64
 }
 
 // ImportedCRL is an organisation's own CRL handed in for one of the

@@ -1,4 +1,4 @@
-package sds
+package peercred
 
 import (
 	"net"
@@ -6,27 +6,24 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// peerUID returns the user and process ID of the process at the other
-// end of a Unix socket connection, as the kernel recorded them when it
-// connected.
-func peerUID(c net.Conn) (uid uint32, pid int32, err error) {
+func peerCred(c net.Conn) (Cred, error) {
 	uc, ok := c.(*net.UnixConn)
 	if !ok {
-		return 0, 0, errNotUnix
+		return Cred{}, ErrNotUnix
 	}
 	raw, err := uc.SyscallConn()
 	if err != nil {
-		return 0, 0, err
+		return Cred{}, err
 	}
 	var cred *unix.Ucred
 	var credErr error
 	if err := raw.Control(func(fd uintptr) {
 		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
 	}); err != nil {
-		return 0, 0, err
+		return Cred{}, err
 	}
 	if credErr != nil {
-		return 0, 0, credErr
+		return Cred{}, credErr
 	}
-	return cred.Uid, cred.Pid, nil
+	return Cred{UID: cred.Uid, PID: cred.Pid}, nil
 }
