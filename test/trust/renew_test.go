@@ -28,62 +28,56 @@ import (
 	"github.com/bulwarkmesh/bulwark/sidecar/contract"
 )
 
-// sdsSecrets asks w's agent, over its SDS socket as its Envoy does (the
-// test runs as the same user), for the workload's certificate with its
-// key and for the trust bundle. It sends one request and reads one
-// answer: it acknowledges nothing, so the agent cannot take it for its
-// Envoy having loaded a version.
-func (w *workload) sdsSecrets(ctx context.Context) (*x509svid.SVID, []*x509.Certificate, error) {
+// sdsCertificate asks w's agent, over its SDS socket as its Envoy does
+// (the test runs as the same user), for the workload's certificate with
+// its key. It asks for nothing else, and acknowledges nothing: the agent
+// reads its Envoy's acknowledgements of the trust bundle on the SDS
+// streams that ask for the bundle, and must not count this one.
+func (w *workload) sdsCertificate(ctx context.Context) (*x509svid.SVID, error) {
 	conn, err := grpc.NewClient("unix://"+filepath.Join(w.m.sockDir, w.name+".sock"), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	stream, err := secretv3.NewSecretDiscoveryServiceClient(conn).StreamSecrets(ctx)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	if err := stream.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: w.key()}, TypeUrl: resourcev3.SecretType,
-		ResourceNames: contract.Secrets()}); err != nil {
-		return nil, nil, err
+		ResourceNames: []string{contract.SecretCertificate}}); err != nil {
+		return nil, err
 	}
-	var svid *x509svid.SVID
-	var roots []*x509.Certificate
-	for svid == nil || roots == nil {
+	for {
 		resp, err := stream.Recv()
 		if err != nil {
-			return nil, nil, fmt.Errorf("SDS of %s: %w", w.name, err)
+			return nil, fmt.Errorf("SDS of %s: %w", w.name, err)
 		}
 		for _, r := range resp.GetResources() {
 			var s tlsv3.Secret
 			if err := r.UnmarshalTo(&s); err != nil {
-				return nil, nil, err
+				return nil, err
 			}
-			if c := s.GetTlsCertificate(); c != nil {
-				chain, err := pemutil.ParseCerts(c.GetCertificateChain().GetInlineBytes())
-				if err != nil {
-					return nil, nil, err
-				}
-				key, err := pemutil.ParseKey(c.GetPrivateKey().GetInlineBytes())
-				if err != nil {
-					return nil, nil, err
-				}
-				id, err := x509svid.IDFromCert(chain[0])
-				if err != nil {
-					return nil, nil, err
-				}
-				svid = &x509svid.SVID{ID: id, Certificates: chain, PrivateKey: key}
+			c := s.GetTlsCertificate()
+			if c == nil {
+				continue
 			}
-			if v := s.GetValidationContext(); v != nil {
-				if roots, err = pemutil.ParseCerts(v.GetTrustedCa().GetInlineBytes()); err != nil {
-					return nil, nil, err
-				}
+			chain, err := pemutil.ParseCerts(c.GetCertificateChain().GetInlineBytes())
+			if err != nil {
+				return nil, err
 			}
+			key, err := pemutil.ParseKey(c.GetPrivateKey().GetInlineBytes())
+			if err != nil {
+				return nil, err
+			}
+			id, err := x509svid.IDFromCert(chain[0])
+			if err != nil {
+				return nil, err
+			}
+			return &x509svid.SVID{ID: id, Certificates: chain, PrivateKey: key}, nil
 		}
 	}
-	return svid, roots, nil
 }
 
 // renew asks the control plane's CA service for a new certificate for w
@@ -91,10 +85,12 @@ func (w *workload) sdsSecrets(ctx context.Context) (*x509svid.SVID, []*x509.Cert
 // now. The new certificate is thrown away; only the answer matters.
 func (w *workload) renew() error {
 	ctx := context.Background()
-	svid, roots, err := w.sdsSecrets(ctx)
+	svid, err := w.sdsCertificate(ctx)
 	if err != nil {
 		return fmt.Errorf("the current certificate of %s: %w", w.name, err)
 	}
+	// The control plane is verified with what the workload's Envoy trusts.
+	roots := w.trust().Roots
 	td := spiffeid.RequireTrustDomainFromString(trustDomain)
 	tlsCfg := spiffetls.ClientConfig(svid, x509bundle.FromX509Authorities(td, roots), contract.ControlPlaneID(td))
 	conn, err := grpc.NewClient(w.m.cpAddr, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
