@@ -130,6 +130,9 @@ type options struct {
 	// certTTL is what agents ask for and the control plane's cap
 	// (--cert-ttl, --max-cert-ttl); zero leaves both at their defaults.
 	certTTL time.Duration
+	// reissueWithin is how soon after an activation every workload
+	// replaces its leaf (serve --reissue-within, when it has the flag).
+	reissueWithin time.Duration
 	// serveFlags are added to `bulwark serve`'s command line.
 	serveFlags []string
 }
@@ -265,6 +268,15 @@ func (m *mesh) startControlPlane() {
 		"--xds-address", m.cpAddr, "--http-address", m.cpHTTP, "--log-level", "debug"}
 	if m.serveHasFlag("admin-socket") {
 		args = append(args, "--admin-socket", m.adminSocket)
+	} else {
+		m.adminSocket = filepath.Join(m.caDir, "admin.sock") // the default
+	}
+	if m.opt.reissueWithin > 0 {
+		if !m.serveHasFlag("reissue-within") {
+			m.t.Logf("bulwark serve has no --reissue-within flag: leaves are re-issued within the default window after an activation")
+		} else {
+			args = append(args, "--reissue-within", m.opt.reissueWithin.String())
+		}
 	}
 	if m.opt.certTTL > 0 {
 		args = append(args, "--max-cert-ttl", m.opt.certTTL.String())
@@ -462,13 +474,14 @@ func startProc(name, logPath string, args ...string) (*proc, error) {
 }
 
 // stop sends SIGTERM and waits for the process to exit, killing it after
-// grace.
+// grace. A process the test froze (freeze) is woken first.
 func (p *proc) stop(grace time.Duration) {
 	select {
 	case <-p.done:
 		return
 	default:
 	}
+	_ = p.cmd.Process.Signal(syscall.SIGCONT)
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-p.done:
@@ -482,6 +495,11 @@ func (p *proc) kill() {
 	_ = p.cmd.Process.Signal(syscall.SIGKILL)
 	<-p.done
 }
+
+// freeze stops the process (SIGSTOP) without ending it: its connections
+// stay open, it does nothing. thaw (SIGCONT) lets it go on.
+func (p *proc) freeze() { _ = p.cmd.Process.Signal(syscall.SIGSTOP) }
+func (p *proc) thaw()   { _ = p.cmd.Process.Signal(syscall.SIGCONT) }
 
 // running reports whether the process has not exited.
 func (p *proc) running() bool {
