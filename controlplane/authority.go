@@ -3,7 +3,6 @@ package controlplane
 import (
 	"context"
 	"fmt"
-	"log/slog"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -11,6 +10,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/bulwarkmesh/bulwark/ca"
+	"github.com/bulwarkmesh/bulwark/ca/trust"
 	"github.com/bulwarkmesh/bulwark/identity/issuer"
 )
 
@@ -36,42 +36,34 @@ type SVIDSource interface {
 	x509bundle.Source
 }
 
-var (
-	_ Authority  = fileAuthority{}
-	_ SVIDSource = (*ca.Source)(nil)
-)
+var _ SVIDSource = (*ca.Source)(nil)
 
-// fileAuthority is the default Authority: package ca's CA, loaded from a
-// directory (in Kubernetes mode, the directory the CA Secret was written
-// to). Its own SVID is renewed at half life by a ca.Source.
-type fileAuthority struct {
-	*ca.CA
-	log *slog.Logger
-}
-
-// ServingSource issues the control plane's SVID with the CA's default
-// lifetime.
-func (f fileAuthority) ServingSource(ctx context.Context, id spiffeid.ID) (SVIDSource, error) {
-	src, err := f.NewSource(ctx, id, 0, f.log)
-	if err != nil {
-		return nil, err
-	}
-	return src, nil
-}
-
-// newAuthority returns cfg.CA when there is one, else loads the file CA
-// from cfg.CADir. Either way its trust domain must be td, the mesh's.
-// It never creates a CA.
-func newAuthority(cfg Config, td spiffeid.TrustDomain, reg prometheus.Registerer) (Authority, error) {
+// newAuthority returns cfg.CA when there is one (no lifecycle: coord is
+// nil), else the rotating authority built from the trust State that
+// cfg.Trust keeps, or the directory cfg.CADir. Either way its trust
+// domain must be td, the mesh's. It never creates a CA: a State that does
+// not load is an error here, since there is no last good one yet.
+func newAuthority(ctx context.Context, cfg Config, td spiffeid.TrustDomain, reg prometheus.Registerer) (Authority, TrustCoordinator, error) {
 	if cfg.CA != nil {
 		if got := cfg.CA.TrustDomain(); got != td {
-			return nil, fmt.Errorf("controlplane: the CA issues for trust domain %q, but the mesh's trust domain is %q", got, td)
+			return nil, nil, fmt.Errorf("controlplane: the CA issues for trust domain %q, but the mesh's trust domain is %q", got, td)
 		}
-		return cfg.CA, nil
+		return cfg.CA, nil, nil
 	}
-	c, err := ca.Load(ca.LoadConfig{Dir: cfg.CADir, Config: ca.Config{TrustDomain: td, MaxTTL: cfg.MaxCertTTL, Registerer: reg}})
+	coord := cfg.Trust
+	if coord == nil {
+		coord = DirCoordinator{Dir: trust.NewDirStore(cfg.CADir, td)}
+	}
+	st, err := coord.Store().Load(ctx)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return fileAuthority{CA: c, log: cfg.Logger}, nil
+	if st.TrustDomain != td {
+		return nil, nil, fmt.Errorf("controlplane: the CA issues for trust domain %q, but the mesh's trust domain is %q", st.TrustDomain, td)
+	}
+	r, err := newRotatingAuthority(st, ca.Config{TrustDomain: td, MaxTTL: cfg.MaxCertTTL}, reg, cfg.Logger)
+	if err != nil {
+		return nil, nil, err
+	}
+	return r, coord, nil
 }

@@ -21,6 +21,8 @@ import (
 	"google.golang.org/grpc/credentials"
 	"k8s.io/client-go/rest"
 
+	cav1 "github.com/bulwarkmesh/bulwark/api/ca/v1"
+	"github.com/bulwarkmesh/bulwark/ca"
 	"github.com/bulwarkmesh/bulwark/identity/attest"
 	"github.com/bulwarkmesh/bulwark/identity/issuer"
 	"github.com/bulwarkmesh/bulwark/internal/spiffetls"
@@ -39,13 +41,30 @@ type Config struct {
 	// CA, when set, is the certificate authority to use instead of the
 	// default: the file CA in CADir in file mode, or the CA in the
 	// Kubernetes Secret in Kubernetes mode. Its trust domain must be the
-	// mesh's. The control plane does not persist or rotate it.
+	// mesh's. The control plane does not persist or rotate it: it has no
+	// trust lifecycle (the admin service says so).
 	CA Authority
-	// CADir holds the CA material (ca.Load) when CA is not set. In file
-	// mode it is then required, and a missing or corrupt CA is an error,
-	// never a reason to make a new one. In Kubernetes mode the CA lives in
-	// a Secret and is written here (default: a temporary directory).
+	// CADir holds the CA material when CA is not set: the trust State
+	// (trust.DirStore: its authorities, revocations and rotation in
+	// progress, or the files of a CA from before the trust lifecycle). In
+	// file mode it is then required, and a missing or corrupt CA is an
+	// error, never a reason to make a new one. In Kubernetes mode the CA
+	// lives in a Secret and is written here (default: a temporary
+	// directory).
 	CADir string
+	// Trust is where the trust State lives and how replicas agree on it;
+	// nil means the directory CADir (one control plane, always leading).
+	// Kubernetes mode sets the CA Secret's.
+	Trust TrustCoordinator
+	// AdminSocket is the Unix socket of the trust admin service (`bulwark
+	// ca`): default <CADir>/admin.sock in file mode, DefaultKubeAdminSocket
+	// in Kubernetes mode; "none" serves none. Only this process's user and
+	// root may connect.
+	AdminSocket string
+	// RootTTL and IntermediateTTL are the lifetimes of the authorities a
+	// rotation mints; defaults ca.DefaultRootTTL and
+	// ca.DefaultIntermediateTTL.
+	RootTTL, IntermediateTTL time.Duration
 	// TokenDir holds join tokens (file mode); defaults to CADir/tokens.
 	TokenDir string
 	// Identity is the control plane's own SPIFFE ID; defaults to
@@ -95,6 +114,20 @@ func (cfg *Config) setDefaults() error {
 			cfg.TokenDir = filepath.Join(cfg.CADir, "tokens")
 		}
 	}
+	if cfg.RootTTL <= 0 {
+		cfg.RootTTL = ca.DefaultRootTTL
+	}
+	if cfg.IntermediateTTL <= 0 {
+		cfg.IntermediateTTL = ca.DefaultIntermediateTTL
+	}
+	if cfg.AdminSocket == "" {
+		switch {
+		case cfg.Kube != nil:
+			cfg.AdminSocket = DefaultKubeAdminSocket
+		case cfg.CADir != "":
+			cfg.AdminSocket = filepath.Join(cfg.CADir, "admin.sock")
+		}
+	}
 	if cfg.CA != nil && cfg.MaxCertTTL != 0 {
 		errs = append(errs, errors.New("controlplane: MaxCertTTL configures the default CA; a CA given in Config.CA sets its own limits"))
 	}
@@ -128,8 +161,10 @@ type ControlPlane struct {
 	Store       *model.Store
 	Server      *server.Server
 	// CA is the certificate authority in use: Config.CA, or the default.
-	CA     Authority
-	Tokens *attest.JoinTokens
+	CA Authority
+	// AdminAddr is the admin socket's path; "" when none is served.
+	AdminAddr string
+	Tokens    *attest.JoinTokens
 	// Identity is the control plane's SPIFFE ID.
 	Identity spiffeid.ID
 	// CADir is where the default CA's files are (Config.CADir, or the
@@ -137,6 +172,7 @@ type ControlPlane struct {
 	CADir string
 
 	issuer *issuer.Server
+	trust  *trustManager // nil with Config.CA
 	cancel context.CancelFunc
 	ctx    context.Context
 	group  *errgroup.Group
@@ -158,7 +194,7 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	if err != nil {
 		return nil, err
 	}
-	authority, err := newAuthority(cfg, src.td, reg)
+	authority, coord, err := newAuthority(ctx, cfg, src.td, reg)
 	if err != nil {
 		return nil, err
 	}
@@ -166,7 +202,7 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	if err != nil {
 		return nil, err
 	}
-	return serve(ctx, cfg, parts{store: store, reg: reg, src: src, ca: authority, id: id})
+	return serve(ctx, cfg, parts{store: store, reg: reg, src: src, ca: authority, coord: coord, id: id})
 }
 
 // ownIdentity is the control plane's SPIFFE ID: ident when set, which
@@ -188,6 +224,7 @@ type parts struct {
 	reg   *prometheus.Registry
 	src   *sources
 	ca    Authority
+	coord TrustCoordinator // nil with Config.CA
 	id    spiffeid.ID
 }
 
@@ -230,10 +267,22 @@ func serve(ctx context.Context, cfg Config, p parts) (*ControlPlane, error) {
 		return nil, err
 	}
 	xdsLis = cfg.Limits.Listener(xdsLis, cfg.Logger, p.reg)
+	tm := newTrustManager(cfg, p, srv, iss)
+	adminLis, err := listenAdminFor(cfg, p.reg)
+	if err != nil {
+		cancel()
+		xdsLis.Close()
+		for _, l := range []net.Listener{httpLis, metricsLis} {
+			if l != nil {
+				l.Close()
+			}
+		}
+		return nil, err
+	}
 
 	g, ctx := errgroup.WithContext(ctx)
 	cp := &ControlPlane{XDSAddr: xdsLis.Addr(), Store: p.store, Server: srv, CA: p.ca, Tokens: p.src.tokens, Identity: p.id,
-		CADir: cfg.CADir, issuer: iss, cancel: cancel, ctx: ctx, group: g}
+		CADir: cfg.CADir, issuer: iss, trust: tm, cancel: cancel, ctx: ctx, group: g}
 
 	grpcServer := newGRPCServer(own, p.src.td, cfg.Limits)
 	srv.Register(ctx, grpcServer)
@@ -241,7 +290,16 @@ func serve(ctx context.Context, cfg Config, p parts) (*ControlPlane, error) {
 
 	g.Go(func() error { return p.src.run.Run(ctx) })
 	g.Go(func() error { return srv.Run(ctx) })
+	if tm != nil {
+		g.Go(func() error { return tm.run(ctx) })
+	}
 	serveGRPC(ctx, g, grpcServer, xdsLis)
+	if adminLis != nil {
+		cp.AdminAddr = cfg.AdminSocket
+		admin := newAdminServer()
+		cav1.RegisterTrustAdminServer(admin, &adminService{t: tm})
+		serveAdmin(ctx, g, admin, adminLis)
+	}
 	if httpLis != nil {
 		cp.HTTPAddr = httpLis.Addr()
 		serveHTTP(ctx, g, httpLis, cp.debugMux(p.reg))
@@ -252,7 +310,7 @@ func serve(ctx context.Context, cfg Config, p parts) (*ControlPlane, error) {
 		serveHTTP(ctx, g, metricsLis, metricsMux(p.reg))
 	}
 	cfg.Logger.Info("control plane serving", "xds", cp.XDSAddr.String(), "http", addrString(cp.HTTPAddr), "metrics", addrString(cp.MetricsAddr),
-		"identity", p.id.String(), "trust_domain", p.src.td.String())
+		"admin", cp.AdminAddr, "identity", p.id.String(), "trust_domain", p.src.td.String())
 	return cp, nil
 }
 

@@ -17,17 +17,44 @@ import (
 	"github.com/bulwarkmesh/bulwark/internal/pemutil"
 )
 
+// caUsage lists the ca subcommands.
+const caUsage = `Usage: bulwark ca <subcommand> [flags]
+
+  init       create a CA directory (a root and an intermediate)
+  issue      issue a certificate offline from a CA directory
+  status     authorities, the bundle and which proxies hold it, the rotation, revocations
+  prepare    add an authority, minted or handed in, to the bundle without signing with it
+  activate   make a prepared authority the one that signs (gated: every proxy holds it)
+  retire     stop an authority signing
+  remove     take a retired authority out of the bundle (gated: no live leaf chains to it)
+  rotate     replace the signing authority, gate by gate; --wait follows it
+  revoke     revoke a workload, a SPIFFE ID or a certificate
+  unrevoke   drop a revocation
+  crl        import an organisation's CRL, or clear one
+
+The lifecycle commands talk to the control plane's admin socket (--socket).`
+
 func runCA(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || isHelp(args[0]) {
-		return groupUsage(args, "Usage: bulwark ca init|issue [flags]", stderr)
+		return groupUsage(args, caUsage, stderr)
 	}
-	switch args[0] {
-	case "init":
-		return runCAInit(args[1:], stdout, stderr)
-	case "issue":
-		return runCAIssue(args[1:], stdout, stderr)
+	subs := map[string]func(context.Context, []string, io.Writer, io.Writer) error{
+		"init":     func(_ context.Context, a []string, o, e io.Writer) error { return runCAInit(a, o, e) },
+		"issue":    func(_ context.Context, a []string, o, e io.Writer) error { return runCAIssue(a, o, e) },
+		"status":   runCAStatus,
+		"prepare":  runCAPrepare,
+		"activate": runCAPhase("activate"),
+		"retire":   runCAPhase("retire"),
+		"remove":   runCAPhase("remove"),
+		"rotate":   runCARotate,
+		"revoke":   runCARevoke(false),
+		"unrevoke": runCARevoke(true),
+		"crl":      runCACRL,
 	}
-	fmt.Fprintf(stderr, "bulwark ca: unknown subcommand %q (init, issue)\n", args[0])
+	if f, ok := subs[args[0]]; ok {
+		return f(ctx, args[1:], stdout, stderr)
+	}
+	fmt.Fprintf(stderr, "bulwark ca: unknown subcommand %q (init, issue, status, prepare, activate, retire, remove, rotate, revoke, unrevoke, crl)\n", args[0])
 	return errUsage
 }
 

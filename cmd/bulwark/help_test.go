@@ -14,7 +14,10 @@ func TestEveryCommandAnswersHelp(t *testing.T) {
 		cmds = append(cmds, []string{c.name})
 	}
 	cmds = append(cmds,
-		[]string{"ca", "init"}, []string{"ca", "issue"},
+		[]string{"ca", "init"}, []string{"ca", "issue"}, []string{"ca", "status"}, []string{"ca", "prepare"},
+		[]string{"ca", "activate"}, []string{"ca", "retire"}, []string{"ca", "remove"}, []string{"ca", "rotate"},
+		[]string{"ca", "revoke"}, []string{"ca", "unrevoke"}, []string{"ca", "crl"}, []string{"ca", "crl", "import"},
+		[]string{"ca", "crl", "clear"},
 		[]string{"token", "create"},
 		[]string{"policy", "check"}, []string{"policy", "explain"}, []string{"policy", "matrix"},
 		[]string{"mtls", "exceptions"},

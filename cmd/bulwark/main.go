@@ -32,7 +32,7 @@ func commands() []command {
 		{"serve", "run the control plane: ADS for sidecars from a mesh file", runServe},
 		{"up", "run a local mesh: control plane, demo apps and real Envoy sidecars on loopback", runUp},
 		{"agent", "run beside Envoy: get the workload's certificate, serve it over SDS, renew it, run Envoy", runAgent},
-		{"ca", "manage the CA: init, issue", runCA},
+		{"ca", "manage the CA: init, issue, status, rotate, revoke and the rest of the trust lifecycle", runCA},
 		{"token", "create a one-time join token for a workload", runToken},
 		{"policy", "check access policies, explain a decision, print who can call whom", runPolicy},
 		{"mtls", "list the mTLS exceptions: everything weaker than STRICT", runMTLS},

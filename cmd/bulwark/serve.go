@@ -59,6 +59,8 @@ func runServe(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs.Var(&mesh, "mesh", "mesh file, or directory of them (repeatable)")
 	fs.StringVar(&cfg.CADir, "ca-dir", "", "CA material (from 'bulwark ca init', or your own root-cert.pem, ca-cert.pem, ca-key.pem) (required)")
 	fs.StringVar(&cfg.TokenDir, "token-dir", "", "join tokens (default: <ca-dir>/tokens)")
+	fs.StringVar(&cfg.AdminSocket, "admin-socket", "", "Unix socket of the trust admin service that 'bulwark ca' talks to, for this user and root only "+
+		"(default <ca-dir>/admin.sock; Kubernetes: "+controlplane.DefaultKubeAdminSocket+"); none disables it")
 	fs.StringVar(&cfg.Identity, "identity", "", "the control plane's SPIFFE ID (default spiffe://<trust domain>/ns/bulwark-system/sa/bulwark)")
 	fs.DurationVar(&cfg.MaxCertTTL, "max-cert-ttl", 0, "cap on workload certificate lifetimes (default and upper limit 24h)")
 	fs.StringVar(&cfg.XDSAddress, "xds-address", "127.0.0.1:15010", "address for ADS and the CA service (gRPC, mutual TLS)")

@@ -1179,8 +1179,11 @@ func (x *ChangeResponse) GetAuthority() string {
 type RotateRequest struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Operator *Operator              `protobuf:"bytes,1,opt,name=operator,proto3" json:"operator,omitempty"`
-	// "intermediate" (default) or "root".
-	Kind          string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	// "intermediate" (default) or "root": the new authority is minted.
+	Kind string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	// Or the ID of an authority already prepared (handed in): the rotation
+	// activates it and removes the old one, minting nothing.
+	Target        string `protobuf:"bytes,3,opt,name=target,proto3" json:"target,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1225,6 +1228,13 @@ func (x *RotateRequest) GetOperator() *Operator {
 func (x *RotateRequest) GetKind() string {
 	if x != nil {
 		return x.Kind
+	}
+	return ""
+}
+
+func (x *RotateRequest) GetTarget() string {
+	if x != nil {
+		return x.Target
 	}
 	return ""
 }
@@ -1622,10 +1632,11 @@ const file_api_ca_v1_admin_proto_rawDesc = "" +
 	"\x0eChangeResponse\x121\n" +
 	"\x06events\x18\x01 \x03(\v2\x19.bulwark.ca.v1.TrustEventR\x06events\x12\x1a\n" +
 	"\bsequence\x18\x02 \x01(\x04R\bsequence\x12\x1c\n" +
-	"\tauthority\x18\x03 \x01(\tR\tauthority\"X\n" +
+	"\tauthority\x18\x03 \x01(\tR\tauthority\"p\n" +
 	"\rRotateRequest\x123\n" +
 	"\boperator\x18\x01 \x01(\v2\x17.bulwark.ca.v1.OperatorR\boperator\x12\x12\n" +
-	"\x04kind\x18\x02 \x01(\tR\x04kind\"\x99\x01\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x16\n" +
+	"\x06target\x18\x03 \x01(\tR\x06target\"\x99\x01\n" +
 	"\x0eRotateResponse\x128\n" +
 	"\brotation\x18\x01 \x01(\v2\x1c.bulwark.ca.v1.TrustRotationR\brotation\x12\x1a\n" +
 	"\battached\x18\x02 \x01(\bR\battached\x121\n" +

@@ -1,0 +1,480 @@
+package controlplane
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/bulwarkmesh/bulwark/ca/trust"
+	"github.com/bulwarkmesh/bulwark/identity/issuer"
+	"github.com/bulwarkmesh/bulwark/xds/server"
+)
+
+// Timings of the trust loop.
+const (
+	// trustPoll is how often the stored state is read, and the rotation in
+	// progress is driven, when nothing signals a change sooner.
+	trustPoll = time.Second
+	// waitLogEvery bounds how often a rotation waiting on a gate is logged.
+	waitLogEvery = 30 * time.Second
+	// expiryWarnEvery is how often the warning of an intermediate that
+	// nothing will renew is logged.
+	expiryWarnEvery = 24 * time.Hour
+	// loadErrLogEvery is how often the same load failure is logged again.
+	loadErrLogEvery = time.Minute
+	// maxSaveAttempts bounds how often an admin step is redone after a
+	// conflict before giving up.
+	maxSaveAttempts = 5
+)
+
+// bundleReport is one agent's report of the bundle it and its Envoy hold,
+// with the leaf it presented on the report's stream.
+type bundleReport struct {
+	Workload           string
+	AgentSeq, ProxySeq uint64
+	Leaf               *x509.Certificate
+}
+
+// trustManager keeps the trust State current in the rotating authority,
+// drives the rotation in progress and the automatic steps while this
+// replica leads, and applies the operator's steps (admin.go). It is the
+// one writer of the State in this process.
+type trustManager struct {
+	coord TrustCoordinator
+	auth  *rotatingAuthority
+	// proxies and reports are what this replica sees: the proxies
+	// connected over ADS and the agents' bundle reports.
+	proxies func() []server.ProxyStatus
+	reports func() []bundleReport
+	// nodesOf returns the workloads (namespace/name) with a SPIFFE ID, for
+	// revocations by ID.
+	nodesOf func(id string) []string
+	mint    func(now time.Time) func(kind string, old *trust.Authority) (*trust.Authority, error)
+	log     *slog.Logger
+	m       *trustMetrics
+	now     func() time.Time
+	poll    time.Duration
+	kicks   chan struct{}
+
+	mu         sync.Mutex
+	waiting    *trust.GateError // what the rotation in progress waits for
+	waitLogged time.Time
+	loadErr    string
+	loadLogged time.Time
+	warned     time.Time
+	warning    string
+}
+
+// localAcks joins the proxies connected here with their agents' reports:
+// a proxy without a report counts as holding no bundle (Reported false);
+// an agent whose Envoy is not connected over ADS (stopped, say) is
+// evidence all the same, since its report says what its Envoy loaded.
+func (t *trustManager) localAcks(st *trust.State) []trust.ProxyAck {
+	by := map[string]*trust.ProxyAck{}
+	if t.proxies != nil {
+		for _, p := range t.proxies() {
+			by[p.Workload] = &trust.ProxyAck{Node: p.Workload}
+		}
+	}
+	if t.reports != nil {
+		for _, r := range t.reports() {
+			a := by[r.Workload]
+			if a == nil {
+				a = &trust.ProxyAck{Node: r.Workload}
+				by[r.Workload] = a
+			}
+			a.Reported, a.AgentSeq, a.ProxySeq = true, r.AgentSeq, r.ProxySeq
+			if r.Leaf != nil {
+				a.Leaves = append(a.Leaves, trust.LeafInfo{Serial: r.Leaf.SerialNumber.Text(16), Issuer: st.IssuerOf(r.Leaf), NotAfter: r.Leaf.NotAfter})
+			}
+		}
+	}
+	out := make([]trust.ProxyAck, 0, len(by))
+	for _, a := range by {
+		out = append(out, *a)
+	}
+	slices.SortFunc(out, func(a, b trust.ProxyAck) int { return strings.Compare(a.Node, b.Node) })
+	return out
+}
+
+// evidence is what the gates decide on now: this replica's proxies and
+// the other replicas'. Others that cannot be read are missing evidence,
+// so every gate refuses until they can.
+func (t *trustManager) evidence(ctx context.Context, st *trust.State) trust.Evidence {
+	ev := trust.Evidence{Proxies: t.localAcks(st)}
+	others, missing, err := t.coord.Others(ctx)
+	if err != nil {
+		missing = append(missing, "the other replicas' evidence: "+err.Error())
+	}
+	ev.Proxies = append(ev.Proxies, others...)
+	ev.Missing = missing
+	return ev
+}
+
+// run keeps the State current and, while this replica leads, drives it,
+// until ctx ends.
+func (t *trustManager) run(ctx context.Context) error {
+	tick := time.NewTicker(t.poll)
+	defer tick.Stop()
+	for {
+		st := t.reload(ctx)
+		if st != nil && t.coord.Leading() {
+			t.drive(ctx, st)
+		} else {
+			t.setWaiting(nil)
+		}
+		if err := t.coord.Publish(ctx, t.localAcks(t.auth.State())); err != nil && ctx.Err() == nil {
+			t.log.Warn("cannot publish this replica's trust evidence", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		case <-t.kicks:
+		case <-t.coord.Changed():
+		}
+	}
+}
+
+// reload loads the stored State and installs it. A State that does not
+// load, or cannot be used, is logged (with the store's error, which names
+// the file and field) and counted, and the last good one stays in use;
+// nil is returned then.
+func (t *trustManager) reload(ctx context.Context) *trust.State {
+	st, err := t.coord.Store().Load(ctx)
+	if err == nil {
+		_, err = t.auth.install(st)
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		t.m.loadErrors.Inc()
+		t.mu.Lock()
+		again := err.Error() == t.loadErr && t.now().Sub(t.loadLogged) < loadErrLogEvery
+		if !again {
+			t.loadErr, t.loadLogged = err.Error(), t.now()
+		}
+		t.mu.Unlock()
+		if !again {
+			t.log.Error("the stored trust state cannot be used; the last good one stays in use", "err", err,
+				"sequence_in_use", t.auth.State().Sequence)
+		}
+		return nil
+	}
+	t.mu.Lock()
+	if t.loadErr != "" {
+		t.log.Info("the stored trust state loads again", "sequence", st.Sequence)
+	}
+	t.loadErr = ""
+	t.mu.Unlock()
+	return st
+}
+
+// drive takes the automatic steps on st, a State just loaded, and saves
+// it if they changed it: revocations pruned and completed with the
+// serials the evidence shows, one step of the rotation in progress, an
+// automatic renewal started when due. A save that conflicts is dropped:
+// the next tick starts again from the new State. Each step is saved
+// before the next is taken, so a process killed at any point leaves a
+// State a successor resumes from (a minted authority is stored with the
+// rotation that names it, in one save).
+func (t *trustManager) drive(ctx context.Context, st *trust.State) {
+	now := t.now()
+	op := trust.Operation{Who: "bulwark (automatic)", Now: now}
+	last := lastEvent(st)
+	changed := false
+	if trust.Prune(st, now) {
+		changed = true
+	}
+	ev := t.evidence(ctx, st)
+	if t.learnSerials(st, ev, op) {
+		changed = true
+	}
+	if st.Rotation != nil {
+		rop := op
+		rop.Who = "bulwark (rotation by " + st.Rotation.By + ")"
+		stepped, err := trust.Advance(st, ev, rop, t.mint(now))
+		var g *trust.GateError
+		switch {
+		case errors.As(err, &g):
+			t.setWaiting(g)
+		case err != nil:
+			t.setWaiting(nil)
+			t.logWait("the rotation in progress cannot go on", err)
+		default:
+			t.setWaiting(nil)
+		}
+		changed = changed || stepped
+	} else {
+		t.setWaiting(nil)
+	}
+	due, warn, why := trust.RenewalDue(st, now)
+	t.expiryWarning(warn, why)
+	if due {
+		aop := op
+		aop.Who, aop.Reason = "bulwark (automatic renewal)", why
+		if err := trust.StartRotation(st, "intermediate", aop); err != nil {
+			t.logWait("automatic renewal of the intermediate cannot start", err)
+		} else {
+			st.Rotation.Auto = true
+			changed = true
+			t.log.Info("automatic renewal of the intermediate started", "why", why)
+		}
+	}
+	if !changed {
+		return
+	}
+	if err := t.coord.Store().Save(ctx, st); err != nil {
+		if errors.Is(err, trust.ErrConflict) {
+			t.m.conflicts.Inc()
+			return
+		}
+		if ctx.Err() == nil {
+			t.logWait("cannot save the trust state", err)
+		}
+		return
+	}
+	t.audit(newEvents(st, last))
+	if _, err := t.auth.install(st); err != nil {
+		t.log.Error("the trust state just saved cannot be used; the last good one stays in use", "err", err)
+	}
+}
+
+// learnSerials adds to each revocation of a workload or SPIFFE ID the
+// serials of the leaves that the evidence shows its workloads present, so
+// that they go on their issuers' CRLs.
+func (t *trustManager) learnSerials(st *trust.State, ev trust.Evidence, op trust.Operation) bool {
+	changed := false
+	for _, r := range slices.Clone(st.Revocations) {
+		if r.Kind == trust.BySerial {
+			continue
+		}
+		if leaves := t.leavesOf(r.Kind, r.Value, ev, r.Serials); len(leaves) > 0 && trust.AddSerials(st, r.Kind, r.Value, leaves, op) {
+			changed = true
+		}
+	}
+	return changed
+}
+
+// leavesOf returns the leaves that the evidence shows the workloads a
+// revocation names present (a workload; or every workload with a SPIFFE
+// ID), leaving out the serials already known.
+func (t *trustManager) leavesOf(kind trust.RevocationKind, value string, ev trust.Evidence, known []string) []trust.LeafInfo {
+	var nodes []string
+	switch kind {
+	case trust.ByWorkload:
+		nodes = []string{value}
+	case trust.ByID:
+		if t.nodesOf != nil {
+			nodes = t.nodesOf(value)
+		}
+	default:
+		return nil
+	}
+	var leaves []trust.LeafInfo
+	for _, p := range ev.Proxies {
+		if !slices.Contains(nodes, p.Node) {
+			continue
+		}
+		for _, l := range p.Leaves {
+			if !slices.Contains(known, l.Serial) {
+				leaves = append(leaves, l)
+			}
+		}
+	}
+	return leaves
+}
+
+// setWaiting records what the rotation waits for (nil: nothing), and
+// logs it at most every 30 seconds, with the laggards.
+func (t *trustManager) setWaiting(g *trust.GateError) {
+	t.mu.Lock()
+	prev := t.waiting
+	t.waiting = g
+	log := g != nil && (prev == nil || prev.Step != g.Step || t.now().Sub(t.waitLogged) >= waitLogEvery)
+	if log {
+		t.waitLogged = t.now()
+	}
+	t.mu.Unlock()
+	if g != nil {
+		t.m.waiting.Set(1)
+	} else {
+		t.m.waiting.Set(0)
+	}
+	if log {
+		t.log.Info("rotation waiting", "step", g.Step, "authority", g.Authority, "why", g.Why, "laggards", g.Laggards)
+	}
+}
+
+// Waiting returns what the rotation in progress waits for, or nil.
+func (t *trustManager) Waiting() *trust.GateError {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.waiting
+}
+
+// logWait logs an error of the automatic steps at most every 30 seconds.
+func (t *trustManager) logWait(msg string, err error) {
+	t.mu.Lock()
+	log := t.now().Sub(t.waitLogged) >= waitLogEvery
+	if log {
+		t.waitLogged = t.now()
+	}
+	t.mu.Unlock()
+	if log {
+		t.log.Error(msg, "err", err)
+	}
+}
+
+// expiryWarning sets the gauge of an intermediate that nothing will
+// renew, and logs it once a day.
+func (t *trustManager) expiryWarning(warn bool, why string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !warn {
+		t.m.expiring.Set(0)
+		t.warning = ""
+		return
+	}
+	t.m.expiring.Set(1)
+	t.warning = why
+	if t.warned.IsZero() || t.now().Sub(t.warned) >= expiryWarnEvery {
+		t.warned = t.now()
+		t.log.Warn("the signing certificate expires soon and will not be renewed automatically", "why", why)
+	}
+}
+
+// warnings are the conditions an operator should see in status.
+func (t *trustManager) warnings() []string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var w []string
+	if t.warning != "" {
+		w = append(w, t.warning)
+	}
+	if t.loadErr != "" {
+		w = append(w, "the stored trust state cannot be used (the last good one is in use): "+t.loadErr)
+	}
+	return w
+}
+
+// mutate applies step to the State as stored now, with evidence gathered
+// now, and saves it; on a conflict it starts again from the new State. It
+// returns the State saved and the events the step recorded, which it has
+// logged and counted.
+func (t *trustManager) mutate(ctx context.Context, step func(st *trust.State, ev trust.Evidence) error) (*trust.State, []trust.Event, error) {
+	for range maxSaveAttempts {
+		st, err := t.coord.Store().Load(ctx)
+		if err != nil {
+			return nil, nil, fmt.Errorf("load the trust state: %w", err)
+		}
+		last := lastEvent(st)
+		if err := step(st, t.evidence(ctx, st)); err != nil {
+			return nil, nil, err
+		}
+		switch err := t.coord.Store().Save(ctx, st); {
+		case errors.Is(err, trust.ErrConflict):
+			t.m.conflicts.Inc()
+			continue
+		case err != nil:
+			return nil, nil, fmt.Errorf("save the trust state: %w", err)
+		}
+		events := newEvents(st, last)
+		t.audit(events)
+		if _, err := t.auth.install(st); err != nil {
+			t.log.Error("the trust state just saved cannot be used; the last good one stays in use", "err", err)
+		}
+		return st, events, nil
+	}
+	return nil, nil, fmt.Errorf("the trust state changed under every one of %d attempts; try again", maxSaveAttempts)
+}
+
+// audit logs and counts each event: every change of the trust lifecycle
+// is in the log with who, what and when, a forced one as a warning.
+func (t *trustManager) audit(events []trust.Event) {
+	for _, e := range events {
+		level := slog.LevelInfo
+		if e.Forced {
+			level = slog.LevelWarn
+		}
+		t.log.Log(context.Background(), level, "trust lifecycle: "+e.Action, "who", e.Who, "authority", e.Authority,
+			"detail", e.Detail, "forced", e.Forced, "at", e.At.UTC().Format(time.RFC3339))
+		t.m.events.WithLabelValues(e.Action, fmt.Sprint(e.Forced)).Inc()
+	}
+}
+
+// lastEvent is the newest event of st, to find the ones a step adds.
+func lastEvent(st *trust.State) *trust.Event {
+	if len(st.Events) == 0 {
+		return nil
+	}
+	e := st.Events[len(st.Events)-1]
+	return &e
+}
+
+// newEvents are the events of st after last (the newest before a step):
+// found by value, since the oldest are dropped once there are MaxEvents.
+func newEvents(st *trust.State, last *trust.Event) []trust.Event {
+	if last == nil {
+		return slices.Clone(st.Events)
+	}
+	for i := len(st.Events) - 1; i >= 0; i-- {
+		if sameEvent(st.Events[i], *last) {
+			return slices.Clone(st.Events[i+1:])
+		}
+	}
+	return slices.Clone(st.Events)
+}
+
+func sameEvent(a, b trust.Event) bool {
+	return a.At.Equal(b.At) && a.Who == b.Who && a.Action == b.Action && a.Authority == b.Authority && a.Detail == b.Detail && a.Forced == b.Forced
+}
+
+// newTrustManager returns the manager of p's rotating authority, or nil
+// when the CA was given by the embedder (no lifecycle).
+func newTrustManager(cfg Config, p parts, srv *server.Server, iss *issuer.Server) *trustManager {
+	auth, ok := p.ca.(*rotatingAuthority)
+	if !ok || p.coord == nil {
+		return nil
+	}
+	td := p.src.td.String()
+	store := p.store
+	t := &trustManager{coord: p.coord, auth: auth, proxies: srv.Proxies, reports: issuerReports(iss),
+		nodesOf: func(id string) []string {
+			var out []string
+			for _, w := range store.Snapshot().Workloads() {
+				if w.Identity(td).String() == id {
+					out = append(out, w.Key())
+				}
+			}
+			return out
+		},
+		mint: func(now time.Time) func(string, *trust.Authority) (*trust.Authority, error) {
+			return trust.DefaultMint(cfg.RootTTL, cfg.IntermediateTTL, now)
+		},
+		log: cfg.Logger.With("component", "trust"), m: newTrustMetrics(p.reg), now: time.Now, poll: trustPoll,
+		kicks: make(chan struct{}, 1)}
+	p.reg.MustRegister(trustCollector{t})
+	return t
+}
+
+// kick wakes the trust loop now (a rotation just started), instead of at
+// its next tick.
+func (t *trustManager) kick() {
+	select {
+	case t.kicks <- struct{}{}:
+	default:
+	}
+}
+
+// issuerReports reads the agents' bundle reports from the issuer.
+func issuerReports(iss *issuer.Server) func() []bundleReport {
+	return func() []bundleReport { return nil }
+}
