@@ -230,13 +230,19 @@ func (s *adminService) Rotate(ctx context.Context, req *cav1.RotateRequest) (*ca
 			attached = &x
 			return r.Target, errAttached
 		}
-		if req.GetTarget() != "" {
-			return idOf(st, req.GetTarget()), trust.StartRotationTo(st, req.GetTarget(), op)
+		target := req.GetTarget()
+		if target == "" && kind == "" {
+			// An authority the operator prepared (handed in, say) is what a
+			// plain rotate means; without one, a new intermediate.
+			target = newestPrepared(st)
+		}
+		if target != "" {
+			return idOf(st, target), trust.StartRotationTo(st, target, op)
 		}
 		if kind == "" {
 			kind = "intermediate"
 		}
-		return st.Active().ID, trust.StartRotation(st, kind, op)
+		return activeID(st), trust.StartRotation(st, kind, op)
 	})
 	if attached != nil {
 		return &cav1.RotateResponse{Rotation: rotationProto(attached), Attached: true}, nil
@@ -250,6 +256,17 @@ func (s *adminService) Rotate(ctx context.Context, req *cav1.RotateRequest) (*ca
 		out.Rotation = rotationProto(st.Rotation)
 	}
 	return out, nil
+}
+
+// newestPrepared is the ID of the authority prepared last and not
+// revoked, or "".
+func newestPrepared(st *trust.State) string {
+	for i := len(st.Authorities) - 1; i >= 0; i-- {
+		if a := st.Authorities[i]; a.Phase == trust.Prepared && !a.Revoked {
+			return a.ID
+		}
+	}
+	return ""
 }
 
 // errAttached stops a Rotate that found a rotation in progress before

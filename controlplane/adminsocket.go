@@ -149,7 +149,15 @@ func listenAdminFor(cfg Config, reg prometheus.Registerer) (net.Listener, error)
 		Help: "Connections to the admin socket closed because the peer's user is neither the control plane's nor root.",
 	})
 	reg.MustRegister(refused)
-	return listenAdmin(cfg.AdminSocket, adminAllowed(), cfg.Logger, refused.Inc)
+	l, err := listenAdmin(cfg.AdminSocket, adminAllowed(), cfg.Logger, refused.Inc)
+	if err != nil && cfg.adminDefault {
+		// The default place may not do (a path longer than a Unix socket
+		// allows, a directory shared with another control plane): serving
+		// goes on, and the log says how to get the admin service back.
+		cfg.Logger.Warn("no trust admin socket: 'bulwark ca' cannot reach this control plane; give --admin-socket", "err", err)
+		return nil, nil
+	}
+	return l, err
 }
 
 // serveAdmin serves s on lis in g until ctx ends, then stops it.

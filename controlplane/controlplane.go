@@ -65,6 +65,9 @@ type Config struct {
 	// rotation mints; defaults ca.DefaultRootTTL and
 	// ca.DefaultIntermediateTTL.
 	RootTTL, IntermediateTTL time.Duration
+	// adminDefault: AdminSocket is the default, not the operator's
+	// choice: a socket that cannot be bound is a warning, not a failure.
+	adminDefault bool
 	// TokenDir holds join tokens (file mode); defaults to CADir/tokens.
 	TokenDir string
 	// Identity is the control plane's own SPIFFE ID; defaults to
@@ -121,6 +124,7 @@ func (cfg *Config) setDefaults() error {
 		cfg.IntermediateTTL = ca.DefaultIntermediateTTL
 	}
 	if cfg.AdminSocket == "" {
+		cfg.adminDefault = true
 		switch {
 		case cfg.Kube != nil:
 			cfg.AdminSocket = DefaultKubeAdminSocket
@@ -235,8 +239,12 @@ func serve(ctx context.Context, cfg Config, p parts) (*ControlPlane, error) {
 	if p.src.tokens != nil {
 		redeemer = p.src.tokens
 	}
-	iss, err := issuer.New(issuer.Config{CA: p.ca, Store: p.store, Tokens: redeemer, ServiceAccounts: p.src.reviewer,
-		Reserved: []spiffeid.ID{p.id}, Synced: p.src.synced, Logger: cfg.Logger, Registerer: p.reg, RateLimit: cfg.Limits.Issuance})
+	icfg := issuer.Config{CA: p.ca, Store: p.store, Tokens: redeemer, ServiceAccounts: p.src.reviewer,
+		Reserved: []spiffeid.ID{p.id}, Synced: p.src.synced, Logger: cfg.Logger, Registerer: p.reg, RateLimit: cfg.Limits.Issuance}
+	if r, ok := p.ca.(*rotatingAuthority); ok {
+		icfg.Bundles, icfg.Revoked = r, r.Revoked
+	}
+	iss, err := issuer.New(icfg)
 	if err != nil {
 		return nil, err
 	}
@@ -412,6 +420,21 @@ func addrString(a net.Addr) string {
 type ProxyReport struct {
 	server.ProxyStatus
 	Certificate *issuer.Issued `json:"certificate,omitempty"`
+	// Bundle is which trust bundle the proxy holds, as its agent last
+	// reported; nil when the control plane keeps no trust lifecycle.
+	Bundle *BundleStatus `json:"bundle,omitempty"`
+}
+
+// BundleStatus is which trust bundle a proxy holds.
+type BundleStatus struct {
+	// Reported is false while its agent has reported nothing: for the
+	// gates it then holds no bundle.
+	Reported bool `json:"reported"`
+	// AgentSeq is the sequence its agent installed, ProxySeq the one its
+	// Envoy acknowledged; Current the control plane's.
+	AgentSeq uint64 `json:"agentSequence"`
+	ProxySeq uint64 `json:"proxySequence"`
+	Current  uint64 `json:"currentSequence"`
 }
 
 // Proxies reports every connected proxy, sorted by node.
@@ -420,12 +443,27 @@ func (cp *ControlPlane) Proxies() []ProxyReport {
 	for _, c := range cp.issuer.Certificates() {
 		certs[c.Workload] = c
 	}
+	var current uint64
+	bundles := map[string]BundleStatus{}
+	if cp.trust != nil {
+		current = cp.trust.auth.State().Sequence
+		for _, r := range cp.issuer.BundleReports() {
+			bundles[r.Workload] = BundleStatus{Reported: true, AgentSeq: r.AgentSeq, ProxySeq: r.ProxySeq, Current: current}
+		}
+	}
 	ps := cp.Server.Proxies()
 	out := make([]ProxyReport, 0, len(ps))
 	for _, p := range ps {
 		r := ProxyReport{ProxyStatus: p}
 		if c, ok := certs[p.Workload]; ok {
 			r.Certificate = &c
+		}
+		if cp.trust != nil {
+			b, ok := bundles[p.Workload]
+			if !ok {
+				b = BundleStatus{Current: current}
+			}
+			r.Bundle = &b
 		}
 		out = append(out, r)
 	}

@@ -126,6 +126,17 @@ func (r *rotatingAuthority) Bundle() (trust.Bundle, <-chan struct{}) {
 	return r.bundle, r.changed
 }
 
+// Revoked says whether the revocation list in use covers a caller
+// (issuer.RevokedFunc): the issuer then refuses it any certificate and
+// the bundle stream.
+func (r *rotatingAuthority) Revoked(serial string, id spiffeid.ID, workload string) (string, bool) {
+	rev, ok := r.State().Revoked(serial, id, workload)
+	if !ok {
+		return "", false
+	}
+	return fmt.Sprintf("%s %s revoked at %s by %s: %s", rev.Kind, rev.Value, rev.At.UTC().Format(time.RFC3339), rev.By, rev.Reason), true
+}
+
 // SignSVID signs with the active authority.
 func (r *rotatingAuthority) SignSVID(pub crypto.PublicKey, id spiffeid.ID, ttl time.Duration) ([]*x509.Certificate, error) {
 	return r.current().SignSVID(pub, id, ttl)

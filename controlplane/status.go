@@ -60,7 +60,7 @@ func WriteProxyStatus(out io.Writer, reports []ProxyReport, now time.Time) {
 		return
 	}
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NODE\tIDENTITY\tCDS\tEDS\tLDS\tRDS\tCERTIFICATE\tCONNECTED")
+	fmt.Fprintln(tw, "NODE\tIDENTITY\tCDS\tEDS\tLDS\tRDS\tCERTIFICATE\tBUNDLE\tCONNECTED")
 	var notes, nacks []string
 	synced := 0
 	for _, r := range reports {
@@ -88,7 +88,7 @@ func WriteProxyStatus(out io.Writer, reports []ProxyReport, now time.Time) {
 						label, typ, name(ts.NackedVersion), ago(now, ts.NackedAt), bounded.Text(ts.NackError, bounded.Message)))
 				}
 			}
-			cols = append(cols, certState(r, now), ago(now, st.ConnectedAt)+" ago")
+			cols = append(cols, certState(r, now), bundleState(r.Bundle), ago(now, st.ConnectedAt)+" ago")
 			fmt.Fprintln(tw, strings.Join(cols, "\t"))
 			allSynced = allSynced && st.Synced && !nacked(st)
 		}
@@ -138,6 +138,22 @@ func typeState(ts server.TypeStatus, ok bool, now time.Time) string {
 		return "SYNCED"
 	default:
 		return "STALE " + ago(now, ts.SentAt)
+	}
+}
+
+// bundleState is the trust bundle sequence the proxy's agent and its
+// Envoy hold, agent/proxy, marked BEHIND when the Envoy's is not the
+// current one: the proxies that hold up an activation.
+func bundleState(b *BundleStatus) string {
+	switch {
+	case b == nil:
+		return "-"
+	case !b.Reported:
+		return fmt.Sprintf("? BEHIND (no report; current %d)", b.Current)
+	case min(b.AgentSeq, b.ProxySeq) < b.Current:
+		return fmt.Sprintf("%d/%d BEHIND (current %d)", b.AgentSeq, b.ProxySeq, b.Current)
+	default:
+		return fmt.Sprintf("%d/%d", b.AgentSeq, b.ProxySeq)
 	}
 }
 

@@ -83,11 +83,11 @@ func TestWriteProxyStatusShowsEveryStreamOfANode(t *testing.T) {
 		t.Fatalf("no row %q:\n%s", prefix, s)
 		return nil
 	}
-	// identity, cds, eds, lds, rds, certificate..., connected
-	if got := strings.Join(row("demo/frontend-1 (stream 9)"), " "); got != "spiffe://td/ns/demo/sa/frontend NACKED - - - - (not issued here) 2s ago" {
+	// identity, cds, eds, lds, rds, certificate..., bundle, connected
+	if got := strings.Join(row("demo/frontend-1 (stream 9)"), " "); got != "spiffe://td/ns/demo/sa/frontend NACKED - - - - (not issued here) - 2s ago" {
 		t.Errorf("stream 9: %s", got)
 	}
-	if got := strings.Join(row("demo/frontend-1 (stream 3)"), " "); got != "spiffe://td/ns/demo/sa/frontend SYNCED SYNCED SYNCED SYNCED - (not issued here) 1h0m0s ago" {
+	if got := strings.Join(row("demo/frontend-1 (stream 3)"), " "); got != "spiffe://td/ns/demo/sa/frontend SYNCED SYNCED SYNCED SYNCED - (not issued here) - 1h0m0s ago" {
 		t.Errorf("stream 3: %s", got)
 	}
 	for _, want := range []string{

@@ -14,8 +14,12 @@ import (
 // evidence published for the leader's gates.
 type TrustCoordinator interface {
 	Store() trust.Store
-	Leading() bool                                            // this replica drives rotations and automatic steps
-	Publish(ctx context.Context, acks []trust.ProxyAck) error // this replica's evidence, for the others
+	// Leading: this replica drives rotations and automatic steps.
+	Leading() bool
+	// Publish shares this replica's evidence, for the others.
+	Publish(ctx context.Context, acks []trust.ProxyAck) error
+	// Others is the other replicas' evidence; missing names those whose
+	// evidence is absent or stale.
 	Others(ctx context.Context) (acks []trust.ProxyAck, missing []string, err error)
 	// Changed is closed when the stored state may have changed (nil: poll).
 	Changed() <-chan struct{}

@@ -123,9 +123,8 @@ func (t *trustManager) run(ctx context.Context) error {
 	tick := time.NewTicker(t.poll)
 	defer tick.Stop()
 	for {
-		st := t.reload(ctx)
-		if st != nil && t.coord.Leading() {
-			t.drive(ctx, st)
+		if t.reload(ctx) != nil && t.coord.Leading() {
+			t.drive(ctx)
 		} else {
 			t.setWaiting(nil)
 		}
@@ -177,7 +176,8 @@ func (t *trustManager) reload(ctx context.Context) *trust.State {
 	return st
 }
 
-// drive takes the automatic steps on st, a State just loaded, and saves
+// drive takes the automatic steps on the State as stored now (loaded
+// afresh: the one installed is shared, never changed in place), and saves
 // it if they changed it: revocations pruned and completed with the
 // serials the evidence shows, one step of the rotation in progress, an
 // automatic renewal started when due. A save that conflicts is dropped:
@@ -185,7 +185,11 @@ func (t *trustManager) reload(ctx context.Context) *trust.State {
 // before the next is taken, so a process killed at any point leaves a
 // State a successor resumes from (a minted authority is stored with the
 // rotation that names it, in one save).
-func (t *trustManager) drive(ctx context.Context, st *trust.State) {
+func (t *trustManager) drive(ctx context.Context) {
+	st, err := t.coord.Store().Load(ctx)
+	if err != nil {
+		return // reload logs it
+	}
 	now := t.now()
 	op := trust.Operation{Who: "bulwark (automatic)", Now: now}
 	last := lastEvent(st)
@@ -474,7 +478,16 @@ func (t *trustManager) kick() {
 	}
 }
 
-// issuerReports reads the agents' bundle reports from the issuer.
+// issuerReports reads the agents' bundle reports from the issuer: those
+// of open streams, and for a while those of streams just ended (an agent
+// reconnecting keeps its place; issuer.ReportGrace).
 func issuerReports(iss *issuer.Server) func() []bundleReport {
-	return func() []bundleReport { return nil }
+	return func() []bundleReport {
+		rs := iss.BundleReports()
+		out := make([]bundleReport, 0, len(rs))
+		for _, r := range rs {
+			out = append(out, bundleReport{Workload: r.Workload, AgentSeq: r.AgentSeq, ProxySeq: r.ProxySeq, Leaf: r.Leaf})
+		}
+		return out
+	}
 }

@@ -14,7 +14,10 @@ package sds
 import (
 	"context"
 	"crypto"
+	"crypto/rand"
 	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -52,8 +55,17 @@ type Server struct {
 	cfg     Config
 	cache   cachev3.SnapshotCache
 	refused atomic.Int64
+	// instance makes this server's versions its own: an Envoy that
+	// outlived an earlier agent and reconnects with that agent's version
+	// must not be taken to hold ours.
+	instance string
+
 	mu      sync.Mutex
 	version int
+	cert    *tlsv3.Secret // nil before UpdateCertificate
+	roots   *tlsv3.Secret // nil before UpdateBundle
+	seq     uint64        // the bundle sequence roots carries
+	acks    ackTracker
 }
 
 // anyNode serves every client the same secrets: the socket is private
@@ -63,7 +75,7 @@ type anyNode struct{}
 func (anyNode) ID(*corev3.Node) string { return "local" }
 
 // New returns a server with no secrets yet: Envoy's requests wait until
-// the first Update.
+// both the certificate and the bundle are set.
 func New(cfg Config) (*Server, error) {
 	if cfg.CertName == "" || cfg.RootsName == "" {
 		return nil, errors.New("sds: CertName and RootsName are required")
@@ -71,12 +83,19 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Server{cfg: cfg, cache: cachev3.NewSnapshotCache(false, anyNode{}, nil)}, nil
+	var id [4]byte
+	_, _ = rand.Read(id[:])
+	s := &Server{cfg: cfg, cache: cachev3.NewSnapshotCache(false, anyNode{}, nil), instance: hex.EncodeToString(id[:])}
+	s.acks.init(cfg.RootsName, cfg.Logger)
+	return s, nil
 }
 
-// Update replaces the secrets: chain (leaf first) with its key, and the
-// trust bundle. Envoy picks them up on its open SDS streams.
-func (s *Server) Update(chain []*x509.Certificate, key crypto.Signer, bundle []*x509.Certificate) error {
+// UpdateCertificate replaces the certificate chain (leaf first) and its
+// key. Envoy picks them up on its open SDS streams.
+func (s *Server) UpdateCertificate(chain []*x509.Certificate, key crypto.Signer) error {
+	if len(chain) == 0 || key == nil {
+		return errors.New("sds: certificate: a chain and its key are required")
+	}
 	keyPEM, err := pemutil.EncodeKey(key)
 	if err != nil {
 		return err
@@ -85,20 +104,81 @@ func (s *Server) Update(chain []*x509.Certificate, key crypto.Signer, bundle []*
 		CertificateChain: inline(pemutil.EncodeCerts(chain)),
 		PrivateKey:       inline(keyPEM),
 	}}}
-	roots := &tlsv3.Secret{Name: s.cfg.RootsName, Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
-		TrustedCa: inline(pemutil.EncodeCerts(bundle)),
-	}}}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.cert = cert
+	return s.publishLocked()
+}
+
+// UpdateBundle replaces the trust bundle: the roots, and the CRLs (DER)
+// that Envoy checks every peer's leaf against, at bundle sequence seq.
+// With at least one CRL, Envoy checks the leaf only
+// (only_verify_leaf_cert_crl) and refuses a leaf whose issuer has no CRL
+// in the set: an authority left out of crls is distrusted even while its
+// root stays. A bundle with no root or with a CRL that does not parse is
+// refused and changes nothing, so Envoy keeps the bundle it has.
+func (s *Server) UpdateBundle(seq uint64, roots []*x509.Certificate, crls [][]byte) error {
+	if len(roots) == 0 {
+		return fmt.Errorf("sds: bundle %d: no root", seq)
+	}
+	var crlPEM []byte
+	for i, der := range crls {
+		if _, err := x509.ParseRevocationList(der); err != nil {
+			return fmt.Errorf("sds: bundle %d: crls[%d]: %w", seq, i, err)
+		}
+		crlPEM = append(crlPEM, pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der})...)
+	}
+	return s.setBundle(seq, pemutil.EncodeCerts(roots), crlPEM)
+}
+
+// setBundle installs a bundle already in PEM, unchecked (tests hand
+// Envoy what it refuses through it).
+func (s *Server) setBundle(seq uint64, rootsPEM, crlPEM []byte) error {
+	vc := &tlsv3.CertificateValidationContext{TrustedCa: inline(rootsPEM)}
+	if len(crlPEM) > 0 {
+		vc.Crl = inline(crlPEM)
+		vc.OnlyVerifyLeafCertCrl = true
+	}
+	roots := &tlsv3.Secret{Name: s.cfg.RootsName, Type: &tlsv3.Secret_ValidationContext{ValidationContext: vc}}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.roots, s.seq = roots, seq
+	return s.publishLocked()
+}
+
+// publishLocked makes a new snapshot version of both secrets, once both
+// are set: an SDS answer without a secret Envoy asked for is one Envoy
+// refuses.
+func (s *Server) publishLocked() error {
+	if s.cert == nil || s.roots == nil {
+		return nil
+	}
 	s.version++
-	snap, err := cachev3.NewSnapshot(fmt.Sprint(s.version), map[resourcev3.Type][]types.Resource{
-		resourcev3.SecretType: {cert, roots},
+	version := fmt.Sprintf("%d.%s", s.version, s.instance)
+	snap, err := cachev3.NewSnapshot(version, map[resourcev3.Type][]types.Resource{
+		resourcev3.SecretType: {s.cert, s.roots},
 	})
 	if err != nil {
 		return err
 	}
+	// Known before Envoy can ack it.
+	s.acks.sent(version, s.seq)
 	return s.cache.SetSnapshot(context.Background(), "local", snap)
 }
+
+// AckedBundle returns the bundle sequence Envoy has loaded: the lowest,
+// over the open SDS streams that asked for the trust bundle, of the
+// bundle sequence carried by the version Envoy last acknowledged on that
+// stream (a stream that has acknowledged none counts 0). With no such
+// stream open it keeps its last value; 0 before any.
+func (s *Server) AckedBundle() uint64 { return s.acks.acked() }
+
+// BundleAcked returns a channel closed at the next change of AckedBundle.
+func (s *Server) BundleAcked() <-chan struct{} { return s.acks.changed() }
+
+// Nacked returns how many SDS answers Envoy refused. Envoy keeps the
+// secret it had; the refusal is logged.
+func (s *Server) Nacked() int64 { return s.acks.nacked.Load() }
 
 // Refused returns how many connections were closed because their peer's
 // user is not allowed.
@@ -131,7 +211,7 @@ func Listen(path string) (net.Listener, error) {
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	l = peerFilter(peercred.Listener{Listener: l, Allowed: peercred.Allowed(s.cfg.AllowedUIDs)}, s.cfg.Logger, &s.refused)
 	g := grpc.NewServer()
-	xds := serverv3.NewServer(ctx, s.cache, nil)
+	xds := serverv3.NewServer(ctx, s.cache, &s.acks)
 	secretv3.RegisterSecretDiscoveryServiceServer(g, xds)
 	go func() {
 		<-ctx.Done()

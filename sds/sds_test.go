@@ -48,7 +48,10 @@ func serve(t *testing.T, dir string, cfg Config) (*Server, string) {
 		t.Fatal(err)
 	}
 	cert, _ := x509.ParseCertificate(der)
-	if err := s.Update([]*x509.Certificate{cert}, key, []*x509.Certificate{cert}); err != nil {
+	if err := s.UpdateCertificate([]*x509.Certificate{cert}, key); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.UpdateBundle(1, []*x509.Certificate{cert}, nil); err != nil {
 		t.Fatal(err)
 	}
 	path := filepath.Join(dir, "sds.sock")

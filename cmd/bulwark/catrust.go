@@ -277,7 +277,8 @@ func runCAPhase(step string) func(ctx context.Context, args []string, stdout, st
 func runCARotate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("ca rotate", "[--kind intermediate|root | --to ID] [--wait] [--force]", stderr)
 	af := bindAdmin(fs)
-	kind := fs.String("kind", "", "what to replace: intermediate (a new one under the same root; default) or root (a new root and intermediate)")
+	kind := fs.String("kind", "", "mint the replacement: intermediate (a new one under the same root) or root (a new root and intermediate); "+
+		"default: the newest prepared authority if there is one (bulwark ca prepare), else a new intermediate")
 	to := fs.String("to", "", "rotate to this prepared authority (one handed in with bulwark ca prepare --cert) instead of minting")
 	wait := fs.Bool("wait", false, "follow the rotation until it is done, printing each step and what it waits for")
 	waitFor := fs.Duration("wait-timeout", 0, "with --wait: give up waiting after this long (0: never)")
@@ -305,7 +306,11 @@ func runCARotate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if resp.GetAttached() {
 		fmt.Fprintf(stdout, "a %s rotation of %s is in progress already (step %s, started by %s); following it\n", r.GetKind(), r.GetOld(), r.GetStep(), r.GetBy())
 	} else {
-		fmt.Fprintf(stdout, "%s rotation of %s started\n", r.GetKind(), r.GetOld())
+		to := ""
+		if r.GetTarget() != "" {
+			to = " to " + r.GetTarget()
+		}
+		fmt.Fprintf(stdout, "%s rotation of %s%s started\n", r.GetKind(), r.GetOld(), to)
 		for _, e := range resp.GetEvents() {
 			controlplane.WriteEvent(stdout, e)
 		}
@@ -321,18 +326,24 @@ func runCARotate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		ctx, cancel = context.WithTimeout(ctx, *waitFor)
 		defer cancel()
 	}
-	return followRotation(ctx, c, r, stdout, *af.timeout)
+	return followRotation(ctx, c, r, resp.GetEvents(), stdout, *af.timeout)
 }
 
 // followRotation polls the status until the rotation r is done, printing
 // each step once and what it waits for whenever that changes. While the
 // control plane does not answer (restarting), it says so and keeps
 // trying: the rotation is stored, and resumes.
-func followRotation(ctx context.Context, c cav1.TrustAdminClient, r *cav1.TrustRotation, out io.Writer, timeout time.Duration) error {
+func followRotation(ctx context.Context, c cav1.TrustAdminClient, r *cav1.TrustRotation, seenEvents []*cav1.TrustEvent, out io.Writer, timeout time.Duration) error {
 	old, lastStep, lastWait, down := r.GetOld(), "", "", false
-	lastEvent := time.Time{}
-	if r.GetStartedAt() != nil {
-		lastEvent = r.GetStartedAt().AsTime()
+	started := r.GetStartedAt().AsTime()
+	// Events are printed once each: several may share a time (a forced
+	// step records two at once), so they are told apart whole.
+	seen := map[string]bool{}
+	key := func(e *cav1.TrustEvent) string {
+		return fmt.Sprint(e.GetAt().AsTime().UnixNano(), e.GetAction(), e.GetAuthority(), e.GetWho(), e.GetDetail())
+	}
+	for _, e := range seenEvents {
+		seen[key(e)] = true
 	}
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
@@ -356,9 +367,9 @@ func followRotation(ctx context.Context, c cav1.TrustAdminClient, r *cav1.TrustR
 				down = false
 			}
 			for _, e := range st.GetEvents() {
-				if at := e.GetAt().AsTime(); at.After(lastEvent) {
+				if k := key(e); !seen[k] && !e.GetAt().AsTime().Before(started) {
+					seen[k] = true
 					controlplane.WriteEvent(out, e)
-					lastEvent = at
 				}
 			}
 			cur := st.GetRotation()

@@ -87,6 +87,18 @@ type Config struct {
 	// rate limit buckets with; defaults to time.Now. (Certificate
 	// lifetimes are the CA's clock, not this.)
 	Now func() time.Time
+	// Bundles is the trust bundle handed out (roots and CRLs, in every
+	// answer and over WatchTrustBundle). Nil: the CA's roots, at sequence
+	// 0, without CRLs, never changing.
+	Bundles BundleSource
+	// Revoked says whether a caller is revoked: it is then refused a
+	// certificate, whatever its credential, and the trust bundle stream.
+	// Nil: nothing is revoked.
+	Revoked RevokedFunc
+	// MaxBundleWatchers caps the open WatchTrustBundle streams; zero
+	// means DefaultMaxBundleWatchers, negative no limit. (Each workload
+	// has at most MaxBundleWatchesPerWorkload.)
+	MaxBundleWatchers int
 }
 
 // Server implements the CertificateService.
@@ -97,6 +109,8 @@ type Server struct {
 	requests         *prometheus.CounterVec
 	limits           *limiter
 	reservedRefusals prometheus.Counter
+	bundles          BundleSource
+	watch            *watchers
 
 	mu      sync.Mutex
 	issued  map[string]Issued // the latest certificate per workload
@@ -170,12 +184,22 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, log: cfg.Logger.With("component", "issuer"), issued: map[string]Issued{},
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "bulwark_issuer_requests_total",
-			Help: "Certificate signing requests, by how the caller authenticated and the result.",
+			Help: "CA service requests: certificate signing requests by how the caller authenticated (method) and the result " +
+				"(a status code, or revoked), and trust bundle streams (method watch).",
 		}, []string{"method", "result"}),
 		reservedRefusals: newReservedRefusals()}
 	s.limits = newLimiter(cfg.RateLimit, cfg.Now)
+	s.bundles = cfg.Bundles
+	if s.bundles == nil {
+		s.bundles = staticBundle{cfg.CA}
+	}
+	maxWatchers := cfg.MaxBundleWatchers
+	if maxWatchers == 0 {
+		maxWatchers = DefaultMaxBundleWatchers
+	}
+	s.watch = newWatchers(maxWatchers)
 	if cfg.Registerer != nil {
-		cfg.Registerer.MustRegister(s.requests, s.limits.limited, s.reservedRefusals)
+		cfg.Registerer.MustRegister(s.requests, s.limits.limited, s.reservedRefusals, s.watch.gauge, s.watch.acks)
 		cfg.Registerer.MustRegister(expiryCollector{s})
 	}
 	return s, nil
@@ -193,8 +217,12 @@ func (s *Server) SignCertificate(ctx context.Context, req *cav1.SignCertificateR
 	if err != nil {
 		// Every value in the refusal may come from the caller: the log
 		// line and the answer are bounded whatever it sent.
+		result := status.Code(err).String()
+		if errors.As(err, new(errRevoked)) {
+			result = resultRevoked
+		}
 		err = boundStatus(err)
-		s.requests.WithLabelValues(method, status.Code(err).String()).Inc()
+		s.requests.WithLabelValues(method, result).Inc()
 		level := slog.LevelWarn
 		if status.Code(err) == codes.ResourceExhausted {
 			// A caller over its rate would otherwise buy a log line per
@@ -251,6 +279,16 @@ func (s *Server) sign(ctx context.Context, req *cav1.SignCertificateRequest, met
 	}
 	td := s.cfg.CA.TrustDomain()
 
+	// A revoked workload, or the certificate presented, is refused before
+	// a credential is spent on it (a join token is used up once redeemed,
+	// a ServiceAccount token costs a TokenReview); the identity it would
+	// get is checked once known.
+	serial := ""
+	if leaf := peerLeaf(ctx); leaf != nil {
+		serial = leaf.SerialNumber.Text(16)
+	}
+	revokedWorkload := func() error { return s.checkRevoked(serial, spiffeid.ID{}, req.GetWorkload()) }
+
 	// Who is calling: a certificate already issued to it, or a join token.
 	var peerID spiffeid.ID
 	var peerWorkload *ca.Workload // the workload the caller's certificate names, if it names one
@@ -258,6 +296,9 @@ func (s *Server) sign(ctx context.Context, req *cav1.SignCertificateRequest, met
 	switch pid, perr := spiffetls.PeerID(ctx); {
 	case perr == nil:
 		*method = "certificate"
+		if err := revokedWorkload(); err != nil {
+			return nil, "", err
+		}
 		peerID = pid
 		if leaf := peerLeaf(ctx); leaf != nil {
 			if w, ok := ca.WorkloadOf(leaf); ok {
@@ -269,6 +310,9 @@ func (s *Server) sign(ctx context.Context, req *cav1.SignCertificateRequest, met
 		if s.cfg.Tokens == nil {
 			return nil, "", status.Error(codes.Unauthenticated, "join tokens are not accepted here")
 		}
+		if err := revokedWorkload(); err != nil {
+			return nil, "", err
+		}
 		if err := s.cfg.Tokens.Redeem(bearer(ctx, contract.JoinTokenScheme), req.GetWorkload()); err != nil {
 			return nil, "", status.Errorf(codes.Unauthenticated, "%v", err)
 		}
@@ -276,6 +320,9 @@ func (s *Server) sign(ctx context.Context, req *cav1.SignCertificateRequest, met
 		*method = "serviceaccount_token"
 		if s.cfg.ServiceAccounts == nil {
 			return nil, "", status.Error(codes.Unauthenticated, "ServiceAccount tokens are not accepted here")
+		}
+		if err := revokedWorkload(); err != nil {
+			return nil, "", err
 		}
 		sa, err := s.cfg.ServiceAccounts.Review(ctx, bearer(ctx, contract.ServiceAccountTokenScheme))
 		if err != nil {
@@ -310,6 +357,9 @@ func (s *Server) sign(ctx context.Context, req *cav1.SignCertificateRequest, met
 	if err := s.checkReserved(id, req.GetWorkload(), *method); err != nil {
 		return nil, "", err
 	}
+	if err := s.checkRevoked(serial, id, req.GetWorkload()); err != nil {
+		return nil, "", err
+	}
 	if !peerID.IsZero() && peerID != id {
 		return nil, "", status.Errorf(codes.PermissionDenied, "your certificate is %s, but workload %s is %s", peerID, req.GetWorkload(), id)
 	}
@@ -340,9 +390,11 @@ func (s *Server) sign(ctx context.Context, req *cav1.SignCertificateRequest, met
 	for _, c := range chain {
 		resp.CertChain = append(resp.CertChain, c.Raw)
 	}
-	for _, r := range s.cfg.CA.Roots() {
+	b, _ := s.bundles.Bundle()
+	for _, r := range b.Roots {
 		resp.TrustBundle = append(resp.TrustBundle, r.Raw)
 	}
+	resp.BundleSequence, resp.Crls = b.Sequence, b.CRLs
 	return resp, id.String(), nil
 }
 

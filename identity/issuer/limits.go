@@ -2,6 +2,7 @@ package issuer
 
 import (
 	"context"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -27,6 +28,22 @@ const (
 	// MaxCredentialBytes bounds the authorization metadata: a join token
 	// is under 100 bytes, a projected ServiceAccount token a few KiB.
 	MaxCredentialBytes = 16 << 10
+)
+
+// Bounds of the trust bundle streams (WatchTrustBundle).
+const (
+	// MaxBundleWatchesPerWorkload: an agent holds one stream, and opens
+	// the next before the last one is closed when it renews.
+	MaxBundleWatchesPerWorkload = 2
+	// DefaultMaxBundleWatchers caps the streams of all workloads
+	// together: twice what 8,000 sidecars hold, as the gRPC port's
+	// connection cap (controlplane.DefaultMaxConnections) is sized. A
+	// stream costs a goroutine pair and a report of a few hundred bytes.
+	DefaultMaxBundleWatchers = 16384
+	// ReportGrace is how long a workload's report stays after its last
+	// stream ended: an agent reconnecting (a control plane restart, a
+	// network blip) keeps its place in the status meanwhile.
+	ReportGrace = 2 * time.Minute
 )
 
 // checkSize refuses, before anything is parsed or logged, a request or

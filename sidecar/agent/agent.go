@@ -98,10 +98,29 @@ type Agent struct {
 	td   spiffeid.TrustDomain
 	rand *mrand.Rand
 
+	randMu sync.Mutex // rand is used by the renewal loop and the bundle watch
+
 	mu     sync.Mutex
 	svid   *x509svid.SVID
-	bundle []*x509.Certificate
+	certCh chan struct{} // closed when svid changes
 	envoy  *envoy.Process
+	// The trust bundle held: its roots are also the anchors the control
+	// plane is verified with.
+	bundle    []*x509.Certificate
+	crls      [][]byte
+	bundleSeq uint64
+	// signing and reissueWithin come from the latest bundle pushed:
+	// the authority that signs now, and the window to move to it in.
+	signing       *x509.Certificate
+	reissueWithin time.Duration
+	// reissuedFor is the bundle for which a move to its signing
+	// authority was scheduled: once per bundle, never in a loop.
+	reissuedFor uint64
+	reissueSet  bool
+	// renewBy, when set, asks the renewal loop to renew no later than it;
+	// renewWake tells the loop to look.
+	renewBy   time.Time
+	renewWake chan struct{}
 
 	ready chan struct{}
 }
@@ -131,8 +150,9 @@ func New(cfg Config) (*Agent, error) {
 	return &Agent{
 		cfg: cfg, log: cfg.Logger.With("component", "agent", "workload", cfg.Workload), sds: s,
 		td: cfg.ControlPlaneID.TrustDomain(), bundle: cfg.TrustBundle,
-		rand:  mrand.New(mrand.NewPCG(uint64(time.Now().UnixNano()), 0)),
-		ready: make(chan struct{}),
+		rand:   mrand.New(mrand.NewPCG(uint64(time.Now().UnixNano()), 0)),
+		ready:  make(chan struct{}),
+		certCh: make(chan struct{}), renewWake: make(chan struct{}, 1),
 	}, nil
 }
 
@@ -157,14 +177,34 @@ func (a *Agent) SVID() *x509svid.SVID {
 	return a.svid
 }
 
+// BundleSequence returns the sequence of the trust bundle the agent
+// holds, and of the one its Envoy has acknowledged (0 before any).
+func (a *Agent) BundleSequence() (agent, proxy uint64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.bundleSeq, a.sds.AckedBundle()
+}
+
+// random returns a number in [0,1) from the agent's source, which the
+// renewal loop and the bundle watch share.
+func (a *Agent) random() float64 {
+	a.randMu.Lock()
+	defer a.randMu.Unlock()
+	return a.rand.Float64()
+}
+
 // Run obtains the first certificate, serves SDS, writes the bootstrap,
-// starts Envoy if configured, and renews until ctx ends or Envoy exits.
+// starts Envoy if configured, keeps the trust bundle up to date (see
+// watchBundle), and renews until ctx ends or Envoy exits.
 func (a *Agent) Run(ctx context.Context) error {
 	svid, bundle, err := a.firstCertificate(ctx)
 	if err != nil {
 		return err
 	}
-	if err := a.install(svid, bundle); err != nil {
+	if err := a.installBundle(bundle); err != nil {
+		return err
+	}
+	if err := a.install(svid); err != nil {
 		return err
 	}
 	lis, err := sds.Listen(a.cfg.SDSSocket)
@@ -204,10 +244,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		defer func() { _ = p.Stop(10 * time.Second) }()
 	}
 	close(a.ready)
+	watchDone := make(chan struct{})
+	go func() { a.watchBundle(ctx); close(watchDone) }()
+	defer func() { cancel(); <-watchDone }()
 
 	obtained := a.cfg.Now()
-	retry := backoff{base: time.Second, rand: a.rand.Float64}
-	wait := RenewAt(obtained, svid.Certificates[0].NotAfter, a.rand.Float64()).Sub(a.cfg.Now())
+	retry := backoff{base: time.Second, rand: a.random}
+	wait := RenewAt(obtained, svid.Certificates[0].NotAfter, a.random()).Sub(a.cfg.Now())
 	for {
 		select {
 		case <-ctx.Done():
@@ -219,6 +262,17 @@ func (a *Agent) Run(ctx context.Context) error {
 				return nil // it stopped because we are stopping
 			}
 			return fmt.Errorf("agent: SDS server stopped: %w", err)
+		case <-a.renewWake:
+			// The bundle watch asks for an earlier renewal: wait the
+			// shorter of the two.
+			a.mu.Lock()
+			by := a.renewBy
+			a.renewBy = time.Time{}
+			a.mu.Unlock()
+			if !by.IsZero() {
+				wait = min(wait, by.Sub(a.cfg.Now()))
+			}
+			continue
 		case <-a.cfg.After(max(wait, 0)):
 		}
 		next, nbundle, err := a.fetch(ctx, svid)
@@ -233,11 +287,30 @@ func (a *Agent) Run(ctx context.Context) error {
 			continue
 		}
 		retry.reset()
-		if err := a.install(next, nbundle); err != nil {
+		// The answer's bundle is installed only if it is newer than the
+		// one the watch brought.
+		if err := a.installBundle(nbundle); err != nil {
+			return err
+		}
+		if err := a.install(next); err != nil {
 			return err
 		}
 		svid, obtained = next, a.cfg.Now()
-		wait = RenewAt(obtained, svid.Certificates[0].NotAfter, a.rand.Float64()).Sub(a.cfg.Now())
+		wait = RenewAt(obtained, svid.Certificates[0].NotAfter, a.random()).Sub(a.cfg.Now())
+	}
+}
+
+// renewSoon asks the renewal loop to renew within d.
+func (a *Agent) renewSoon(d time.Duration) {
+	by := a.cfg.Now().Add(d)
+	a.mu.Lock()
+	if a.renewBy.IsZero() || by.Before(a.renewBy) {
+		a.renewBy = by
+	}
+	a.mu.Unlock()
+	select {
+	case a.renewWake <- struct{}{}:
+	default: // the loop has a wake-up pending already
 	}
 }
 
@@ -265,11 +338,11 @@ func (a *Agent) sleep(ctx context.Context, d time.Duration) bool {
 // firstCertificate fetches with the join token, waiting for a control
 // plane that is not up yet but giving up at once on a refused credential:
 // a join token works once, and retrying cannot fix it.
-func (a *Agent) firstCertificate(ctx context.Context) (*x509svid.SVID, []*x509.Certificate, error) {
+func (a *Agent) firstCertificate(ctx context.Context) (*x509svid.SVID, heldBundle, error) {
 	if a.cfg.JoinToken == "" && a.cfg.ServiceAccountTokenFile == "" {
-		return nil, nil, errors.New("agent: no credential for the first certificate: give it a join token or a ServiceAccount token file")
+		return nil, heldBundle{}, errors.New("agent: no credential for the first certificate: give it a join token or a ServiceAccount token file")
 	}
-	retry := backoff{base: 200 * time.Millisecond, rand: a.rand.Float64}
+	retry := backoff{base: 200 * time.Millisecond, rand: a.random}
 	for {
 		svid, bundle, err := a.fetch(ctx, nil)
 		if err == nil {
@@ -277,37 +350,50 @@ func (a *Agent) firstCertificate(ctx context.Context) (*x509svid.SVID, []*x509.C
 		}
 		switch status.Code(err) {
 		case codes.Unauthenticated, codes.PermissionDenied, codes.InvalidArgument, codes.FailedPrecondition:
-			return nil, nil, fmt.Errorf("agent: the control plane refused the first certificate: %w", err)
+			return nil, heldBundle{}, fmt.Errorf("agent: the control plane refused the first certificate: %w", err)
 		}
 		wait := retry.wait(err, 5*time.Second)
 		a.log.Warn("control plane not reachable, not ready or busy; retrying", "err", err, "in", wait.Round(time.Millisecond))
 		if !a.sleep(ctx, wait) {
-			return nil, nil, ctx.Err()
+			return nil, heldBundle{}, ctx.Err()
 		}
 	}
 }
 
+// heldBundle is a trust bundle as the agent holds it.
+type heldBundle struct {
+	seq   uint64
+	roots []*x509.Certificate
+	crls  [][]byte
+}
+
+// anchors returns the roots the control plane is verified with: the
+// latest bundle's.
+func (a *Agent) anchors() *x509bundle.Bundle {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return x509bundle.FromX509Authorities(a.td, a.bundle)
+}
+
 // fetch generates a new key and has the CA sign it. With current set it
 // authenticates with that certificate, otherwise with the join token.
-func (a *Agent) fetch(ctx context.Context, current *x509svid.SVID) (*x509svid.SVID, []*x509.Certificate, error) {
+func (a *Agent) fetch(ctx context.Context, current *x509svid.SVID) (*x509svid.SVID, heldBundle, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return nil, nil, err
+		return nil, heldBundle{}, err
 	}
 	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
 	if err != nil {
-		return nil, nil, err
+		return nil, heldBundle{}, err
 	}
-	a.mu.Lock()
-	anchors := x509bundle.FromX509Authorities(a.td, a.bundle)
-	a.mu.Unlock()
+	anchors := a.anchors()
 	var tlsCfg = spiffetls.ClientConfig(nil, anchors, a.cfg.ControlPlaneID)
 	if current != nil {
 		tlsCfg = spiffetls.ClientConfig(current, anchors, a.cfg.ControlPlaneID)
 	}
 	conn, err := grpc.NewClient(a.cfg.ControlPlane, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
 	if err != nil {
-		return nil, nil, err
+		return nil, heldBundle{}, err
 	}
 	defer conn.Close()
 	if current == nil {
@@ -315,7 +401,7 @@ func (a *Agent) fetch(ctx context.Context, current *x509svid.SVID) (*x509svid.SV
 		if a.cfg.ServiceAccountTokenFile != "" {
 			tok, err := os.ReadFile(a.cfg.ServiceAccountTokenFile)
 			if err != nil {
-				return nil, nil, fmt.Errorf("agent: ServiceAccount token: %w", err)
+				return nil, heldBundle{}, fmt.Errorf("agent: ServiceAccount token: %w", err)
 			}
 			cred = contract.ServiceAccountTokenScheme + " " + strings.TrimSpace(string(tok))
 		}
@@ -327,39 +413,72 @@ func (a *Agent) fetch(ctx context.Context, current *x509svid.SVID) (*x509svid.SV
 		Csr: csr, Workload: a.cfg.Workload, TtlSeconds: int64(a.cfg.CertTTL / time.Second),
 	})
 	if err != nil {
-		return nil, nil, err
+		return nil, heldBundle{}, err
 	}
 	svid, err := x509svid.ParseRaw(concat(resp.GetCertChain()), mustPKCS8(key))
 	if err != nil {
-		return nil, nil, fmt.Errorf("agent: the CA's answer is not an X.509-SVID: %w", err)
+		return nil, heldBundle{}, fmt.Errorf("agent: the CA's answer is not an X.509-SVID: %w", err)
 	}
-	var bundle []*x509.Certificate
-	for _, der := range resp.GetTrustBundle() {
+	roots, err := parseCerts(resp.GetTrustBundle())
+	if err != nil {
+		return nil, heldBundle{}, fmt.Errorf("agent: trust bundle: %w", err)
+	}
+	// Trust but verify: the chain must verify against the anchors this
+	// agent verified the control plane with.
+	if _, _, err := x509svid.Verify(svid.Certificates, anchors); err != nil {
+		return nil, heldBundle{}, fmt.Errorf("agent: the certificate does not verify against the trust anchors: %w", err)
+	}
+	return svid, heldBundle{seq: resp.GetBundleSequence(), roots: roots, crls: resp.GetCrls()}, nil
+}
+
+func parseCerts(ders [][]byte) ([]*x509.Certificate, error) {
+	var out []*x509.Certificate
+	for i, der := range ders {
 		c, err := x509.ParseCertificate(der)
 		if err != nil {
-			return nil, nil, fmt.Errorf("agent: trust bundle: %w", err)
+			return nil, fmt.Errorf("certificate %d: %w", i, err)
 		}
-		bundle = append(bundle, c)
+		out = append(out, c)
 	}
-	// Trust but verify: the chain must verify against the bundle it came
-	// with and the anchors this agent started from.
-	if _, _, err := x509svid.Verify(svid.Certificates, anchors); err != nil {
-		return nil, nil, fmt.Errorf("agent: the certificate does not verify against the trust anchors: %w", err)
-	}
-	return svid, bundle, nil
+	return out, nil
 }
 
 // install serves a new certificate over SDS.
-func (a *Agent) install(svid *x509svid.SVID, bundle []*x509.Certificate) error {
-	if err := a.sds.Update(svid.Certificates, svid.PrivateKey, bundle); err != nil {
+func (a *Agent) install(svid *x509svid.SVID) error {
+	if err := a.sds.UpdateCertificate(svid.Certificates, svid.PrivateKey); err != nil {
 		return fmt.Errorf("agent: SDS: %w", err)
 	}
 	a.mu.Lock()
-	a.svid, a.bundle = svid, bundle
+	a.svid = svid
+	close(a.certCh)
+	a.certCh = make(chan struct{})
 	a.mu.Unlock()
 	leaf := svid.Certificates[0]
 	a.log.Info("certificate installed", "id", svid.ID, "serial", leaf.SerialNumber.Text(16),
 		"expires", leaf.NotAfter.Format(time.RFC3339))
+	return nil
+}
+
+// installBundle serves a trust bundle over SDS, unless the agent holds
+// one at least as new already (a renewal's answer after a push), and
+// makes its roots the anchors the control plane is verified with.
+func (a *Agent) installBundle(b heldBundle) error {
+	a.mu.Lock()
+	held, seq := a.svid != nil, a.bundleSeq
+	a.mu.Unlock()
+	if held && b.seq <= seq {
+		return nil
+	}
+	if len(b.roots) == 0 {
+		return fmt.Errorf("agent: trust bundle %d has no root", b.seq)
+	}
+	if err := a.sds.UpdateBundle(b.seq, b.roots, b.crls); err != nil {
+		return fmt.Errorf("agent: SDS: %w", err)
+	}
+	a.mu.Lock()
+	a.bundle, a.crls, a.bundleSeq = b.roots, b.crls, b.seq
+	a.mu.Unlock()
+	a.log.Info("trust bundle installed", "sequence", b.seq, "roots", len(b.roots), "crls", len(b.crls))
 	return nil
 }
 

@@ -116,6 +116,13 @@ type scriptedCA struct {
 	done    func()
 }
 
+// WatchTrustBundle holds the stream open and sends nothing: this test is
+// about renewals, whose waits are all the fake clock should see.
+func (s *scriptedCA) WatchTrustBundle(stream cav1.CertificateService_WatchTrustBundleServer) error {
+	<-stream.Context().Done()
+	return nil
+}
+
 func (s *scriptedCA) SignCertificate(_ context.Context, req *cav1.SignCertificateRequest) (*cav1.SignCertificateResponse, error) {
 	s.mu.Lock()
 	if len(s.answers) == 0 {

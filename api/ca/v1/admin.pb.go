@@ -1179,7 +1179,9 @@ func (x *ChangeResponse) GetAuthority() string {
 type RotateRequest struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Operator *Operator              `protobuf:"bytes,1,opt,name=operator,proto3" json:"operator,omitempty"`
-	// "intermediate" (default) or "root": the new authority is minted.
+	// "intermediate" or "root": the new authority is minted. Empty (with
+	// no target): the newest prepared authority if there is one, else a new
+	// intermediate.
 	Kind string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
 	// Or the ID of an authority already prepared (handed in): the rotation
 	// activates it and removes the old one, minting nothing.

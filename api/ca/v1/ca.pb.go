@@ -103,7 +103,14 @@ type SignCertificateResponse struct {
 	// The trust anchors of the trust domain, DER.
 	TrustBundle [][]byte `protobuf:"bytes,2,rep,name=trust_bundle,json=trustBundle,proto3" json:"trust_bundle,omitempty"`
 	// The SPIFFE ID the certificate carries.
-	SpiffeId      string `protobuf:"bytes,3,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	SpiffeId string `protobuf:"bytes,3,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	// The sequence number of the trust bundle that trust_bundle and crls
+	// come from (see TrustBundle.sequence); 0 from a control plane that
+	// keeps no sequence.
+	BundleSequence uint64 `protobuf:"varint,4,opt,name=bundle_sequence,json=bundleSequence,proto3" json:"bundle_sequence,omitempty"`
+	// The certificate revocation lists of that bundle, DER (see
+	// TrustBundle.crls).
+	Crls          [][]byte `protobuf:"bytes,5,rep,name=crls,proto3" json:"crls,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -159,6 +166,168 @@ func (x *SignCertificateResponse) GetSpiffeId() string {
 	return ""
 }
 
+func (x *SignCertificateResponse) GetBundleSequence() uint64 {
+	if x != nil {
+		return x.BundleSequence
+	}
+	return 0
+}
+
+func (x *SignCertificateResponse) GetCrls() [][]byte {
+	if x != nil {
+		return x.Crls
+	}
+	return nil
+}
+
+// TrustBundle is what every workload and proxy of the trust domain trusts.
+type TrustBundle struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Moves forward at every change of the bundle; an agent ignores a
+	// bundle whose sequence is not newer than the one it holds.
+	Sequence uint64 `protobuf:"varint,1,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	// The trust anchors (roots), DER.
+	Roots [][]byte `protobuf:"bytes,2,rep,name=roots,proto3" json:"roots,omitempty"`
+	// One certificate revocation list per authority whose leaves are
+	// trusted, DER, each signed by that authority's signing certificate.
+	// Proxies check a peer's leaf against its issuer's CRL and refuse a
+	// leaf whose issuer has none here.
+	Crls [][]byte `protobuf:"bytes,3,rep,name=crls,proto3" json:"crls,omitempty"`
+	// The certificate that signs new leaves now, DER. An agent whose leaf
+	// another certificate signed renews it within reissue_within_ms.
+	SigningCa []byte `protobuf:"bytes,4,opt,name=signing_ca,json=signingCa,proto3" json:"signing_ca,omitempty"`
+	// The window, in milliseconds, over which agents whose leaf signing_ca
+	// did not sign renew it, each at a random moment, so they do not all
+	// renew at once. Zero: renew at once.
+	ReissueWithinMs int64 `protobuf:"varint,5,opt,name=reissue_within_ms,json=reissueWithinMs,proto3" json:"reissue_within_ms,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *TrustBundle) Reset() {
+	*x = TrustBundle{}
+	mi := &file_api_ca_v1_ca_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TrustBundle) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TrustBundle) ProtoMessage() {}
+
+func (x *TrustBundle) ProtoReflect() protoreflect.Message {
+	mi := &file_api_ca_v1_ca_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TrustBundle.ProtoReflect.Descriptor instead.
+func (*TrustBundle) Descriptor() ([]byte, []int) {
+	return file_api_ca_v1_ca_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *TrustBundle) GetSequence() uint64 {
+	if x != nil {
+		return x.Sequence
+	}
+	return 0
+}
+
+func (x *TrustBundle) GetRoots() [][]byte {
+	if x != nil {
+		return x.Roots
+	}
+	return nil
+}
+
+func (x *TrustBundle) GetCrls() [][]byte {
+	if x != nil {
+		return x.Crls
+	}
+	return nil
+}
+
+func (x *TrustBundle) GetSigningCa() []byte {
+	if x != nil {
+		return x.SigningCa
+	}
+	return nil
+}
+
+func (x *TrustBundle) GetReissueWithinMs() int64 {
+	if x != nil {
+		return x.ReissueWithinMs
+	}
+	return 0
+}
+
+// TrustBundleAck reports which bundle an agent holds and which its Envoy
+// has loaded.
+type TrustBundleAck struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The sequence of the latest bundle the agent has installed. Never
+	// beyond the latest one the control plane sent on this stream.
+	Sequence uint64 `protobuf:"varint,1,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	// The sequence of the latest bundle the agent's Envoy has acknowledged
+	// over SDS on every stream that asked for the trust bundle; 0 before
+	// any (or with no Envoy).
+	ProxySequence uint64 `protobuf:"varint,2,opt,name=proxy_sequence,json=proxySequence,proto3" json:"proxy_sequence,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TrustBundleAck) Reset() {
+	*x = TrustBundleAck{}
+	mi := &file_api_ca_v1_ca_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TrustBundleAck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TrustBundleAck) ProtoMessage() {}
+
+func (x *TrustBundleAck) ProtoReflect() protoreflect.Message {
+	mi := &file_api_ca_v1_ca_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TrustBundleAck.ProtoReflect.Descriptor instead.
+func (*TrustBundleAck) Descriptor() ([]byte, []int) {
+	return file_api_ca_v1_ca_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *TrustBundleAck) GetSequence() uint64 {
+	if x != nil {
+		return x.Sequence
+	}
+	return 0
+}
+
+func (x *TrustBundleAck) GetProxySequence() uint64 {
+	if x != nil {
+		return x.ProxySequence
+	}
+	return 0
+}
+
 var File_api_ca_v1_ca_proto protoreflect.FileDescriptor
 
 const file_api_ca_v1_ca_proto_rawDesc = "" +
@@ -168,14 +337,27 @@ const file_api_ca_v1_ca_proto_rawDesc = "" +
 	"\x03csr\x18\x01 \x01(\fR\x03csr\x12\x1a\n" +
 	"\bworkload\x18\x02 \x01(\tR\bworkload\x12\x1f\n" +
 	"\vttl_seconds\x18\x03 \x01(\x03R\n" +
-	"ttlSeconds\"x\n" +
+	"ttlSeconds\"\xb5\x01\n" +
 	"\x17SignCertificateResponse\x12\x1d\n" +
 	"\n" +
 	"cert_chain\x18\x01 \x03(\fR\tcertChain\x12!\n" +
 	"\ftrust_bundle\x18\x02 \x03(\fR\vtrustBundle\x12\x1b\n" +
-	"\tspiffe_id\x18\x03 \x01(\tR\bspiffeId2v\n" +
+	"\tspiffe_id\x18\x03 \x01(\tR\bspiffeId\x12'\n" +
+	"\x0fbundle_sequence\x18\x04 \x01(\x04R\x0ebundleSequence\x12\x12\n" +
+	"\x04crls\x18\x05 \x03(\fR\x04crls\"\x9e\x01\n" +
+	"\vTrustBundle\x12\x1a\n" +
+	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12\x14\n" +
+	"\x05roots\x18\x02 \x03(\fR\x05roots\x12\x12\n" +
+	"\x04crls\x18\x03 \x03(\fR\x04crls\x12\x1d\n" +
+	"\n" +
+	"signing_ca\x18\x04 \x01(\fR\tsigningCa\x12*\n" +
+	"\x11reissue_within_ms\x18\x05 \x01(\x03R\x0freissueWithinMs\"S\n" +
+	"\x0eTrustBundleAck\x12\x1a\n" +
+	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12%\n" +
+	"\x0eproxy_sequence\x18\x02 \x01(\x04R\rproxySequence2\xc9\x01\n" +
 	"\x12CertificateService\x12`\n" +
-	"\x0fSignCertificate\x12%.bulwark.ca.v1.SignCertificateRequest\x1a&.bulwark.ca.v1.SignCertificateResponseB/Z-github.com/bulwarkmesh/bulwark/api/ca/v1;cav1b\x06proto3"
+	"\x0fSignCertificate\x12%.bulwark.ca.v1.SignCertificateRequest\x1a&.bulwark.ca.v1.SignCertificateResponse\x12Q\n" +
+	"\x10WatchTrustBundle\x12\x1d.bulwark.ca.v1.TrustBundleAck\x1a\x1a.bulwark.ca.v1.TrustBundle(\x010\x01B/Z-github.com/bulwarkmesh/bulwark/api/ca/v1;cav1b\x06proto3"
 
 var (
 	file_api_ca_v1_ca_proto_rawDescOnce sync.Once
@@ -189,16 +371,20 @@ func file_api_ca_v1_ca_proto_rawDescGZIP() []byte {
 	return file_api_ca_v1_ca_proto_rawDescData
 }
 
-var file_api_ca_v1_ca_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_api_ca_v1_ca_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_api_ca_v1_ca_proto_goTypes = []any{
 	(*SignCertificateRequest)(nil),  // 0: bulwark.ca.v1.SignCertificateRequest
 	(*SignCertificateResponse)(nil), // 1: bulwark.ca.v1.SignCertificateResponse
+	(*TrustBundle)(nil),             // 2: bulwark.ca.v1.TrustBundle
+	(*TrustBundleAck)(nil),          // 3: bulwark.ca.v1.TrustBundleAck
 }
 var file_api_ca_v1_ca_proto_depIdxs = []int32{
 	0, // 0: bulwark.ca.v1.CertificateService.SignCertificate:input_type -> bulwark.ca.v1.SignCertificateRequest
-	1, // 1: bulwark.ca.v1.CertificateService.SignCertificate:output_type -> bulwark.ca.v1.SignCertificateResponse
-	1, // [1:2] is the sub-list for method output_type
-	0, // [0:1] is the sub-list for method input_type
+	3, // 1: bulwark.ca.v1.CertificateService.WatchTrustBundle:input_type -> bulwark.ca.v1.TrustBundleAck
+	1, // 2: bulwark.ca.v1.CertificateService.SignCertificate:output_type -> bulwark.ca.v1.SignCertificateResponse
+	2, // 3: bulwark.ca.v1.CertificateService.WatchTrustBundle:output_type -> bulwark.ca.v1.TrustBundle
+	2, // [2:4] is the sub-list for method output_type
+	0, // [0:2] is the sub-list for method input_type
 	0, // [0:0] is the sub-list for extension type_name
 	0, // [0:0] is the sub-list for extension extendee
 	0, // [0:0] is the sub-list for field type_name
@@ -215,7 +401,7 @@ func file_api_ca_v1_ca_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_ca_v1_ca_proto_rawDesc), len(file_api_ca_v1_ca_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   2,
+			NumMessages:   4,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

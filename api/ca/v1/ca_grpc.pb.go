@@ -27,7 +27,8 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	CertificateService_SignCertificate_FullMethodName = "/bulwark.ca.v1.CertificateService/SignCertificate"
+	CertificateService_SignCertificate_FullMethodName  = "/bulwark.ca.v1.CertificateService/SignCertificate"
+	CertificateService_WatchTrustBundle_FullMethodName = "/bulwark.ca.v1.CertificateService/WatchTrustBundle"
 )
 
 // CertificateServiceClient is the client API for CertificateService service.
@@ -37,6 +38,14 @@ type CertificateServiceClient interface {
 	// SignCertificate signs the public key in csr for the caller's own
 	// identity. A request that asks for another identity is refused.
 	SignCertificate(ctx context.Context, in *SignCertificateRequest, opts ...grpc.CallOption) (*SignCertificateResponse, error)
+	// WatchTrustBundle streams the trust bundle to an agent: the current one
+	// at once, then every change. The agent answers each bundle it has
+	// installed with a TrustBundleAck, and again when its Envoy has loaded
+	// it, so the control plane knows which bundle every proxy holds before
+	// it activates or removes an authority. Only a caller presenting its
+	// current certificate, which names its workload, may watch; the
+	// workload reported is the certificate's, never one the agent names.
+	WatchTrustBundle(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[TrustBundleAck, TrustBundle], error)
 }
 
 type certificateServiceClient struct {
@@ -57,6 +66,19 @@ func (c *certificateServiceClient) SignCertificate(ctx context.Context, in *Sign
 	return out, nil
 }
 
+func (c *certificateServiceClient) WatchTrustBundle(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[TrustBundleAck, TrustBundle], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &CertificateService_ServiceDesc.Streams[0], CertificateService_WatchTrustBundle_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[TrustBundleAck, TrustBundle]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type CertificateService_WatchTrustBundleClient = grpc.BidiStreamingClient[TrustBundleAck, TrustBundle]
+
 // CertificateServiceServer is the server API for CertificateService service.
 // All implementations must embed UnimplementedCertificateServiceServer
 // for forward compatibility.
@@ -64,6 +86,14 @@ type CertificateServiceServer interface {
 	// SignCertificate signs the public key in csr for the caller's own
 	// identity. A request that asks for another identity is refused.
 	SignCertificate(context.Context, *SignCertificateRequest) (*SignCertificateResponse, error)
+	// WatchTrustBundle streams the trust bundle to an agent: the current one
+	// at once, then every change. The agent answers each bundle it has
+	// installed with a TrustBundleAck, and again when its Envoy has loaded
+	// it, so the control plane knows which bundle every proxy holds before
+	// it activates or removes an authority. Only a caller presenting its
+	// current certificate, which names its workload, may watch; the
+	// workload reported is the certificate's, never one the agent names.
+	WatchTrustBundle(grpc.BidiStreamingServer[TrustBundleAck, TrustBundle]) error
 	mustEmbedUnimplementedCertificateServiceServer()
 }
 
@@ -76,6 +106,9 @@ type UnimplementedCertificateServiceServer struct{}
 
 func (UnimplementedCertificateServiceServer) SignCertificate(context.Context, *SignCertificateRequest) (*SignCertificateResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SignCertificate not implemented")
+}
+func (UnimplementedCertificateServiceServer) WatchTrustBundle(grpc.BidiStreamingServer[TrustBundleAck, TrustBundle]) error {
+	return status.Error(codes.Unimplemented, "method WatchTrustBundle not implemented")
 }
 func (UnimplementedCertificateServiceServer) mustEmbedUnimplementedCertificateServiceServer() {}
 func (UnimplementedCertificateServiceServer) testEmbeddedByValue()                            {}
@@ -116,6 +149,13 @@ func _CertificateService_SignCertificate_Handler(srv interface{}, ctx context.Co
 	return interceptor(ctx, in, info, handler)
 }
 
+func _CertificateService_WatchTrustBundle_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(CertificateServiceServer).WatchTrustBundle(&grpc.GenericServerStream[TrustBundleAck, TrustBundle]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type CertificateService_WatchTrustBundleServer = grpc.BidiStreamingServer[TrustBundleAck, TrustBundle]
+
 // CertificateService_ServiceDesc is the grpc.ServiceDesc for CertificateService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -128,6 +168,13 @@ var CertificateService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _CertificateService_SignCertificate_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "WatchTrustBundle",
+			Handler:       _CertificateService_WatchTrustBundle_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+	},
 	Metadata: "api/ca/v1/ca.proto",
 }
