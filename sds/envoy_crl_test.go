@@ -1,7 +1,10 @@
 package sds
 
 import (
+	"crypto/tls"
 	"crypto/x509"
+	"io"
+	"net/http"
 	"strings"
 	"syscall"
 	"testing"
@@ -197,4 +200,56 @@ func rootsPEM(cs ...*x509.Certificate) string {
 		b.WriteString(string(pemEncodeCert(c)))
 	}
 	return b.String()
+}
+
+// TestEnvoyKeepsConnectionsOpenedBeforeARevocation records a limit of
+// the CRL mechanism that whoever enforces revocation must cover: Envoy
+// checks the CRL in the TLS handshake only, so a connection established
+// before the bundle that revokes its peer's leaf stays open and keeps
+// serving requests (HTTP keep-alive here; HTTP/2 between sidecars alike)
+// after Envoy has acknowledged that bundle. A new connection is refused.
+// If this test fails, Envoy has started closing such connections: good
+// news, and the design can drop whatever it does about them.
+func TestEnvoyKeepsConnectionsOpenedBeforeARevocation(t *testing.T) {
+	root := newRoot(t, "test root")
+	inter := root.intermediate(t, "test intermediate")
+	envoyLeaf := inter.leaf(t, testTrustDomain+"ns/test/sa/envoy")
+	client := inter.leaf(t, testTrustDomain+"ns/test/sa/client")
+	r := startEnvoyRig(t, func(s *Server) {
+		if err := s.UpdateCertificate(envoyLeaf.chain, envoyLeaf.key); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.UpdateBundle(1, []*x509.Certificate{root.cert}, [][]byte{inter.crl(t, 1)}); err != nil {
+			t.Fatal(err)
+		}
+	})
+	r.waitReady(t)
+	waitAcked(t, r.SDS, 1)
+	kept := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{
+		InsecureSkipVerify: true, //nolint:gosec // Envoy's check of the client is under test
+		Certificates:       []tls.Certificate{client.tls()},
+	}}}
+	get := func() string {
+		resp, err := kept.Get("https://" + r.Inbound + "/")
+		if err != nil {
+			return err.Error()
+		}
+		defer resp.Body.Close()
+		_, _ = io.Copy(io.Discard, resp.Body)
+		return resp.Status
+	}
+	if got := get(); got != "200 OK" {
+		t.Fatalf("before the revocation: %s", got)
+	}
+	if err := r.SDS.UpdateBundle(2, []*x509.Certificate{root.cert}, [][]byte{inter.crl(t, 2, client.serial())}); err != nil {
+		t.Fatal(err)
+	}
+	waitAcked(t, r.SDS, 2)
+	if got := r.inbound(client.tls()); got == "ok" {
+		t.Fatal("a new connection with the revoked leaf is accepted")
+	}
+	time.Sleep(500 * time.Millisecond)
+	if got := get(); got != "200 OK" {
+		t.Errorf("the connection opened before the revocation: %s (Envoy now closes or refuses it)", got)
+	}
 }

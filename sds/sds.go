@@ -7,6 +7,12 @@
 // beside Envoy and never leaves that host; this package only hands it
 // across the socket.
 //
+// The trust bundle secret carries the roots and the CRLs (Envoy checks a
+// peer's leaf against its issuer's CRL, and refuses a leaf whose issuer
+// has none). The server reads Envoy's acknowledgements off the SDS
+// streams, so the agent can report which bundle Envoy has loaded, not
+// just which one it was handed.
+//
 // It knows nothing of how the certificate was obtained, of Kubernetes or
 // of the rest of the mesh's configuration.
 package sds

@@ -158,8 +158,11 @@ func ImportCRL(s *State, der []byte, op Operation) error {
 	case len(rl.RevokedCertificateEntries) > MaxImportedCRLEntries:
 		problem = fmt.Sprintf("%d entries, more than the %d accepted", len(rl.RevokedCertificateEntries), MaxImportedCRLEntries)
 	default:
-		issuer = s.crlIssuer(rl)
+		var named *Authority
+		issuer, named = s.crlIssuer(rl)
 		switch {
+		case issuer == nil && named != nil:
+			problem = fmt.Sprintf("it names authority %s as its issuer, but its signature does not verify with that authority's key", named.ID)
 		case issuer == nil:
 			problem = fmt.Sprintf("signed by none of the authorities (its issuer is %s)", bounded.Quote(rl.Issuer.String(), bounded.Name))
 		case !rl.NextUpdate.IsZero() && rl.NextUpdate.Before(op.Now):
@@ -217,18 +220,25 @@ func parseCRL(der []byte) (*x509.RevocationList, error) {
 	return x509.ParseRevocationList(der)
 }
 
-// crlIssuer returns the authority whose signing certificate signed rl.
-func (s *State) crlIssuer(rl *x509.RevocationList) *Authority {
+// crlIssuer returns the authority whose signing certificate signed rl,
+// or else the one rl names as its issuer (by key identifier, or by name
+// when it has none), whose signature then does not verify.
+func (s *State) crlIssuer(rl *x509.RevocationList) (signer, named *Authority) {
 	for _, a := range s.Authorities {
 		signing := a.Signing()
-		if len(rl.AuthorityKeyId) > 0 && len(signing.SubjectKeyId) > 0 && !bytes.Equal(rl.AuthorityKeyId, signing.SubjectKeyId) {
+		if len(rl.AuthorityKeyId) > 0 && len(signing.SubjectKeyId) > 0 {
+			if !bytes.Equal(rl.AuthorityKeyId, signing.SubjectKeyId) {
+				continue
+			}
+		} else if !bytes.Equal(rl.RawIssuer, signing.RawSubject) {
 			continue
 		}
 		if rl.CheckSignatureFrom(signing) == nil {
-			return a
+			return a, nil
 		}
+		named = a
 	}
-	return nil
+	return nil, named
 }
 
 // ClearCRL drops the imported CRLs of an authority (ID or prefix); its

@@ -206,6 +206,11 @@ func (d *DirStore) Save(ctx context.Context, s *State) error {
 	if stored != s.Revision {
 		return fmt.Errorf("%w (%s is at revision %d, this state was loaded at %d)", ErrConflict, d.Path(), stored, s.Revision)
 	}
+	if stored == 0 {
+		if err := d.checkFirstSave(s); err != nil {
+			return err
+		}
+	}
 	next := *s
 	next.Revision = s.Revision + 1
 	data, err := Marshal(&next)
@@ -220,6 +225,31 @@ func (d *DirStore) Save(ctx context.Context, s *State) error {
 		return fmt.Errorf("trust: saved %s, but the CA files: %w", d.Path(), err)
 	}
 	return nil
+}
+
+// checkFirstSave refuses to store a state over a CA directory from
+// before the trust state unless the state holds that CA (it was migrated
+// from it): a state made anew (bulwark ca init) must not replace a
+// running mesh's CA, which would cut every workload off.
+func (d *DirStore) checkFirstSave(s *State) error {
+	data, err := os.ReadFile(filepath.Join(d.dir, ca.CertFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("trust: %w", err)
+	}
+	certs, err := pemutil.ParseCerts(data)
+	if err != nil {
+		return fmt.Errorf("trust: %s: %w: %v", filepath.Join(d.dir, ca.CertFile), ca.ErrInvalidCA, err)
+	}
+	for _, a := range s.Authorities {
+		if a.Signing().Equal(certs[0]) {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: %s holds a CA that this state does not (load the directory to migrate it, instead of replacing it): %w",
+		ErrConflict, d.dir, ca.ErrExists)
 }
 
 // storedRevision is the revision of the state file; 0 when there is none

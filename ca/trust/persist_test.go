@@ -85,7 +85,9 @@ func TestMarshalRoundTrip(t *testing.T) {
 // hsmKey is a signer whose key cannot be exported.
 type hsmKey struct{ crypto.Signer }
 
-func (k hsmKey) Sign(r io.Reader, d []byte, o crypto.SignerOpts) ([]byte, error) { return k.Signer.Sign(r, d, o) }
+func (k hsmKey) Sign(r io.Reader, d []byte, o crypto.SignerOpts) ([]byte, error) {
+	return k.Signer.Sign(r, d, o)
+}
 
 func TestMarshalNamesAKeyItCannotStore(t *testing.T) {
 	s := newState(t)
@@ -163,8 +165,10 @@ func TestUnmarshalNamesWhatIsWrong(t *testing.T) {
 	}
 }
 
-func auth(d map[string]any, i int) map[string]any { return d["authorities"].([]any)[i].(map[string]any) }
-func rev(d map[string]any, i int) map[string]any  { return d["revocations"].([]any)[i].(map[string]any) }
+func auth(d map[string]any, i int) map[string]any {
+	return d["authorities"].([]any)[i].(map[string]any)
+}
+func rev(d map[string]any, i int) map[string]any { return d["revocations"].([]any)[i].(map[string]any) }
 
 // seedAuthorityCRL is the DER CRL of an unrelated authority.
 func seedAuthorityCRL(t testing.TB) []byte {

@@ -172,6 +172,7 @@ func TestActivateGateNamesEveryLaggard(t *testing.T) {
 			{Node: "ns/ahead", AgentSeq: need + 5, ProxySeq: need + 3, Reported: true},
 			{Node: "ns/proxy-behind", AgentSeq: need, ProxySeq: need - 1, Reported: true},
 			{Node: "ns/agent-behind", Replica: "cp-1", AgentSeq: need - 1, ProxySeq: need - 1, Reported: true},
+			{Node: "ns/agent-only-behind", AgentSeq: need - 1, ProxySeq: need, Reported: true},
 			{Node: "ns/silent", AgentSeq: need, ProxySeq: need, Reported: false},
 		},
 		Missing: []string{"replica cp-2"},
@@ -187,6 +188,7 @@ func TestActivateGateNamesEveryLaggard(t *testing.T) {
 	}
 	want := []string{
 		fmt.Sprintf("ns/agent-behind via cp-1 (holds bundle %d, needs %d)", need-1, need),
+		fmt.Sprintf("ns/agent-only-behind (holds bundle %d, its agent %d, needs %d)", need, need-1, need),
 		fmt.Sprintf("ns/proxy-behind (holds bundle %d, its agent %d, needs %d)", need-1, need, need),
 		fmt.Sprintf("ns/silent (has reported no bundle, needs %d)", need),
 		"evidence from replica cp-2 is missing or stale",
@@ -305,5 +307,23 @@ func TestRemoveGate(t *testing.T) {
 	}
 	if lastEvent(s).Forced {
 		t.Error("recorded as forced")
+	}
+}
+
+func TestTheAuditTrailKeepsTheLatestEvents(t *testing.T) {
+	s := newState(t)
+	for i := range MaxEvents + 50 {
+		if err := Revoke(s, Revocation{Kind: BySerial, Value: fmt.Sprintf("%x", i+1), Reason: "x"}, at(time.Duration(i)*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(s.Events) != MaxEvents {
+		t.Fatalf("%d events kept", len(s.Events))
+	}
+	if e := lastEvent(s); !strings.Contains(e.Detail, fmt.Sprintf("serial %x ", MaxEvents+50)) {
+		t.Errorf("the last event is %+v", e)
+	}
+	if e := s.Events[0]; !strings.Contains(e.Detail, fmt.Sprintf("serial %x ", 51)) {
+		t.Errorf("the first event kept is %+v", e)
 	}
 }

@@ -4,6 +4,11 @@
 // (a join token bound to a workload, or the caller's current certificate)
 // and the model (that workload's service account), never from the
 // request: a request that asks for anything else is refused.
+//
+// It also hands out the trust bundle (roots and CRLs, with a sequence)
+// in every answer and over WatchTrustBundle, keeps per workload what its
+// agent and Envoy acknowledged (BundleReports), and refuses revoked
+// callers both.
 package issuer
 
 import (

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"io"
 	"slices"
 	"strings"
 	"sync"
@@ -305,8 +306,8 @@ func (s *Server) watchTrustBundle(ctx context.Context, stream cav1.CertificateSe
 		case <-ctx.Done():
 			return nil
 		case err := <-recvErr:
-			if errors.Is(err, context.Canceled) || status.Code(err) == codes.Canceled {
-				return nil
+			if errors.Is(err, io.EOF) || errors.Is(err, context.Canceled) || status.Code(err) == codes.Canceled {
+				return nil // the agent closed the stream
 			}
 			return err
 		case <-expiry.C:

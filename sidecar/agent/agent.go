@@ -250,7 +250,9 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	obtained := a.cfg.Now()
 	retry := backoff{base: time.Second, rand: a.random}
-	wait := RenewAt(obtained, svid.Certificates[0].NotAfter, a.random()).Sub(a.cfg.Now())
+	// renewAt is a moment, not a duration: a wake-up from the bundle
+	// watch must not push the renewal back by the time already waited.
+	renewAt := RenewAt(obtained, svid.Certificates[0].NotAfter, a.random())
 	for {
 		select {
 		case <-ctx.Done():
@@ -269,11 +271,11 @@ func (a *Agent) Run(ctx context.Context) error {
 			by := a.renewBy
 			a.renewBy = time.Time{}
 			a.mu.Unlock()
-			if !by.IsZero() {
-				wait = min(wait, by.Sub(a.cfg.Now()))
+			if !by.IsZero() && by.Before(renewAt) {
+				renewAt = by
 			}
 			continue
-		case <-a.cfg.After(max(wait, 0)):
+		case <-a.cfg.After(max(renewAt.Sub(a.cfg.Now()), 0)):
 		}
 		next, nbundle, err := a.fetch(ctx, svid)
 		if err != nil {
@@ -281,22 +283,23 @@ func (a *Agent) Run(ctx context.Context) error {
 			// the certificate's life (and at least once a minute), unless
 			// the control plane said when to come back.
 			left := svid.Certificates[0].NotAfter.Sub(a.cfg.Now())
-			wait = retry.wait(err, min(time.Minute, max(left/10, time.Second)))
+			wait := retry.wait(err, min(time.Minute, max(left/10, time.Second)))
+			renewAt = a.cfg.Now().Add(wait)
 			a.log.Error("certificate renewal failed; retrying", "err", err, "in", wait.Round(time.Millisecond),
 				"expires_in", left.Round(time.Second))
 			continue
 		}
 		retry.reset()
 		// The answer's bundle is installed only if it is newer than the
-		// one the watch brought.
+		// one the watch brought; one that cannot be keeps the one held.
 		if err := a.installBundle(nbundle); err != nil {
-			return err
+			a.log.Error("trust bundle refused; keeping the one held", "err", err)
 		}
 		if err := a.install(next); err != nil {
 			return err
 		}
 		svid, obtained = next, a.cfg.Now()
-		wait = RenewAt(obtained, svid.Certificates[0].NotAfter, a.random()).Sub(a.cfg.Now())
+		renewAt = RenewAt(obtained, svid.Certificates[0].NotAfter, a.random())
 	}
 }
 
@@ -471,6 +474,15 @@ func (a *Agent) installBundle(b heldBundle) error {
 	}
 	if len(b.roots) == 0 {
 		return fmt.Errorf("agent: trust bundle %d has no root", b.seq)
+	}
+	if held {
+		// Envoy takes a CRL outside its validity (thisUpdate ahead of
+		// this host's clock, nextUpdate past) without complaint, and then
+		// refuses every leaf of its issuer: keep the bundle held instead,
+		// which the control plane sees in the acks.
+		if err := checkCRLTimes(b.crls, a.cfg.Now()); err != nil {
+			return fmt.Errorf("agent: trust bundle %d: %w", b.seq, err)
+		}
 	}
 	if err := a.sds.UpdateBundle(b.seq, b.roots, b.crls); err != nil {
 		return fmt.Errorf("agent: SDS: %w", err)

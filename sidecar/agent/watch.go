@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 
 	cav1 "github.com/bulwarkmesh/bulwark/api/ca/v1"
@@ -60,7 +61,13 @@ func (a *Agent) watchOnce(ctx context.Context) (delivered bool, err error) {
 	svid, renewed := a.svid, a.certCh
 	a.mu.Unlock()
 	conn, err := grpc.NewClient(a.cfg.ControlPlane, grpc.WithTransportCredentials(
-		credentials.NewTLS(spiffetls.ClientConfig(svid, a.anchors(), a.cfg.ControlPlaneID))))
+		credentials.NewTLS(spiffetls.ClientConfig(svid, a.anchors(), a.cfg.ControlPlaneID))),
+		// The stream is quiet for hours between bundles: pings find a
+		// control plane that went away without closing it (a node lost,
+		// a NAT that forgot the flow), so the agent reconnects instead of
+		// waiting on a dead stream. Every 30s is what the control plane's
+		// keepalive policy allows (at most every 10s).
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}))
 	if err != nil {
 		return false, err
 	}
@@ -224,4 +231,25 @@ func issuedBy(leaf, signing *x509.Certificate) bool {
 		return bytes.Equal(leaf.AuthorityKeyId, signing.SubjectKeyId)
 	}
 	return leaf.CheckSignatureFrom(signing) == nil
+}
+
+// checkCRLTimes refuses CRLs that are not valid at now: Envoy would
+// refuse every leaf their issuers signed. A CRL that does not parse is
+// left to package sds, which refuses it.
+func checkCRLTimes(crls [][]byte, now time.Time) error {
+	var errs []error
+	for i, der := range crls {
+		c, err := x509.ParseRevocationList(der)
+		if err != nil {
+			continue
+		}
+		switch {
+		case c.ThisUpdate.After(now):
+			errs = append(errs, fmt.Errorf("crls[%d] (issuer %s): thisUpdate %s is ahead of this host's clock (%s)",
+				i, c.Issuer, c.ThisUpdate.Format(time.RFC3339), now.UTC().Format(time.RFC3339)))
+		case !c.NextUpdate.IsZero() && !c.NextUpdate.After(now):
+			errs = append(errs, fmt.Errorf("crls[%d] (issuer %s): expired at %s (nextUpdate)", i, c.Issuer, c.NextUpdate.Format(time.RFC3339)))
+		}
+	}
+	return errors.Join(errs...)
 }
