@@ -184,7 +184,7 @@ func TestRemoveTooEarly(t *testing.T) {
 	m.waitAcked(15 * time.Second)
 	api.agent.freeze()
 	m.mustCA(30*time.Second, "activate", id)
-	m.waitEnvoys(testReissue+15*time.Second, "a leaf of the new authority "+id, without(m.workloads, api),
+	m.waitEnvoys(m.reissue+15*time.Second, "a leaf of the new authority "+id, without(m.workloads, api),
 		func(e *envoyTrust) bool { return e.leafAuthority() == id })
 	if e := api.trust(); e.leafAuthority() != old {
 		t.Fatalf("%s, its agent frozen, presents a leaf of %s, want still the old %s", api.name, e.leafAuthority(), old)
@@ -250,19 +250,28 @@ func TestRemoveTooEarly(t *testing.T) {
 }
 
 // firstFailure describes rs relative to t0: when the first failure and
-// the last success started (offsets from t0, or "none"), how many failed,
-// and the first failure's error.
+// the last success started (signed offsets from t0, or "none"), how many
+// failed, and the first failure's error.
 func firstFailure(rs []result, t0 time.Time) (first, lastOK string, failed int, example error) {
 	first, lastOK = "none", "none"
 	for _, r := range rs {
 		if r.err != nil {
 			if failed == 0 {
-				first, example = "+"+r.start.Sub(t0).Round(time.Millisecond).String(), r.err
+				first, example = offset(r.start, t0), r.err
 			}
 			failed++
 		} else {
-			lastOK = "+" + r.start.Sub(t0).Round(time.Millisecond).String()
+			lastOK = offset(r.start, t0)
 		}
 	}
 	return first, lastOK, failed, example
+}
+
+// offset is t - t0 with its sign, to the millisecond.
+func offset(t, t0 time.Time) string {
+	d := t.Sub(t0).Round(time.Millisecond)
+	if d < 0 {
+		return d.String()
+	}
+	return "+" + d.String()
 }

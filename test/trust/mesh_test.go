@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/bulwarkmesh/bulwark/ca"
+	"github.com/bulwarkmesh/bulwark/ca/trust"
 	"github.com/bulwarkmesh/bulwark/internal/envoy"
 	"github.com/bulwarkmesh/bulwark/internal/envoy/envoytest"
 	"github.com/bulwarkmesh/bulwark/localmesh"
@@ -149,6 +150,10 @@ type mesh struct {
 	meshPath string
 	octet    int
 
+	// reissue is the re-issue window in effect: what the test asked for,
+	// or the default when serve cannot be told.
+	reissue time.Duration
+
 	cpAddr, cpHTTP, adminSocket string
 	cp                          *proc
 	cpStarts                    int
@@ -271,11 +276,13 @@ func (m *mesh) startControlPlane() {
 	} else {
 		m.adminSocket = filepath.Join(m.caDir, "admin.sock") // the default
 	}
+	m.reissue = trust.DefaultReissueWithin
 	if m.opt.reissueWithin > 0 {
 		if !m.serveHasFlag("reissue-within") {
-			m.t.Logf("bulwark serve has no --reissue-within flag: leaves are re-issued within the default window after an activation")
+			m.t.Logf("bulwark serve has no --reissue-within flag: leaves are re-issued within the default %s after an activation, not %s", m.reissue, m.opt.reissueWithin)
 		} else {
 			args = append(args, "--reissue-within", m.opt.reissueWithin.String())
+			m.reissue = m.opt.reissueWithin
 		}
 	}
 	if m.opt.certTTL > 0 {

@@ -66,7 +66,7 @@ func TestRotationSurvivesControlPlaneKill(t *testing.T) {
 	api.agent.thaw()
 	thawed := time.Now()
 	var st *cav1.TrustStatus
-	deadline = time.Now().Add(testReissue + 60*time.Second)
+	deadline = time.Now().Add(m.reissue + 60*time.Second)
 	for {
 		st = m.status()
 		if st.GetRotation() == nil {

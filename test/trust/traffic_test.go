@@ -306,3 +306,21 @@ func (m *mesh) freshHandshakes() int {
 	}
 	return n
 }
+
+// verifyErrors returns how many peer certificates w's Envoy has refused
+// (chain verification failed, a revoked leaf included) over all its
+// listeners and clusters since it started.
+func (w *workload) verifyErrors() int {
+	w.m.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := counters(ctx, w.admin(), `ssl\.fail_verify_error$`)
+	if err != nil {
+		w.m.t.Fatalf("the Envoy of %s: %v", w.name, err)
+	}
+	n := 0
+	for _, v := range c {
+		n += v
+	}
+	return n
+}
