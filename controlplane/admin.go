@@ -47,7 +47,7 @@ func (s *adminService) Status(ctx context.Context, _ *cav1.StatusRequest) (*cav1
 	out := TrustStatusOf(st, &ev)
 	out.Leading = t.coord.Leading()
 	out.Warnings = append(out.Warnings, t.warnings()...)
-	if g := t.Waiting(); g != nil && out.Rotation != nil {
+	if g := t.Waiting(); g != nil && out.Rotation != nil && g.Step == out.Rotation.Step {
 		out.Rotation.Waiting = g.Why
 		out.Rotation.Laggards = g.Laggards
 	}
@@ -256,6 +256,17 @@ func (s *adminService) Rotate(ctx context.Context, req *cav1.RotateRequest) (*ca
 		out.Rotation = rotationProto(st.Rotation)
 	}
 	return out, nil
+}
+
+// CancelRotation forgets the rotation in progress.
+func (s *adminService) CancelRotation(ctx context.Context, req *cav1.CancelRotationRequest) (*cav1.ChangeResponse, error) {
+	return s.step(ctx, req.GetOperator(), func(st *trust.State, _ trust.Evidence, op trust.Operation) (string, error) {
+		id := ""
+		if st.Rotation != nil {
+			id = st.Rotation.Target
+		}
+		return id, trust.CancelRotation(st, op)
+	})
 }
 
 // newestPrepared is the ID of the authority prepared last and not

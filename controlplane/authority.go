@@ -61,7 +61,7 @@ func newAuthority(ctx context.Context, cfg Config, td spiffeid.TrustDomain, reg 
 	if st.TrustDomain != td {
 		return nil, nil, fmt.Errorf("controlplane: the CA issues for trust domain %q, but the mesh's trust domain is %q", st.TrustDomain, td)
 	}
-	r, err := newRotatingAuthority(st, ca.Config{TrustDomain: td, MaxTTL: cfg.MaxCertTTL}, reg, cfg.Logger)
+	r, err := newRotatingAuthority(st, ca.Config{TrustDomain: td, MaxTTL: cfg.MaxCertTTL}, cfg.ReissueWithin, reg, cfg.Logger)
 	if err != nil {
 		return nil, nil, err
 	}

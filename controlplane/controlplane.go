@@ -65,6 +65,10 @@ type Config struct {
 	// rotation mints; defaults ca.DefaultRootTTL and
 	// ca.DefaultIntermediateTTL.
 	RootTTL, IntermediateTTL time.Duration
+	// ReissueWithin is the window over which workloads whose leaf another
+	// authority signed replace it after an activation, each at a random
+	// moment in it; default trust.DefaultReissueWithin.
+	ReissueWithin time.Duration
 	// adminDefault: AdminSocket is the default, not the operator's
 	// choice: a socket that cannot be bound is a warning, not a failure.
 	adminDefault bool

@@ -27,9 +27,10 @@ import (
 // follows the State as the trust loop installs each new one. It is safe
 // for concurrent use; every call reads the State installed last.
 type rotatingAuthority struct {
-	td    spiffeid.TrustDomain
-	caCfg ca.Config // lifetimes and clock; the rest comes from the State
-	log   *slog.Logger
+	td      spiffeid.TrustDomain
+	caCfg   ca.Config // lifetimes and clock; the rest comes from the State
+	reissue time.Duration
+	log     *slog.Logger
 
 	mu      sync.RWMutex
 	st      *trust.State
@@ -43,11 +44,12 @@ var _ Authority = (*rotatingAuthority)(nil)
 
 // newRotatingAuthority builds the authority from a first State, which
 // must have an active authority that can sign now.
-func newRotatingAuthority(st *trust.State, caCfg ca.Config, reg prometheus.Registerer, log *slog.Logger) (*rotatingAuthority, error) {
+// reissue, when positive, replaces the bundle's ReissueWithin.
+func newRotatingAuthority(st *trust.State, caCfg ca.Config, reissue time.Duration, reg prometheus.Registerer, log *slog.Logger) (*rotatingAuthority, error) {
 	if reg != nil {
 		caCfg.Registerer = &swapRegisterer{reg: reg}
 	}
-	r := &rotatingAuthority{td: st.TrustDomain, caCfg: caCfg, log: log, changed: make(chan struct{})}
+	r := &rotatingAuthority{td: st.TrustDomain, caCfg: caCfg, reissue: reissue, log: log, changed: make(chan struct{})}
 	if _, err := r.install(st); err != nil {
 		return nil, err
 	}
@@ -79,6 +81,9 @@ func (r *rotatingAuthority) install(st *trust.State) (bool, error) {
 	}
 	r.st, r.ca = st, c
 	b := st.Bundle()
+	if r.reissue > 0 {
+		b.ReissueWithin = r.reissue
+	}
 	moved := b.Sequence != r.bundle.Sequence || activeID(st) != r.active
 	r.bundle, r.active = b, activeID(st)
 	if moved {

@@ -8,11 +8,14 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/big"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -596,6 +599,18 @@ func TestStatusOutput(t *testing.T) {
 			t.Errorf("status output lacks %q:\n%s", want, out)
 		}
 	}
+
+	// Cancelled, the rotation is forgotten; its target stays prepared.
+	if _, err := admin.CancelRotation(ctx10(t), &cav1.CancelRotationRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	after := load(t, dir)
+	if after.Rotation != nil || after.Get(stored.Rotation.Target).Phase != trust.Prepared {
+		t.Errorf("after cancel: rotation %v, target %s", after.Rotation, after.Get(stored.Rotation.Target).Phase)
+	}
+	if _, err := admin.CancelRotation(ctx10(t), &cav1.CancelRotationRequest{}); status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("cancel with no rotation: %v, want FailedPrecondition", err)
+	}
 }
 
 // signWith asks for a certificate for workload over tc: presenting the
@@ -632,6 +647,29 @@ func TestRevokedWorkloadCannotRenew(t *testing.T) {
 	}
 	if _, err := admin.Revoke(ctx10(t), &cav1.RevokeRequest{Kind: "workload", Value: "demo/api-1", Operator: &cav1.Operator{Reason: "stolen key"}}); err != nil {
 		t.Fatal(err)
+	}
+	// The serials of the certificates issued to it are on the CRLs.
+	var issued []string
+	for _, c := range cp.Certificates() {
+		if c.Workload == "demo/api-1" {
+			issued = append(issued, c.Serial)
+		}
+	}
+	if r := load(t, dir).Revocations; len(r) != 1 || len(issued) != 1 || !slices.Contains(r[0].Serials, issued[0]) {
+		t.Errorf("revocation %+v does not cover the certificate issued last %v", r, issued)
+	}
+	onCRL := false
+	for _, der := range load(t, dir).Bundle().CRLs {
+		rl, err := x509.ParseRevocationList(der)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range rl.RevokedCertificateEntries {
+			onCRL = onCRL || (len(issued) == 1 && e.SerialNumber.Text(16) == issued[0])
+		}
+	}
+	if !onCRL {
+		t.Errorf("the serial %v is on no CRL of the bundle", issued)
 	}
 	err := signWith(t, cp, tc, "demo/api-1")
 	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "revoked") || !strings.Contains(err.Error(), "stolen key") {
@@ -744,4 +782,105 @@ func TestActivateWaitsForTheAgentsReport(t *testing.T) {
 	if g := gateRefusal(err); g == nil || g.GetStep() != "remove" || !strings.Contains(strings.Join(g.GetLaggards(), " "), "demo/api-1") {
 		t.Errorf("remove %s while demo/api-1 presents its leaf: %v, want the remove gate naming demo/api-1", old, err)
 	}
+}
+
+// TestAutomaticRenewal: an intermediate near its expiry is renewed by an
+// automatic rotation when the root key is held; without the root key the
+// control plane warns (log and gauge) and changes nothing.
+func TestAutomaticRenewal(t *testing.T) {
+	t.Run("root key held", func(t *testing.T) {
+		dir := t.TempDir()
+		if err := ca.Init(ca.InitConfig{Dir: dir, TrustDomain: meshTD, IntermediateTTL: 20 * 24 * time.Hour}); err != nil {
+			t.Fatal(err)
+		}
+		old := load(t, dir).Active().ID
+		startOn(t, dir, nil)
+		testwait.Until(t, "the intermediate renewed", 15*time.Second, func() bool {
+			st := load(t, dir)
+			return st.Rotation == nil && st.Active().ID != old
+		})
+		st := load(t, dir)
+		if a := st.Get(old); a.Phase != trust.Removed {
+			t.Errorf("the old intermediate is %s, want removed", a.Phase)
+		}
+		if left := time.Until(st.Active().Signing().NotAfter); left < 365*24*time.Hour {
+			t.Errorf("the new intermediate expires in %s, want the default two years", left)
+		}
+		auto := false
+		for _, e := range st.Events {
+			if e.Action == "rotate" && strings.Contains(e.Who, "automatic renewal") {
+				auto = true
+			}
+		}
+		if !auto {
+			t.Errorf("no rotate event by the automatic renewal in %v", st.Events)
+		}
+	})
+	t.Run("no root key", func(t *testing.T) {
+		dir := t.TempDir()
+		if err := ca.Init(ca.InitConfig{Dir: dir, TrustDomain: meshTD, IntermediateTTL: 20 * 24 * time.Hour}); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Remove(filepath.Join(dir, ca.RootKeyFile)); err != nil {
+			t.Fatal(err)
+		}
+		log, lines := testlog.Capture()
+		cp, err := controlplane.Start(context.Background(), controlplane.Config{MeshPaths: []string{exampleMesh}, XDSAddress: "127.0.0.1:0",
+			HTTPAddress: "127.0.0.1:0", CADir: dir, Logger: log})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cp.Stop() })
+		testwait.Until(t, "the expiry warning", 5*time.Second, func() bool {
+			return strings.Contains(lines.String(), "expires soon and will not be renewed automatically")
+		})
+		metrics := fetch(t, "http://"+cp.HTTPAddr.String()+"/metrics")
+		for _, want := range []string{
+			"bulwark_trust_intermediate_expiring 1",
+			"bulwark_trust_bundle_sequence 1",
+			`bulwark_trust_authority_expiry_timestamp_seconds{authority="` + load(t, dir).Active().ID + `",cert="signing",phase="active"}`,
+			"bulwark_trust_crl_problems 0",
+		} {
+			if !strings.Contains(metrics, want) {
+				t.Errorf("metrics lack %q", want)
+			}
+		}
+		if st := load(t, dir); st.Rotation != nil || len(st.Authorities) != 1 {
+			t.Errorf("without the root key something was started: rotation %v, %d authorities", st.Rotation, len(st.Authorities))
+		}
+		st, err := adminClient(t, cp).Status(ctx10(t), &cav1.StatusRequest{})
+		if err != nil || !strings.Contains(strings.Join(st.GetWarnings(), "\n"), "hand in the next intermediate") {
+			t.Errorf("status warnings %q (%v): want the expiry and what to do", st.GetWarnings(), err)
+		}
+	})
+}
+
+// TestGivenCAHasNoLifecycle: with a CA given by the embedder, the admin
+// service says there is no lifecycle and refuses every step.
+func TestGivenCAHasNoLifecycle(t *testing.T) {
+	c, _ := newCA(t, meshTD)
+	sock := filepath.Join(t.TempDir(), "admin.sock")
+	cp := start(t, controlplane.Config{CA: &ownCA{CA: c}, TokenDir: t.TempDir(), AdminSocket: sock})
+	admin := adminClient(t, cp)
+	st, err := admin.Status(ctx10(t), &cav1.StatusRequest{})
+	if err != nil || st.GetManaged() || !strings.Contains(st.GetUnmanaged(), "no lifecycle") {
+		t.Errorf("status %v, %v: want unmanaged, saying so", st, err)
+	}
+	if _, err := admin.Rotate(ctx10(t), &cav1.RotateRequest{}); status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("rotate: %v, want FailedPrecondition", err)
+	}
+}
+
+func fetch(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }

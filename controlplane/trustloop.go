@@ -52,6 +52,8 @@ type trustManager struct {
 	// connected over ADS and the agents' bundle reports.
 	proxies func() []server.ProxyStatus
 	reports func() []bundleReport
+	// issued is the latest certificate issued here to each workload.
+	issued func() []issuer.Issued
 	// nodesOf returns the workloads (namespace/name) with a SPIFFE ID, for
 	// revocations by ID.
 	nodesOf func(id string) []string
@@ -283,13 +285,25 @@ func (t *trustManager) leavesOf(kind trust.RevocationKind, value string, ev trus
 		return nil
 	}
 	var leaves []trust.LeafInfo
-	for _, p := range ev.Proxies {
-		if !slices.Contains(nodes, p.Node) {
-			continue
+	add := func(l trust.LeafInfo) {
+		if !slices.Contains(known, l.Serial) && !slices.ContainsFunc(leaves, func(x trust.LeafInfo) bool { return x.Serial == l.Serial }) {
+			leaves = append(leaves, l)
 		}
-		for _, l := range p.Leaves {
-			if !slices.Contains(known, l.Serial) {
-				leaves = append(leaves, l)
+	}
+	for _, p := range ev.Proxies {
+		if slices.Contains(nodes, p.Node) {
+			for _, l := range p.Leaves {
+				add(l)
+			}
+		}
+	}
+	// The certificates issued here last: a workload whose agent keeps no
+	// bundle stream (an old agent) presents one of them. Their issuer is
+	// not recorded, so they go on every authority's CRL.
+	if t.issued != nil {
+		for _, c := range t.issued() {
+			if slices.Contains(nodes, c.Workload) {
+				add(trust.LeafInfo{Serial: c.Serial, NotAfter: c.Expires})
 			}
 		}
 	}
@@ -450,7 +464,7 @@ func newTrustManager(cfg Config, p parts, srv *server.Server, iss *issuer.Server
 	}
 	td := p.src.td.String()
 	store := p.store
-	t := &trustManager{coord: p.coord, auth: auth, proxies: srv.Proxies, reports: issuerReports(iss),
+	t := &trustManager{coord: p.coord, auth: auth, proxies: srv.Proxies, reports: issuerReports(iss), issued: iss.Certificates,
 		nodesOf: func(id string) []string {
 			var out []string
 			for _, w := range store.Snapshot().Workloads() {

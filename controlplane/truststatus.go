@@ -113,7 +113,7 @@ func WriteTrustStatus(out io.Writer, s *cav1.TrustStatus, now time.Time) {
 
 	fmt.Fprintln(out, "\nAuthorities:")
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "  ID\tPHASE\tROOT\tSIGNING\tSIGNING EXPIRES\tORIGIN\tLEAVES")
+	fmt.Fprintln(tw, "  ID\tPHASE\tROOT\tROOT EXPIRES\tSIGNING\tSIGNING EXPIRES\tORIGIN\tLEAVES")
 	for _, a := range s.GetAuthorities() {
 		phase := a.GetPhase()
 		if a.GetRevoked() {
@@ -126,8 +126,8 @@ func WriteTrustStatus(out io.Writer, s *cav1.TrustStatus, now time.Time) {
 		if !s.GetOffline() {
 			leaves = fmt.Sprint(a.GetLeaves())
 		}
-		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\t%s\n", a.GetId(), phase, name(a.GetRootSubject()), name(a.GetSigningSubject()),
-			until(a.GetSigningNotAfter().AsTime(), now), name(a.GetOrigin()), leaves)
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", a.GetId(), phase, name(a.GetRootSubject()), until(a.GetRootNotAfter().AsTime(), now),
+			name(a.GetSigningSubject()), until(a.GetSigningNotAfter().AsTime(), now), name(a.GetOrigin()), leaves)
 	}
 	_ = tw.Flush()
 

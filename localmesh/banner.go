@@ -70,6 +70,9 @@ func (m *Mesh) Banner(out io.Writer) {
 	fmt.Fprintf(out, "\nWhy a call is allowed or denied: bulwark policy explain --mesh %s --from demo/other --to api\n", strings.Join(m.cfg.MeshPaths, " --mesh "))
 	fmt.Fprintln(out, "\nEvery sidecar-to-sidecar call is mutual TLS; the answering app reports the caller's verified")
 	fmt.Fprintln(out, "SPIFFE ID in \"caller\". Certificates come from the demo CA in", m.cfg.CADir)
+	if m.cp != nil && m.cp.AdminAddr != "" {
+		fmt.Fprintf(out, "Its trust lifecycle (rotate, revoke): bulwark ca status --socket %s\n", m.cp.AdminAddr)
+	}
 	fmt.Fprintf(out, "\nEnvoy logs (with access logs) and bootstraps are in %s\n", m.cfg.WorkDir)
 	fmt.Fprintln(out, "Edit the mesh file and save: sidecars pick the change up without a restart. Ctrl-C stops everything.")
 }

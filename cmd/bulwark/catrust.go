@@ -275,7 +275,7 @@ func runCAPhase(step string) func(ctx context.Context, args []string, stdout, st
 }
 
 func runCARotate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("ca rotate", "[--kind intermediate|root | --to ID] [--wait] [--force]", stderr)
+	fs := newFlags("ca rotate", "[--kind intermediate|root | --to ID] [--wait] [--force] | --cancel", stderr)
 	af := bindAdmin(fs)
 	kind := fs.String("kind", "", "mint the replacement: intermediate (a new one under the same root) or root (a new root and intermediate); "+
 		"default: the newest prepared authority if there is one (bulwark ca prepare), else a new intermediate")
@@ -284,10 +284,11 @@ func runCARotate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	waitFor := fs.Duration("wait-timeout", 0, "with --wait: give up waiting after this long (0: never)")
 	force := fs.Bool("force", false, "force every gate of the rotation (each forced step is recorded with what it breaks)")
 	reason := fs.String("reason", "", "why, for the audit trail")
+	cancelRot := fs.Bool("cancel", false, "forget the rotation in progress (what it did stays done: a prepared authority stays prepared, an activated one active)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	if fs.NArg() != 0 || (*kind != "" && *to != "") {
+	if fs.NArg() != 0 || (*kind != "" && *to != "") || (*cancelRot && (*kind != "" || *to != "" || *wait || *force)) {
 		fs.Usage()
 		return errUsage
 	}
@@ -296,6 +297,16 @@ func runCARotate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return err
 	}
 	defer closeConn()
+	if *cancelRot {
+		callCtx, cancel := context.WithTimeout(ctx, *af.timeout)
+		defer cancel()
+		resp, err := c.CancelRotation(callCtx, &cav1.CancelRotationRequest{Operator: &cav1.Operator{As: *af.as, Reason: *reason}})
+		if err != nil {
+			return adminError(err)
+		}
+		printChange(stdout, "rotation cancelled", resp)
+		return nil
+	}
 	callCtx, cancel := context.WithTimeout(ctx, *af.timeout)
 	resp, err := c.Rotate(callCtx, &cav1.RotateRequest{Kind: *kind, Target: *to, Operator: &cav1.Operator{As: *af.as, Force: *force, Reason: *reason}})
 	cancel()

@@ -6,9 +6,11 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/bulwarkmesh/bulwark/ca"
 	"github.com/bulwarkmesh/bulwark/ca/trust"
 	"github.com/bulwarkmesh/bulwark/controlplane"
 	"github.com/bulwarkmesh/bulwark/internal/testlog"
@@ -55,8 +57,9 @@ func TestCACommandsDriveTheLifecycle(t *testing.T) {
 	for _, want := range []string{
 		"Trust domain cluster.local, bundle sequence 1\n",
 		"Authorities:\n",
-		"ID            PHASE   ROOT",
-		first + "  active  Bulwark root CA cluster.local  Bulwark intermediate CA cluster.local  ",
+		"ID            PHASE   ROOT                           ROOT EXPIRES        SIGNING",
+		"  Bulwark intermediate CA cluster.local  " + time.Now().Add(ca.DefaultIntermediateTTL).UTC().Format("2006-01-02") + " (729d)",
+		first + "  active  Bulwark root CA cluster.local  " + time.Now().Add(ca.DefaultRootTTL).UTC().Format("2006-01-02") + " (3649d)",
 		"  init    0\n",
 		" init " + first + " by uid ",
 		"Proxies: 0 connected\n",

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -11,6 +12,8 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
+
+	"github.com/bulwarkmesh/bulwark/controlplane"
 )
 
 // TestKindExampleKeepsDebugOnLoopback: the control plane of the kind
@@ -62,6 +65,17 @@ func TestKindExampleKeepsDebugOnLoopback(t *testing.T) {
 	}
 	if pr := c.ReadinessProbe; pr == nil || pr.HTTPGet == nil || pr.HTTPGet.Port.IntVal != metrics {
 		t.Errorf("the readiness probe is not on the metrics listener (%d): %+v", metrics, pr)
+	}
+	// The admin socket's directory is a volume: the root filesystem is
+	// read-only.
+	mounted := false
+	for _, m := range c.VolumeMounts {
+		if m.MountPath == filepath.Dir(controlplane.DefaultKubeAdminSocket) && !m.ReadOnly {
+			mounted = true
+		}
+	}
+	if !mounted {
+		t.Errorf("no writable volume at %s for the admin socket", filepath.Dir(controlplane.DefaultKubeAdminSocket))
 	}
 	// And serve knows the flag the example uses.
 	if _, out, errOut := runCLI(t, "serve", "--help"); !strings.Contains(out+errOut, "-metrics-address") {

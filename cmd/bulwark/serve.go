@@ -10,6 +10,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/bulwarkmesh/bulwark/ca/trust"
 	"github.com/bulwarkmesh/bulwark/controlplane"
 	"github.com/bulwarkmesh/bulwark/identity/issuer"
 	"github.com/bulwarkmesh/bulwark/model"
@@ -62,6 +63,8 @@ func runServe(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs.StringVar(&cfg.AdminSocket, "admin-socket", "", "Unix socket of the trust admin service that 'bulwark ca' talks to, for this user and root only "+
 		"(default <ca-dir>/admin.sock; Kubernetes: "+controlplane.DefaultKubeAdminSocket+"); none disables it")
 	fs.StringVar(&cfg.Identity, "identity", "", "the control plane's SPIFFE ID (default spiffe://<trust domain>/ns/bulwark-system/sa/bulwark)")
+	fs.DurationVar(&cfg.ReissueWithin, "reissue-within", trust.DefaultReissueWithin,
+		"after an activation, workloads replace leaves the old authority signed each at a random moment within this")
 	fs.DurationVar(&cfg.MaxCertTTL, "max-cert-ttl", 0, "cap on workload certificate lifetimes (default and upper limit 24h)")
 	fs.StringVar(&cfg.XDSAddress, "xds-address", "127.0.0.1:15010", "address for ADS and the CA service (gRPC, mutual TLS)")
 	fs.StringVar(&cfg.HTTPAddress, "http-address", "127.0.0.1:15014", "address for /metrics, /debug/proxies and /healthz (unauthenticated: keep it on loopback); empty disables")

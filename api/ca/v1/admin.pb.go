@@ -1302,6 +1302,50 @@ func (x *RotateResponse) GetEvents() []*TrustEvent {
 	return nil
 }
 
+type CancelRotationRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Operator      *Operator              `protobuf:"bytes,1,opt,name=operator,proto3" json:"operator,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelRotationRequest) Reset() {
+	*x = CancelRotationRequest{}
+	mi := &file_api_ca_v1_admin_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelRotationRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelRotationRequest) ProtoMessage() {}
+
+func (x *CancelRotationRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_ca_v1_admin_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelRotationRequest.ProtoReflect.Descriptor instead.
+func (*CancelRotationRequest) Descriptor() ([]byte, []int) {
+	return file_api_ca_v1_admin_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *CancelRotationRequest) GetOperator() *Operator {
+	if x != nil {
+		return x.Operator
+	}
+	return nil
+}
+
 type RevokeRequest struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Operator *Operator              `protobuf:"bytes,1,opt,name=operator,proto3" json:"operator,omitempty"`
@@ -1314,7 +1358,7 @@ type RevokeRequest struct {
 
 func (x *RevokeRequest) Reset() {
 	*x = RevokeRequest{}
-	mi := &file_api_ca_v1_admin_proto_msgTypes[15]
+	mi := &file_api_ca_v1_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1326,7 +1370,7 @@ func (x *RevokeRequest) String() string {
 func (*RevokeRequest) ProtoMessage() {}
 
 func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_ca_v1_admin_proto_msgTypes[15]
+	mi := &file_api_ca_v1_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1339,7 +1383,7 @@ func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeRequest.ProtoReflect.Descriptor instead.
 func (*RevokeRequest) Descriptor() ([]byte, []int) {
-	return file_api_ca_v1_admin_proto_rawDescGZIP(), []int{15}
+	return file_api_ca_v1_admin_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RevokeRequest) GetOperator() *Operator {
@@ -1374,7 +1418,7 @@ type UnrevokeRequest struct {
 
 func (x *UnrevokeRequest) Reset() {
 	*x = UnrevokeRequest{}
-	mi := &file_api_ca_v1_admin_proto_msgTypes[16]
+	mi := &file_api_ca_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1386,7 +1430,7 @@ func (x *UnrevokeRequest) String() string {
 func (*UnrevokeRequest) ProtoMessage() {}
 
 func (x *UnrevokeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_ca_v1_admin_proto_msgTypes[16]
+	mi := &file_api_ca_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1399,7 +1443,7 @@ func (x *UnrevokeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnrevokeRequest.ProtoReflect.Descriptor instead.
 func (*UnrevokeRequest) Descriptor() ([]byte, []int) {
-	return file_api_ca_v1_admin_proto_rawDescGZIP(), []int{16}
+	return file_api_ca_v1_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *UnrevokeRequest) GetOperator() *Operator {
@@ -1434,7 +1478,7 @@ type ImportCRLRequest struct {
 
 func (x *ImportCRLRequest) Reset() {
 	*x = ImportCRLRequest{}
-	mi := &file_api_ca_v1_admin_proto_msgTypes[17]
+	mi := &file_api_ca_v1_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1446,7 +1490,7 @@ func (x *ImportCRLRequest) String() string {
 func (*ImportCRLRequest) ProtoMessage() {}
 
 func (x *ImportCRLRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_ca_v1_admin_proto_msgTypes[17]
+	mi := &file_api_ca_v1_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1459,7 +1503,7 @@ func (x *ImportCRLRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportCRLRequest.ProtoReflect.Descriptor instead.
 func (*ImportCRLRequest) Descriptor() ([]byte, []int) {
-	return file_api_ca_v1_admin_proto_rawDescGZIP(), []int{17}
+	return file_api_ca_v1_admin_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ImportCRLRequest) GetOperator() *Operator {
@@ -1486,7 +1530,7 @@ type ClearCRLRequest struct {
 
 func (x *ClearCRLRequest) Reset() {
 	*x = ClearCRLRequest{}
-	mi := &file_api_ca_v1_admin_proto_msgTypes[18]
+	mi := &file_api_ca_v1_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1498,7 +1542,7 @@ func (x *ClearCRLRequest) String() string {
 func (*ClearCRLRequest) ProtoMessage() {}
 
 func (x *ClearCRLRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_ca_v1_admin_proto_msgTypes[18]
+	mi := &file_api_ca_v1_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1511,7 +1555,7 @@ func (x *ClearCRLRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClearCRLRequest.ProtoReflect.Descriptor instead.
 func (*ClearCRLRequest) Descriptor() ([]byte, []int) {
-	return file_api_ca_v1_admin_proto_rawDescGZIP(), []int{18}
+	return file_api_ca_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ClearCRLRequest) GetOperator() *Operator {
@@ -1642,7 +1686,9 @@ const file_api_ca_v1_admin_proto_rawDesc = "" +
 	"\x0eRotateResponse\x128\n" +
 	"\brotation\x18\x01 \x01(\v2\x1c.bulwark.ca.v1.TrustRotationR\brotation\x12\x1a\n" +
 	"\battached\x18\x02 \x01(\bR\battached\x121\n" +
-	"\x06events\x18\x03 \x03(\v2\x19.bulwark.ca.v1.TrustEventR\x06events\"n\n" +
+	"\x06events\x18\x03 \x03(\v2\x19.bulwark.ca.v1.TrustEventR\x06events\"L\n" +
+	"\x15CancelRotationRequest\x123\n" +
+	"\boperator\x18\x01 \x01(\v2\x17.bulwark.ca.v1.OperatorR\boperator\"n\n" +
 	"\rRevokeRequest\x123\n" +
 	"\boperator\x18\x01 \x01(\v2\x17.bulwark.ca.v1.OperatorR\boperator\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x14\n" +
@@ -1656,7 +1702,7 @@ const file_api_ca_v1_admin_proto_rawDesc = "" +
 	"\x03crl\x18\x02 \x01(\fR\x03crl\"d\n" +
 	"\x0fClearCRLRequest\x123\n" +
 	"\boperator\x18\x01 \x01(\v2\x17.bulwark.ca.v1.OperatorR\boperator\x12\x1c\n" +
-	"\tauthority\x18\x02 \x01(\tR\tauthority2\xea\x05\n" +
+	"\tauthority\x18\x02 \x01(\tR\tauthority2\xc1\x06\n" +
 	"\n" +
 	"TrustAdmin\x12B\n" +
 	"\x06Status\x12\x1c.bulwark.ca.v1.StatusRequest\x1a\x1a.bulwark.ca.v1.TrustStatus\x12G\n" +
@@ -1664,7 +1710,8 @@ const file_api_ca_v1_admin_proto_rawDesc = "" +
 	"\bActivate\x12\x1f.bulwark.ca.v1.AuthorityRequest\x1a\x1d.bulwark.ca.v1.ChangeResponse\x12H\n" +
 	"\x06Retire\x12\x1f.bulwark.ca.v1.AuthorityRequest\x1a\x1d.bulwark.ca.v1.ChangeResponse\x12H\n" +
 	"\x06Remove\x12\x1f.bulwark.ca.v1.AuthorityRequest\x1a\x1d.bulwark.ca.v1.ChangeResponse\x12E\n" +
-	"\x06Rotate\x12\x1c.bulwark.ca.v1.RotateRequest\x1a\x1d.bulwark.ca.v1.RotateResponse\x12E\n" +
+	"\x06Rotate\x12\x1c.bulwark.ca.v1.RotateRequest\x1a\x1d.bulwark.ca.v1.RotateResponse\x12U\n" +
+	"\x0eCancelRotation\x12$.bulwark.ca.v1.CancelRotationRequest\x1a\x1d.bulwark.ca.v1.ChangeResponse\x12E\n" +
 	"\x06Revoke\x12\x1c.bulwark.ca.v1.RevokeRequest\x1a\x1d.bulwark.ca.v1.ChangeResponse\x12I\n" +
 	"\bUnrevoke\x12\x1e.bulwark.ca.v1.UnrevokeRequest\x1a\x1d.bulwark.ca.v1.ChangeResponse\x12K\n" +
 	"\tImportCRL\x12\x1f.bulwark.ca.v1.ImportCRLRequest\x1a\x1d.bulwark.ca.v1.ChangeResponse\x12I\n" +
@@ -1682,7 +1729,7 @@ func file_api_ca_v1_admin_proto_rawDescGZIP() []byte {
 	return file_api_ca_v1_admin_proto_rawDescData
 }
 
-var file_api_ca_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_api_ca_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_api_ca_v1_admin_proto_goTypes = []any{
 	(*StatusRequest)(nil),         // 0: bulwark.ca.v1.StatusRequest
 	(*TrustStatus)(nil),           // 1: bulwark.ca.v1.TrustStatus
@@ -1699,11 +1746,12 @@ var file_api_ca_v1_admin_proto_goTypes = []any{
 	(*ChangeResponse)(nil),        // 12: bulwark.ca.v1.ChangeResponse
 	(*RotateRequest)(nil),         // 13: bulwark.ca.v1.RotateRequest
 	(*RotateResponse)(nil),        // 14: bulwark.ca.v1.RotateResponse
-	(*RevokeRequest)(nil),         // 15: bulwark.ca.v1.RevokeRequest
-	(*UnrevokeRequest)(nil),       // 16: bulwark.ca.v1.UnrevokeRequest
-	(*ImportCRLRequest)(nil),      // 17: bulwark.ca.v1.ImportCRLRequest
-	(*ClearCRLRequest)(nil),       // 18: bulwark.ca.v1.ClearCRLRequest
-	(*timestamppb.Timestamp)(nil), // 19: google.protobuf.Timestamp
+	(*CancelRotationRequest)(nil), // 15: bulwark.ca.v1.CancelRotationRequest
+	(*RevokeRequest)(nil),         // 16: bulwark.ca.v1.RevokeRequest
+	(*UnrevokeRequest)(nil),       // 17: bulwark.ca.v1.UnrevokeRequest
+	(*ImportCRLRequest)(nil),      // 18: bulwark.ca.v1.ImportCRLRequest
+	(*ClearCRLRequest)(nil),       // 19: bulwark.ca.v1.ClearCRLRequest
+	(*timestamppb.Timestamp)(nil), // 20: google.protobuf.Timestamp
 }
 var file_api_ca_v1_admin_proto_depIdxs = []int32{
 	2,  // 0: bulwark.ca.v1.TrustStatus.authorities:type_name -> bulwark.ca.v1.TrustAuthority
@@ -1712,52 +1760,55 @@ var file_api_ca_v1_admin_proto_depIdxs = []int32{
 	5,  // 3: bulwark.ca.v1.TrustStatus.revocations:type_name -> bulwark.ca.v1.TrustRevocation
 	6,  // 4: bulwark.ca.v1.TrustStatus.imported_crls:type_name -> bulwark.ca.v1.TrustImportedCRL
 	7,  // 5: bulwark.ca.v1.TrustStatus.events:type_name -> bulwark.ca.v1.TrustEvent
-	19, // 6: bulwark.ca.v1.TrustAuthority.root_not_after:type_name -> google.protobuf.Timestamp
-	19, // 7: bulwark.ca.v1.TrustAuthority.signing_not_after:type_name -> google.protobuf.Timestamp
-	19, // 8: bulwark.ca.v1.TrustAuthority.prepared_at:type_name -> google.protobuf.Timestamp
-	19, // 9: bulwark.ca.v1.TrustAuthority.activated_at:type_name -> google.protobuf.Timestamp
-	19, // 10: bulwark.ca.v1.TrustAuthority.retired_at:type_name -> google.protobuf.Timestamp
-	19, // 11: bulwark.ca.v1.TrustAuthority.removed_at:type_name -> google.protobuf.Timestamp
-	19, // 12: bulwark.ca.v1.TrustRotation.started_at:type_name -> google.protobuf.Timestamp
-	19, // 13: bulwark.ca.v1.TrustRevocation.at:type_name -> google.protobuf.Timestamp
-	19, // 14: bulwark.ca.v1.TrustRevocation.expires:type_name -> google.protobuf.Timestamp
-	19, // 15: bulwark.ca.v1.TrustImportedCRL.imported_at:type_name -> google.protobuf.Timestamp
-	19, // 16: bulwark.ca.v1.TrustEvent.at:type_name -> google.protobuf.Timestamp
+	20, // 6: bulwark.ca.v1.TrustAuthority.root_not_after:type_name -> google.protobuf.Timestamp
+	20, // 7: bulwark.ca.v1.TrustAuthority.signing_not_after:type_name -> google.protobuf.Timestamp
+	20, // 8: bulwark.ca.v1.TrustAuthority.prepared_at:type_name -> google.protobuf.Timestamp
+	20, // 9: bulwark.ca.v1.TrustAuthority.activated_at:type_name -> google.protobuf.Timestamp
+	20, // 10: bulwark.ca.v1.TrustAuthority.retired_at:type_name -> google.protobuf.Timestamp
+	20, // 11: bulwark.ca.v1.TrustAuthority.removed_at:type_name -> google.protobuf.Timestamp
+	20, // 12: bulwark.ca.v1.TrustRotation.started_at:type_name -> google.protobuf.Timestamp
+	20, // 13: bulwark.ca.v1.TrustRevocation.at:type_name -> google.protobuf.Timestamp
+	20, // 14: bulwark.ca.v1.TrustRevocation.expires:type_name -> google.protobuf.Timestamp
+	20, // 15: bulwark.ca.v1.TrustImportedCRL.imported_at:type_name -> google.protobuf.Timestamp
+	20, // 16: bulwark.ca.v1.TrustEvent.at:type_name -> google.protobuf.Timestamp
 	9,  // 17: bulwark.ca.v1.PrepareRequest.operator:type_name -> bulwark.ca.v1.Operator
 	9,  // 18: bulwark.ca.v1.AuthorityRequest.operator:type_name -> bulwark.ca.v1.Operator
 	7,  // 19: bulwark.ca.v1.ChangeResponse.events:type_name -> bulwark.ca.v1.TrustEvent
 	9,  // 20: bulwark.ca.v1.RotateRequest.operator:type_name -> bulwark.ca.v1.Operator
 	4,  // 21: bulwark.ca.v1.RotateResponse.rotation:type_name -> bulwark.ca.v1.TrustRotation
 	7,  // 22: bulwark.ca.v1.RotateResponse.events:type_name -> bulwark.ca.v1.TrustEvent
-	9,  // 23: bulwark.ca.v1.RevokeRequest.operator:type_name -> bulwark.ca.v1.Operator
-	9,  // 24: bulwark.ca.v1.UnrevokeRequest.operator:type_name -> bulwark.ca.v1.Operator
-	9,  // 25: bulwark.ca.v1.ImportCRLRequest.operator:type_name -> bulwark.ca.v1.Operator
-	9,  // 26: bulwark.ca.v1.ClearCRLRequest.operator:type_name -> bulwark.ca.v1.Operator
-	0,  // 27: bulwark.ca.v1.TrustAdmin.Status:input_type -> bulwark.ca.v1.StatusRequest
-	10, // 28: bulwark.ca.v1.TrustAdmin.Prepare:input_type -> bulwark.ca.v1.PrepareRequest
-	11, // 29: bulwark.ca.v1.TrustAdmin.Activate:input_type -> bulwark.ca.v1.AuthorityRequest
-	11, // 30: bulwark.ca.v1.TrustAdmin.Retire:input_type -> bulwark.ca.v1.AuthorityRequest
-	11, // 31: bulwark.ca.v1.TrustAdmin.Remove:input_type -> bulwark.ca.v1.AuthorityRequest
-	13, // 32: bulwark.ca.v1.TrustAdmin.Rotate:input_type -> bulwark.ca.v1.RotateRequest
-	15, // 33: bulwark.ca.v1.TrustAdmin.Revoke:input_type -> bulwark.ca.v1.RevokeRequest
-	16, // 34: bulwark.ca.v1.TrustAdmin.Unrevoke:input_type -> bulwark.ca.v1.UnrevokeRequest
-	17, // 35: bulwark.ca.v1.TrustAdmin.ImportCRL:input_type -> bulwark.ca.v1.ImportCRLRequest
-	18, // 36: bulwark.ca.v1.TrustAdmin.ClearCRL:input_type -> bulwark.ca.v1.ClearCRLRequest
-	1,  // 37: bulwark.ca.v1.TrustAdmin.Status:output_type -> bulwark.ca.v1.TrustStatus
-	12, // 38: bulwark.ca.v1.TrustAdmin.Prepare:output_type -> bulwark.ca.v1.ChangeResponse
-	12, // 39: bulwark.ca.v1.TrustAdmin.Activate:output_type -> bulwark.ca.v1.ChangeResponse
-	12, // 40: bulwark.ca.v1.TrustAdmin.Retire:output_type -> bulwark.ca.v1.ChangeResponse
-	12, // 41: bulwark.ca.v1.TrustAdmin.Remove:output_type -> bulwark.ca.v1.ChangeResponse
-	14, // 42: bulwark.ca.v1.TrustAdmin.Rotate:output_type -> bulwark.ca.v1.RotateResponse
-	12, // 43: bulwark.ca.v1.TrustAdmin.Revoke:output_type -> bulwark.ca.v1.ChangeResponse
-	12, // 44: bulwark.ca.v1.TrustAdmin.Unrevoke:output_type -> bulwark.ca.v1.ChangeResponse
-	12, // 45: bulwark.ca.v1.TrustAdmin.ImportCRL:output_type -> bulwark.ca.v1.ChangeResponse
-	12, // 46: bulwark.ca.v1.TrustAdmin.ClearCRL:output_type -> bulwark.ca.v1.ChangeResponse
-	37, // [37:47] is the sub-list for method output_type
-	27, // [27:37] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	9,  // 23: bulwark.ca.v1.CancelRotationRequest.operator:type_name -> bulwark.ca.v1.Operator
+	9,  // 24: bulwark.ca.v1.RevokeRequest.operator:type_name -> bulwark.ca.v1.Operator
+	9,  // 25: bulwark.ca.v1.UnrevokeRequest.operator:type_name -> bulwark.ca.v1.Operator
+	9,  // 26: bulwark.ca.v1.ImportCRLRequest.operator:type_name -> bulwark.ca.v1.Operator
+	9,  // 27: bulwark.ca.v1.ClearCRLRequest.operator:type_name -> bulwark.ca.v1.Operator
+	0,  // 28: bulwark.ca.v1.TrustAdmin.Status:input_type -> bulwark.ca.v1.StatusRequest
+	10, // 29: bulwark.ca.v1.TrustAdmin.Prepare:input_type -> bulwark.ca.v1.PrepareRequest
+	11, // 30: bulwark.ca.v1.TrustAdmin.Activate:input_type -> bulwark.ca.v1.AuthorityRequest
+	11, // 31: bulwark.ca.v1.TrustAdmin.Retire:input_type -> bulwark.ca.v1.AuthorityRequest
+	11, // 32: bulwark.ca.v1.TrustAdmin.Remove:input_type -> bulwark.ca.v1.AuthorityRequest
+	13, // 33: bulwark.ca.v1.TrustAdmin.Rotate:input_type -> bulwark.ca.v1.RotateRequest
+	15, // 34: bulwark.ca.v1.TrustAdmin.CancelRotation:input_type -> bulwark.ca.v1.CancelRotationRequest
+	16, // 35: bulwark.ca.v1.TrustAdmin.Revoke:input_type -> bulwark.ca.v1.RevokeRequest
+	17, // 36: bulwark.ca.v1.TrustAdmin.Unrevoke:input_type -> bulwark.ca.v1.UnrevokeRequest
+	18, // 37: bulwark.ca.v1.TrustAdmin.ImportCRL:input_type -> bulwark.ca.v1.ImportCRLRequest
+	19, // 38: bulwark.ca.v1.TrustAdmin.ClearCRL:input_type -> bulwark.ca.v1.ClearCRLRequest
+	1,  // 39: bulwark.ca.v1.TrustAdmin.Status:output_type -> bulwark.ca.v1.TrustStatus
+	12, // 40: bulwark.ca.v1.TrustAdmin.Prepare:output_type -> bulwark.ca.v1.ChangeResponse
+	12, // 41: bulwark.ca.v1.TrustAdmin.Activate:output_type -> bulwark.ca.v1.ChangeResponse
+	12, // 42: bulwark.ca.v1.TrustAdmin.Retire:output_type -> bulwark.ca.v1.ChangeResponse
+	12, // 43: bulwark.ca.v1.TrustAdmin.Remove:output_type -> bulwark.ca.v1.ChangeResponse
+	14, // 44: bulwark.ca.v1.TrustAdmin.Rotate:output_type -> bulwark.ca.v1.RotateResponse
+	12, // 45: bulwark.ca.v1.TrustAdmin.CancelRotation:output_type -> bulwark.ca.v1.ChangeResponse
+	12, // 46: bulwark.ca.v1.TrustAdmin.Revoke:output_type -> bulwark.ca.v1.ChangeResponse
+	12, // 47: bulwark.ca.v1.TrustAdmin.Unrevoke:output_type -> bulwark.ca.v1.ChangeResponse
+	12, // 48: bulwark.ca.v1.TrustAdmin.ImportCRL:output_type -> bulwark.ca.v1.ChangeResponse
+	12, // 49: bulwark.ca.v1.TrustAdmin.ClearCRL:output_type -> bulwark.ca.v1.ChangeResponse
+	39, // [39:50] is the sub-list for method output_type
+	28, // [28:39] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_api_ca_v1_admin_proto_init() }
@@ -1771,7 +1822,7 @@ func file_api_ca_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_ca_v1_admin_proto_rawDesc), len(file_api_ca_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   19,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

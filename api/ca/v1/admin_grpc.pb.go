@@ -37,16 +37,17 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	TrustAdmin_Status_FullMethodName    = "/bulwark.ca.v1.TrustAdmin/Status"
-	TrustAdmin_Prepare_FullMethodName   = "/bulwark.ca.v1.TrustAdmin/Prepare"
-	TrustAdmin_Activate_FullMethodName  = "/bulwark.ca.v1.TrustAdmin/Activate"
-	TrustAdmin_Retire_FullMethodName    = "/bulwark.ca.v1.TrustAdmin/Retire"
-	TrustAdmin_Remove_FullMethodName    = "/bulwark.ca.v1.TrustAdmin/Remove"
-	TrustAdmin_Rotate_FullMethodName    = "/bulwark.ca.v1.TrustAdmin/Rotate"
-	TrustAdmin_Revoke_FullMethodName    = "/bulwark.ca.v1.TrustAdmin/Revoke"
-	TrustAdmin_Unrevoke_FullMethodName  = "/bulwark.ca.v1.TrustAdmin/Unrevoke"
-	TrustAdmin_ImportCRL_FullMethodName = "/bulwark.ca.v1.TrustAdmin/ImportCRL"
-	TrustAdmin_ClearCRL_FullMethodName  = "/bulwark.ca.v1.TrustAdmin/ClearCRL"
+	TrustAdmin_Status_FullMethodName         = "/bulwark.ca.v1.TrustAdmin/Status"
+	TrustAdmin_Prepare_FullMethodName        = "/bulwark.ca.v1.TrustAdmin/Prepare"
+	TrustAdmin_Activate_FullMethodName       = "/bulwark.ca.v1.TrustAdmin/Activate"
+	TrustAdmin_Retire_FullMethodName         = "/bulwark.ca.v1.TrustAdmin/Retire"
+	TrustAdmin_Remove_FullMethodName         = "/bulwark.ca.v1.TrustAdmin/Remove"
+	TrustAdmin_Rotate_FullMethodName         = "/bulwark.ca.v1.TrustAdmin/Rotate"
+	TrustAdmin_CancelRotation_FullMethodName = "/bulwark.ca.v1.TrustAdmin/CancelRotation"
+	TrustAdmin_Revoke_FullMethodName         = "/bulwark.ca.v1.TrustAdmin/Revoke"
+	TrustAdmin_Unrevoke_FullMethodName       = "/bulwark.ca.v1.TrustAdmin/Unrevoke"
+	TrustAdmin_ImportCRL_FullMethodName      = "/bulwark.ca.v1.TrustAdmin/ImportCRL"
+	TrustAdmin_ClearCRL_FullMethodName       = "/bulwark.ca.v1.TrustAdmin/ClearCRL"
 )
 
 // TrustAdminClient is the client API for TrustAdmin service.
@@ -73,6 +74,9 @@ type TrustAdminClient interface {
 	// drives it one gated step at a time (see TrustStatus.rotation). While
 	// one is in progress it answers with that one (attached) instead.
 	Rotate(ctx context.Context, in *RotateRequest, opts ...grpc.CallOption) (*RotateResponse, error)
+	// CancelRotation forgets the rotation in progress; what it already did
+	// stays done (a prepared target stays prepared, an active one active).
+	CancelRotation(ctx context.Context, in *CancelRotationRequest, opts ...grpc.CallOption) (*ChangeResponse, error)
 	Revoke(ctx context.Context, in *RevokeRequest, opts ...grpc.CallOption) (*ChangeResponse, error)
 	Unrevoke(ctx context.Context, in *UnrevokeRequest, opts ...grpc.CallOption) (*ChangeResponse, error)
 	// ImportCRL hands in an organisation's own CRL for one of the
@@ -151,6 +155,16 @@ func (c *trustAdminClient) Rotate(ctx context.Context, in *RotateRequest, opts .
 	return out, nil
 }
 
+func (c *trustAdminClient) CancelRotation(ctx context.Context, in *CancelRotationRequest, opts ...grpc.CallOption) (*ChangeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ChangeResponse)
+	err := c.cc.Invoke(ctx, TrustAdmin_CancelRotation_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *trustAdminClient) Revoke(ctx context.Context, in *RevokeRequest, opts ...grpc.CallOption) (*ChangeResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ChangeResponse)
@@ -215,6 +229,9 @@ type TrustAdminServer interface {
 	// drives it one gated step at a time (see TrustStatus.rotation). While
 	// one is in progress it answers with that one (attached) instead.
 	Rotate(context.Context, *RotateRequest) (*RotateResponse, error)
+	// CancelRotation forgets the rotation in progress; what it already did
+	// stays done (a prepared target stays prepared, an active one active).
+	CancelRotation(context.Context, *CancelRotationRequest) (*ChangeResponse, error)
 	Revoke(context.Context, *RevokeRequest) (*ChangeResponse, error)
 	Unrevoke(context.Context, *UnrevokeRequest) (*ChangeResponse, error)
 	// ImportCRL hands in an organisation's own CRL for one of the
@@ -250,6 +267,9 @@ func (UnimplementedTrustAdminServer) Remove(context.Context, *AuthorityRequest) 
 }
 func (UnimplementedTrustAdminServer) Rotate(context.Context, *RotateRequest) (*RotateResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Rotate not implemented")
+}
+func (UnimplementedTrustAdminServer) CancelRotation(context.Context, *CancelRotationRequest) (*ChangeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CancelRotation not implemented")
 }
 func (UnimplementedTrustAdminServer) Revoke(context.Context, *RevokeRequest) (*ChangeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Revoke not implemented")
@@ -392,6 +412,24 @@ func _TrustAdmin_Rotate_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _TrustAdmin_CancelRotation_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CancelRotationRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TrustAdminServer).CancelRotation(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TrustAdmin_CancelRotation_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TrustAdminServer).CancelRotation(ctx, req.(*CancelRotationRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _TrustAdmin_Revoke_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(RevokeRequest)
 	if err := dec(in); err != nil {
@@ -494,6 +532,10 @@ var TrustAdmin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Rotate",
 			Handler:    _TrustAdmin_Rotate_Handler,
+		},
+		{
+			MethodName: "CancelRotation",
+			Handler:    _TrustAdmin_CancelRotation_Handler,
 		},
 		{
 			MethodName: "Revoke",
