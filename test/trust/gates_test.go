@@ -209,6 +209,7 @@ func TestRemoveTooEarly(t *testing.T) {
 	beforeForce := time.Now()
 	tr.requireNoFailures(t, "before the forced removal", start, beforeForce, nil)
 
+	forcing := time.Now()
 	out, _ = m.mustCA(30*time.Second, "remove", old, "--force", "--reason", "test: show what an early removal breaks")
 	forced := time.Now()
 	t.Logf("bulwark ca remove %s --force:\n%s", old, out)
@@ -237,16 +238,37 @@ func TestRemoveTooEarly(t *testing.T) {
 		if !s.pair.involves(api) {
 			continue
 		}
-		rs := s.between(forced, end)
+		rs := s.between(forcing, end)
 		first, lastOK, nf, example := firstFailure(rs, forced)
-		lines = append(lines, fmt.Sprintf("%s: %d of %d failed after the forced removal; first failure %s, last success %s; e.g. %v",
-			s, nf, len(rs), first, lastOK, example))
+		lines = append(lines, fmt.Sprintf("%s: %d of %d failed from the command's start to %s after it returned; first failure at %s, last success at %s; e.g. %v",
+			s, nf, len(rs), observe, first, lastOK, example))
 		if s.kind == fresh && nf == 0 {
 			t.Errorf("%s: no request failed in the %s after %s was removed while %s presents a leaf of it", s, observe, old, api.name)
 		}
 	}
-	t.Logf("MEASURED: remove --force of an authority %s still presents a leaf of (observed %s):\n  %s", api.name, observe, strings.Join(lines, "\n  "))
+	t.Logf("MEASURED: remove --force of an authority %s still presents a leaf of (times from the command's return):\n  %s", api.name, strings.Join(lines, "\n  "))
+
+	// Once its agent goes on, the workload should replace its leaf (its
+	// issuer is not the signing authority) within the re-issue window.
+	// Whether it can is reported, not required: the issue asks only that
+	// the failures be shown.
 	api.agent.thaw()
+	thawed := time.Now()
+	recovered := ""
+	for deadline := thawed.Add(m.reissue + 15*time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if e := api.trust(); e.leafAuthority() == id {
+			recovered = time.Since(thawed).Round(10 * time.Millisecond).String()
+			break
+		}
+	}
+	if recovered == "" {
+		t.Logf("MEASURED: after the forced removal, %s (agent running again) did not replace its leaf of the removed authority within %s; its agent's log:\n%s",
+			api.name, m.reissue+15*time.Second, api.agent.tail(15))
+	} else {
+		m.waitCallsPass(15 * time.Second)
+		t.Logf("MEASURED: after the forced removal, %s presented a leaf of %s %s after its agent went on (re-issue window %s), and its calls pass again",
+			api.name, id, recovered, m.reissue)
+	}
 }
 
 // firstFailure describes rs relative to t0: when the first failure and

@@ -1,6 +1,7 @@
 package trust
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -61,6 +62,22 @@ func TestRotationSurvivesControlPlaneKill(t *testing.T) {
 	}
 	if a := authority(st2, target); a == nil || a.GetPhase() != string(trust.Prepared) {
 		t.Fatalf("after the restart %s is %v, want prepared", target, a)
+	}
+
+	// The restarted control plane knows nothing of the proxies until they
+	// reconnect: api-1's Envoy does (ADS) but its frozen agent cannot
+	// report the bundle. The gate must go on holding the rotation.
+	var early []string
+	for hold := time.Now().Add(3 * time.Second); time.Now().Before(hold); time.Sleep(100 * time.Millisecond) {
+		st := m.status()
+		if a := authority(st, target); a.GetPhase() != string(trust.Prepared) {
+			early = append(early, fmt.Sprintf("+%s: %s %s, rotation %v", time.Since(restarted).Round(time.Millisecond), target, a.GetPhase(), st.GetRotation()))
+			break
+		}
+	}
+	if len(early) > 0 {
+		t.Errorf("the restarted control plane activated %s while the agent of %s (frozen) had not reported the bundle that carries it: %s",
+			target, api.key(), strings.Join(early, "; "))
 	}
 
 	api.agent.thaw()
