@@ -176,8 +176,8 @@ func eventTimings(st *cav1.TrustStatus, since time.Time) []string {
 		if at.Before(since.Add(-time.Second)) {
 			continue
 		}
-		out = append(out, fmt.Sprintf("%s %s at +%s (%s after the previous)", e.GetAction(), e.GetAuthority(),
-			at.Sub(since).Round(time.Millisecond), at.Sub(prev).Round(time.Millisecond)))
+		out = append(out, fmt.Sprintf("%s %s at %s (%s after the previous)", e.GetAction(), e.GetAuthority(),
+			offset(at, since), at.Sub(prev).Round(time.Millisecond)))
 		prev = at
 	}
 	return out

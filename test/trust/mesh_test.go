@@ -518,7 +518,8 @@ func (p *proc) running() bool {
 	}
 }
 
-// tail returns the last n lines of the process's log.
+// tail returns the last n lines of the process's log, leaving out the
+// access log of its Envoy.
 func (p *proc) tail(n int) string {
 	f, err := os.Open(p.logPath)
 	if err != nil {
@@ -529,6 +530,9 @@ func (p *proc) tail(n int) string {
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
+		if strings.HasPrefix(sc.Text(), "{") {
+			continue // Envoy's access log
+		}
 		lines = append(lines, sc.Text())
 		if len(lines) > n {
 			lines = lines[1:]
