@@ -69,6 +69,10 @@ type Config struct {
 	// authority signed replace it after an activation, each at a random
 	// moment in it; default trust.DefaultReissueWithin.
 	ReissueWithin time.Duration
+	// EvidenceWarmup is how long after a start the gates wait, at most,
+	// for the proxies connected before to reconnect (see RosterKeeper);
+	// default DefaultEvidenceWarmup, negative: not at all.
+	EvidenceWarmup time.Duration
 	// adminDefault: AdminSocket is the default, not the operator's
 	// choice: a socket that cannot be bound is a warning, not a failure.
 	adminDefault bool
@@ -126,6 +130,9 @@ func (cfg *Config) setDefaults() error {
 	}
 	if cfg.IntermediateTTL <= 0 {
 		cfg.IntermediateTTL = ca.DefaultIntermediateTTL
+	}
+	if cfg.EvidenceWarmup == 0 {
+		cfg.EvidenceWarmup = DefaultEvidenceWarmup
 	}
 	if cfg.AdminSocket == "" {
 		cfg.adminDefault = true

@@ -51,6 +51,9 @@ func newCADir(t *testing.T) string {
 	if err := ca.Init(ca.InitConfig{Dir: dir, TrustDomain: meshTD}); err != nil {
 		t.Fatal(err)
 	}
+	if err := controlplane.InitRoster(dir); err != nil {
+		t.Fatal(err)
+	}
 	return dir
 }
 
@@ -540,7 +543,30 @@ func TestRotationResumesAfterRestart(t *testing.T) {
 		t.Fatalf("%d authorities stored mid-rotation, want the old and the target", n)
 	}
 
+	// The restarted control plane knows nothing of the proxies until they
+	// reconnect: it waits for the one connected before (its roster),
+	// instead of taking no evidence for a mesh with no proxies.
 	cp2 := startOn(t, dir, nil)
+	admin2 := adminClient(t, cp2)
+	for hold := time.Now().Add(2 * time.Second); time.Now().Before(hold); time.Sleep(100 * time.Millisecond) {
+		if r := load(t, dir).Rotation; r == nil || r.Step != trust.StepActivate {
+			t.Fatalf("the restarted control plane went on before demo/api-1 was back: rotation %+v", r)
+		}
+	}
+	st, err := admin2.Status(ctx10(t), &cav1.StatusRequest{})
+	if err != nil || !strings.Contains(strings.Join(st.GetMissing(), "\n"), "not back yet (demo/api-1)") {
+		t.Errorf("status missing %q (%v): want the warm-up waiting for demo/api-1", st.GetMissing(), err)
+	}
+	// Back (its agent reporting nothing yet), it holds the gate itself.
+	back := connectProxy(t, cp2, "demo/api-1")
+	testwait.Until(t, "the warm-up over", 5*time.Second, func() bool {
+		st, err := admin2.Status(ctx10(t), &cav1.StatusRequest{})
+		return err == nil && len(st.GetMissing()) == 0 && st.GetRotation().GetWaiting() != ""
+	})
+	if r := load(t, dir).Rotation; r == nil || r.Step != trust.StepActivate {
+		t.Fatalf("rotation %+v went on with demo/api-1 holding no bundle", r)
+	}
+	back.Close()
 	testwait.Until(t, "the resumed rotation done", 15*time.Second, func() bool { return load(t, dir).Rotation == nil })
 	final := load(t, dir)
 	if n := len(final.Authorities); n != 2 {
@@ -793,6 +819,9 @@ func TestAutomaticRenewal(t *testing.T) {
 		if err := ca.Init(ca.InitConfig{Dir: dir, TrustDomain: meshTD, IntermediateTTL: 20 * 24 * time.Hour}); err != nil {
 			t.Fatal(err)
 		}
+		if err := controlplane.InitRoster(dir); err != nil {
+			t.Fatal(err)
+		}
 		old := load(t, dir).Active().ID
 		startOn(t, dir, nil)
 		testwait.Until(t, "the intermediate renewed", 15*time.Second, func() bool {
@@ -883,4 +912,38 @@ func fetch(t *testing.T, url string) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// TestWarmupWithoutRoster: a control plane that cannot tell which proxies
+// were connected before it started (a CA directory from before the
+// roster) refuses every gate for the whole warm-up, saying why; after it,
+// the gates decide on what is connected.
+func TestWarmupWithoutRoster(t *testing.T) {
+	dir := t.TempDir()
+	if err := ca.Init(ca.InitConfig{Dir: dir, TrustDomain: meshTD}); err != nil {
+		t.Fatal(err)
+	}
+	cp, err := controlplane.Start(context.Background(), controlplane.Config{MeshPaths: []string{exampleMesh}, XDSAddress: "127.0.0.1:0",
+		CADir: dir, Logger: testlog.New(t), EvidenceWarmup: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cp.Stop() })
+	admin := adminClient(t, cp)
+	prep, err := admin.Prepare(ctx10(t), &cav1.PrepareRequest{Kind: "intermediate"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = admin.Activate(ctx10(t), &cav1.AuthorityRequest{Id: prep.GetAuthority()})
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "does not know which proxies were connected before it") {
+		t.Fatalf("activate during the warm-up: %v, want a refusal saying the evidence is not complete", err)
+	}
+	testwait.Until(t, "activate after the warm-up", 5*time.Second, func() bool {
+		_, err := admin.Activate(ctx10(t), &cav1.AuthorityRequest{Id: prep.GetAuthority()})
+		return err == nil
+	})
+	// From then on the roster is kept (empty: nothing is connected).
+	if b, err := os.ReadFile(filepath.Join(dir, controlplane.RosterFile)); err != nil || !strings.Contains(string(b), `"nodes": []`) {
+		t.Errorf("roster after the warm-up: %q, %v", b, err)
+	}
 }

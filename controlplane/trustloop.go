@@ -28,6 +28,10 @@ const (
 	expiryWarnEvery = 24 * time.Hour
 	// loadErrLogEvery is how often the same load failure is logged again.
 	loadErrLogEvery = time.Minute
+	// DefaultEvidenceWarmup is Config.EvidenceWarmup's default: longer
+	// than an agent's longest wait between two attempts to reconnect (a
+	// minute), so that every proxy alive is back before it ends.
+	DefaultEvidenceWarmup = 75 * time.Second
 	// maxSaveAttempts bounds how often an admin step is redone after a
 	// conflict before giving up.
 	maxSaveAttempts = 5
@@ -64,7 +68,17 @@ type trustManager struct {
 	poll    time.Duration
 	kicks   chan struct{}
 
+	// Warm-up: until the evidence is complete after a start, every gate
+	// refuses (see RosterKeeper).
+	started  time.Time
+	warmup   time.Duration
+	roster   RosterKeeper // nil: the coordinator keeps none
+	expected []string     // the roster read at start
+	known    bool         // a roster was read: expected is who to wait for
+
 	mu         sync.Mutex
+	warm       bool             // the warm-up is over
+	saved      []string         // the roster saved last
 	waiting    *trust.GateError // what the rotation in progress waits for
 	waitLogged time.Time
 	loadErr    string
@@ -116,7 +130,82 @@ func (t *trustManager) evidence(ctx context.Context, st *trust.State) trust.Evid
 	}
 	ev.Proxies = append(ev.Proxies, others...)
 	ev.Missing = missing
+	if m := t.warming(ev); m != "" {
+		ev.Missing = append(ev.Missing, m)
+	}
 	return ev
+}
+
+// warming says why the evidence is not complete yet after a start, or ""
+// once it is (from then on, for the life of the process): the proxies on
+// the roster are not all back, or, without a roster, the warm-up has not
+// passed.
+func (t *trustManager) warming(ev trust.Evidence) string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.warm {
+		return ""
+	}
+	now := t.now()
+	until := t.started.Add(t.warmup)
+	if !now.Before(until) {
+		t.warm = true
+		t.log.Info("trust evidence complete: the warm-up after the start is over", "warmup", t.warmup)
+		return ""
+	}
+	since := now.Sub(t.started).Round(time.Second)
+	if !t.known {
+		return fmt.Sprintf("this control plane started %s ago and does not know which proxies were connected before it: "+
+			"gates wait until %s for them to reconnect", since, until.UTC().Format(time.RFC3339))
+	}
+	present := map[string]bool{}
+	for _, p := range ev.Proxies {
+		present[p.Node] = true
+	}
+	var back []string
+	for _, n := range t.expected {
+		if !present[n] {
+			back = append(back, n)
+		}
+	}
+	if len(back) == 0 {
+		t.warm = true
+		t.log.Info("trust evidence complete: every proxy connected before the start is back", "proxies", len(t.expected))
+		return ""
+	}
+	shown := back[:min(len(back), 10)]
+	more := ""
+	if len(back) > len(shown) {
+		more = fmt.Sprintf(" and %d more", len(back)-len(shown))
+	}
+	return fmt.Sprintf("this control plane started %s ago and %d proxies connected before are not back yet (%s%s): gates wait for them until %s",
+		since, len(back), strings.Join(shown, ", "), more, until.UTC().Format(time.RFC3339))
+}
+
+// saveRoster records the proxies connected here now, once the warm-up is
+// over (before, the set is partial), when it changed.
+func (t *trustManager) saveRoster(acks []trust.ProxyAck) {
+	if t.roster == nil {
+		return
+	}
+	nodes := make([]string, 0, len(acks))
+	for _, a := range acks {
+		nodes = append(nodes, a.Node)
+	}
+	t.warming(trust.Evidence{Proxies: acks}) // the warm-up ends on its own clock too, gates asked or not
+	t.mu.Lock()
+	skip := !t.warm || (t.saved != nil && slices.Equal(nodes, t.saved))
+	t.mu.Unlock()
+	if skip {
+		return
+	}
+	if err := t.roster.SaveRoster(nodes); err != nil {
+		t.logWait("cannot save the roster of connected proxies", err)
+		return
+	}
+	t.mu.Lock()
+	t.saved = nodes
+	t.mu.Unlock()
 }
 
 // run keeps the State current and, while this replica leads, drives it,
@@ -130,9 +219,11 @@ func (t *trustManager) run(ctx context.Context) error {
 		} else {
 			t.setWaiting(nil)
 		}
-		if err := t.coord.Publish(ctx, t.localAcks(t.auth.State())); err != nil && ctx.Err() == nil {
+		acks := t.localAcks(t.auth.State())
+		if err := t.coord.Publish(ctx, acks); err != nil && ctx.Err() == nil {
 			t.log.Warn("cannot publish this replica's trust evidence", "err", err)
 		}
+		t.saveRoster(acks)
 		select {
 		case <-ctx.Done():
 			return nil
@@ -478,7 +569,23 @@ func newTrustManager(cfg Config, p parts, srv *server.Server, iss *issuer.Server
 			return trust.DefaultMint(cfg.RootTTL, cfg.IntermediateTTL, now)
 		},
 		log: cfg.Logger.With("component", "trust"), m: newTrustMetrics(p.reg), now: time.Now, poll: trustPoll,
-		kicks: make(chan struct{}, 1)}
+		kicks: make(chan struct{}, 1), started: time.Now(), warmup: cfg.EvidenceWarmup}
+	if t.warmup <= 0 {
+		t.warm = true
+	}
+	if rk, ok := p.coord.(RosterKeeper); ok {
+		t.roster = rk
+		nodes, known, err := rk.Roster()
+		if err != nil {
+			// Unknown, then: the warm-up runs its whole length.
+			t.log.Warn("the roster of the proxies connected before cannot be read; gates wait the whole warm-up", "err", err, "warmup", t.warmup)
+		}
+		t.expected, t.known = nodes, known && err == nil
+	}
+	if !t.warm {
+		t.log.Info("trust evidence warming up: gates wait for the proxies connected before the start", "known", t.known,
+			"proxies", len(t.expected), "at_most", t.warmup)
+	}
 	p.reg.MustRegister(trustCollector{t})
 	return t
 }

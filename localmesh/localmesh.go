@@ -476,7 +476,11 @@ func ensureCA(ctx context.Context, dir string, meshPaths []string) error {
 	if err != nil {
 		return err
 	}
-	return ca.Init(ca.InitConfig{Dir: dir, TrustDomain: td})
+	if err := ca.Init(ca.InitConfig{Dir: dir, TrustDomain: td}); err != nil {
+		return err
+	}
+	// A new CA: no proxy was ever connected, so none to wait for.
+	return controlplane.InitRoster(dir)
 }
 
 // Wait blocks until the control plane stops (ctx ended, or it failed).

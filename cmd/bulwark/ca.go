@@ -15,6 +15,7 @@ import (
 
 	"github.com/bulwarkmesh/bulwark/ca"
 	"github.com/bulwarkmesh/bulwark/ca/trust"
+	"github.com/bulwarkmesh/bulwark/controlplane"
 	"github.com/bulwarkmesh/bulwark/internal/peercred"
 	"github.com/bulwarkmesh/bulwark/internal/pemutil"
 )
@@ -81,6 +82,11 @@ func runCAInit(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if err := storeInitState(*dir, td); err != nil {
+		return err
+	}
+	// No proxy was ever connected to this CA: a control plane started on
+	// it has none to wait for before its gates decide.
+	if err := controlplane.InitRoster(*dir); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "CA for %s created in %s: %s (trust anchor), %s and %s (signing), %s (keep it offline if you can)\n",

@@ -40,9 +40,15 @@ type adminFlags struct {
 }
 
 func bindAdmin(fs *flag.FlagSet) adminFlags {
+	af := bindSocket(fs)
+	af.as = fs.String("as", "", "a note kept with your user in the audit trail: your name, a ticket")
+	return af
+}
+
+// bindSocket binds the flags of a command that changes nothing.
+func bindSocket(fs *flag.FlagSet) adminFlags {
 	return adminFlags{
 		socket: fs.String("socket", defaultSocket(), "the control plane's admin socket (file mode: <ca-dir>/admin.sock; env BULWARK_ADMIN_SOCKET)"),
-		as:     fs.String("as", "", "a note kept with your user in the audit trail: your name, a ticket"),
 		timeout: fs.Duration("timeout", 30*time.Second,
 			"give up on the control plane after this long"),
 	}
@@ -54,7 +60,11 @@ func dialAdmin(path string) (cav1.TrustAdminClient, func(), error) {
 	if _, err := os.Stat(path); err != nil {
 		return nil, nil, fmt.Errorf("admin socket %s: %w (is the control plane running? give --socket: in file mode it is <ca-dir>/admin.sock)", path, err)
 	}
-	conn, err := grpc.NewClient("unix:"+path, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	// Calls wait for the control plane (within --timeout) rather than
+	// fail at once: one restarting, killed in the middle of a rotation
+	// say, answers again in a moment.
+	conn, err := grpc.NewClient("unix:"+path, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.WaitForReady(true)))
 	if err != nil {
 		return nil, nil, fmt.Errorf("admin socket %s: %w", path, err)
 	}
@@ -90,8 +100,8 @@ func adminError(err error) error {
 		return err
 	}
 	switch st.Code() {
-	case codes.Unavailable:
-		return fmt.Errorf("the control plane does not answer on its admin socket: %s", st.Message())
+	case codes.Unavailable, codes.DeadlineExceeded:
+		return fmt.Errorf("the control plane does not answer on its admin socket (is it running? --timeout waits longer): %s", st.Message())
 	case codes.PermissionDenied:
 		return fmt.Errorf("refused: %s", st.Message())
 	}
@@ -133,7 +143,7 @@ func printChange(out io.Writer, what string, resp *cav1.ChangeResponse) {
 
 func runCAStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("ca status", "[--json] [--socket PATH | --dir DIR]", stderr)
-	af := bindAdmin(fs)
+	af := bindSocket(fs)
 	asJSON := fs.Bool("json", false, "print the status as JSON")
 	dir := fs.String("dir", "", "read this CA directory instead of asking a running control plane (nothing is known of proxies then)")
 	if err := parse(fs, args); err != nil {
@@ -365,7 +375,7 @@ func followRotation(ctx context.Context, c cav1.TrustAdminClient, r *cav1.TrustR
 		switch {
 		case ctx.Err() != nil:
 			return fmt.Errorf("stopped following the rotation at step %s; it goes on (bulwark ca rotate --wait attaches to it again)", lastStep)
-		case err != nil && status.Code(err) == codes.Unavailable:
+		case err != nil && (status.Code(err) == codes.Unavailable || status.Code(err) == codes.DeadlineExceeded):
 			if !down {
 				fmt.Fprintln(out, "the control plane does not answer; waiting for it (the rotation is stored and resumes when it is back)")
 				down = true

@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"net"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -131,5 +133,19 @@ func TestCACommandsWithoutAControlPlane(t *testing.T) {
 	code, _, errOut := runCLI(t, "ca", "status", "--socket", t.TempDir()+"/admin.sock")
 	if code != 1 || !strings.Contains(errOut, "admin.sock") || !strings.Contains(errOut, "is the control plane running") {
 		t.Errorf("exit %d, stderr %q", code, errOut)
+	}
+
+	// A socket file left by a control plane that died: the call waits
+	// --timeout for one to serve it, then says none does.
+	stale := filepath.Join(t.TempDir(), "admin.sock")
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: stale, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.SetUnlinkOnClose(false)
+	l.Close()
+	code, _, errOut = runCLI(t, "ca", "status", "--socket", stale, "--timeout", "300ms")
+	if code != 1 || !strings.Contains(errOut, "does not answer on its admin socket") {
+		t.Errorf("stale socket: exit %d, stderr %q", code, errOut)
 	}
 }

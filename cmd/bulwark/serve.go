@@ -65,6 +65,8 @@ func runServe(ctx context.Context, args []string, _, stderr io.Writer) error {
 	fs.StringVar(&cfg.Identity, "identity", "", "the control plane's SPIFFE ID (default spiffe://<trust domain>/ns/bulwark-system/sa/bulwark)")
 	fs.DurationVar(&cfg.ReissueWithin, "reissue-within", trust.DefaultReissueWithin,
 		"after an activation, workloads replace leaves the old authority signed each at a random moment within this")
+	fs.DurationVar(&cfg.EvidenceWarmup, "evidence-warmup", controlplane.DefaultEvidenceWarmup,
+		"after a start, gates wait at most this long for the proxies connected before to reconnect (all of it when it is not known which were; negative: not at all)")
 	fs.DurationVar(&cfg.MaxCertTTL, "max-cert-ttl", 0, "cap on workload certificate lifetimes (default and upper limit 24h)")
 	fs.StringVar(&cfg.XDSAddress, "xds-address", "127.0.0.1:15010", "address for ADS and the CA service (gRPC, mutual TLS)")
 	fs.StringVar(&cfg.HTTPAddress, "http-address", "127.0.0.1:15014", "address for /metrics, /debug/proxies and /healthz (unauthenticated: keep it on loopback); empty disables")
