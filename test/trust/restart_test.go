@@ -9,13 +9,23 @@ import (
 	"github.com/bulwarkmesh/bulwark/ca/trust"
 )
 
-// TestRotationSurvivesControlPlaneKill starts a rotation, holds it at its
-// activate gate (one agent frozen, so its bundle report cannot arrive),
-// SIGKILLs the control plane there and starts it again: the rotation is
-// still in progress with the same prepared authority, and once the agent
-// goes on, it completes by itself. Nothing is minted twice, and not one
-// request fails all along.
+// TestRotationSurvivesControlPlaneKill SIGKILLs the control plane in the
+// middle of a rotation held at one of its gates by one frozen agent (its
+// Envoy goes on serving; the agent neither reports nor replaces its
+// leaf), and starts it again: the rotation is still in progress with the
+// same prepared authority; the restarted control plane, which knew
+// nothing of the proxies when it started, goes on holding the gate while
+// the agent is frozen; once the agent goes on, the rotation completes by
+// itself. Nothing is minted twice, and not one request fails all along.
 func TestRotationSurvivesControlPlaneKill(t *testing.T) {
+	t.Run("at the activate gate", func(t *testing.T) { testKilledRotation(t, "activate") })
+	t.Run("at the remove gate", func(t *testing.T) { testKilledRotation(t, "remove") })
+}
+
+// testKilledRotation holds the rotation at gate ("activate": the frozen
+// agent has not reported the bundle carrying the new authority;
+// "remove": it has, but still presents a leaf of the old authority).
+func testKilledRotation(t *testing.T, gate string) {
 	m := startMesh(t, options{reissueWithin: testReissue})
 	st0 := m.status()
 	old := active(t, st0).GetId()
@@ -24,28 +34,47 @@ func TestRotationSurvivesControlPlaneKill(t *testing.T) {
 	tr := m.startTraffic(t)
 	start := time.Now()
 
-	api.agent.freeze()
-	out, _ := m.mustCA(30*time.Second, "rotate", "--kind", "intermediate", "--reason", "test: killed in the middle")
-	t.Logf("bulwark ca rotate --kind intermediate:\n%s", out)
+	var out string
+	switch gate {
+	case "activate":
+		api.agent.freeze()
+		out, _ = m.mustCA(30*time.Second, "rotate", "--kind", "intermediate", "--reason", "test: killed in the middle")
+	case "remove":
+		id := m.prepare("intermediate")
+		m.waitEnvoys(15*time.Second, "the bundle with the prepared authority's CRL", m.workloads,
+			func(e *envoyTrust) bool { return len(e.CRLs) == 2 })
+		m.waitAcked(15 * time.Second)
+		api.agent.freeze()
+		out, _ = m.mustCA(30*time.Second, "rotate", "--to", id, "--reason", "test: killed in the middle")
+	}
+	t.Logf("bulwark ca rotate:\n%s", out)
+
+	// Wait for the rotation to be held up by api-1 at the gate.
 	var r *cav1.TrustRotation
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(m.reissue + 20*time.Second)
 	for {
 		st := m.status()
 		r = st.GetRotation()
-		if r != nil && r.GetTarget() != "" && r.GetStep() == "activate" && r.GetWaiting() != "" {
+		held := r != nil && r.GetTarget() != "" && r.GetWaiting() != "" && strings.Contains(strings.Join(r.GetLaggards(), " "), api.key())
+		if held && gate == "activate" && r.GetStep() == "activate" {
+			break
+		}
+		if held && gate == "remove" && r.GetStep() != "activate" && authority(st, r.GetTarget()).GetPhase() == string(trust.Active) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the rotation is not waiting at its activate gate within 20s: %v; %s", r, authorities(st))
+			t.Fatalf("the rotation is not held up by %s at its %s gate: %v; %s", api.key(), gate, r, authorities(st))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 	target := r.GetTarget()
+	targetPhase := authority(m.status(), target).GetPhase()
 	st1 := m.status()
 	if n := len(st1.GetAuthorities()); n != n0+1 {
 		t.Fatalf("%d authorities once the rotation prepared %s, want %d: %s", n, target, n0+1, authorities(st1))
 	}
-	t.Logf("rotation at step %s, waiting: %s %v", r.GetStep(), r.GetWaiting(), r.GetLaggards())
+	t.Logf("killing the control plane with the rotation at step %s, waiting: %s %v", r.GetStep(), r.GetWaiting(), r.GetLaggards())
+	killedAt := r.GetStep()
 
 	m.killControlPlane()
 	killed := time.Now()
@@ -59,18 +88,32 @@ func TestRotationSurvivesControlPlaneKill(t *testing.T) {
 	if n := len(st2.GetAuthorities()); n != n0+1 {
 		t.Fatalf("%d authorities after the restart, want %d (nothing minted again): %s", n, n0+1, authorities(st2))
 	}
+
 	// The restarted control plane knows nothing of the proxies until they
-	// reconnect: api-1's Envoy does (ADS) but its frozen agent cannot
-	// report the bundle. The gate must go on holding the rotation.
-	st := st2
-	for hold := time.Now().Add(3 * time.Second); ; st = m.status() {
-		if a := authority(st, target); a.GetPhase() != string(trust.Prepared) {
-			t.Errorf("the restarted control plane activated %s while the agent of %s (frozen) had not reported the bundle that carries it: seen %s after the restart, rotation at step %s; events (from the kill): %s",
-				target, api.key(), time.Since(restarted).Round(time.Millisecond), st.GetRotation().GetStep(), strings.Join(eventTimings(st, killed), "; "))
-			// What that costs: the others replace their leaves within the
-			// re-issue window, and api-1's Envoy, without the bundle that
-			// carries the new authority, refuses them.
-			time.Sleep(m.reissue + 2*time.Second)
+	// reconnect: api-1's Envoy does (ADS), its frozen agent does not. The
+	// gate must go on holding the rotation for as long as the agent is
+	// frozen: longer than the others take to replace their leaves.
+	hold := restarted.Add(m.reissue + 3*time.Second)
+	held := "held"
+	for st := st2; ; st = m.status() {
+		moved := ""
+		switch gate {
+		case "activate":
+			if a := authority(st, target); a.GetPhase() != targetPhase {
+				moved = target + " " + a.GetPhase()
+			}
+		case "remove":
+			if a := authority(st, old); a.GetPhase() != string(trust.Retired) {
+				moved = old + " " + a.GetPhase()
+			}
+		}
+		if moved != "" {
+			t.Errorf("the restarted control plane passed the %s gate while the agent of %s (frozen) %s: %s, seen %s after the restart, rotation at step %s; events (from the kill): %s",
+				gate, api.key(), map[string]string{"activate": "had not reported the bundle that carries " + target, "remove": "presents a leaf of " + old}[gate],
+				moved, time.Since(restarted).Round(time.Millisecond), st.GetRotation().GetStep(), strings.Join(eventTimings(st, killed), "; "))
+			held = "did NOT hold"
+			// Show what it costs: the requests of the rest of the hold.
+			time.Sleep(time.Until(hold))
 			break
 		}
 		if time.Now().After(hold) {
@@ -81,6 +124,7 @@ func TestRotationSurvivesControlPlaneKill(t *testing.T) {
 
 	api.agent.thaw()
 	thawed := time.Now()
+	var st *cav1.TrustStatus
 	deadline = time.Now().Add(m.reissue + 60*time.Second)
 	for {
 		st = m.status()
@@ -118,8 +162,8 @@ func TestRotationSurvivesControlPlaneKill(t *testing.T) {
 		}
 	}
 	tr.requireNoFailures(t, "rotation with the control plane killed", start, end, nil)
-	t.Logf("MEASURED: rotation resumed after SIGKILL: control plane killed at step activate, answering again %s after the kill; the rotation completed %s after the frozen agent went on (%s after the restart); %d authorities at the end (%s); %d failed requests",
-		restarted.Sub(killed).Round(10*time.Millisecond), done.Sub(thawed).Round(10*time.Millisecond), done.Sub(restarted).Round(10*time.Millisecond),
-		len(st.GetAuthorities()), authorities(st), countFailures(tr, start, end))
-	t.Logf("MEASURED: resumed rotation steps as the control plane recorded them: %s", strings.Join(eventTimings(st, start), "; "))
+	t.Logf("MEASURED: rotation resumed after SIGKILL at step %s: the control plane answered again %s after the kill; it %s the %s gate while the agent was frozen (%s after the restart), and completed the rotation %s after the agent went on; %d authorities at the end (%s); %d failed requests",
+		killedAt, restarted.Sub(killed).Round(10*time.Millisecond), held, gate, thawed.Sub(restarted).Round(100*time.Millisecond),
+		done.Sub(thawed).Round(10*time.Millisecond), len(st.GetAuthorities()), authorities(st), countFailures(tr, start, end))
+	t.Logf("MEASURED: the steps of the rotation killed at step %s, as the control plane recorded them: %s", killedAt, strings.Join(eventTimings(st, start), "; "))
 }
