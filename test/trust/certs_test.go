@@ -23,9 +23,9 @@ import (
 type envoyTrust struct {
 	// CACerts and Leaves are the serials (lower-case hex, no leading
 	// zeros) /certs lists over every TLS context: the trusted CA
-	// certificates and the certificates presented. Envoy lists only the
-	// first certificate of a trusted CA bundle there, so the whole bundle
-	// is read from the SDS secret (Roots).
+	// certificates and the certificates presented. /certs shows serials
+	// only; the certificates themselves, the CRLs and the leaf's chain are
+	// read from the secrets Envoy has active (below).
 	CACerts, Leaves []string
 	// Roots, CRLs and OnlyLeafCRL are the ROOTCA secret Envoy has active
 	// (/config_dump, dynamic_active_secrets): its trust bundle.

@@ -11,7 +11,8 @@
 // HTTP over a kept-alive connection, and a TCP line over a fresh
 // connection every time, so that a sidecar-to-sidecar mTLS handshake
 // happens continuously. What each Envoy trusts and presents is read from
-// its admin interface (/certs and the SDS secrets in /config_dump).
+// its admin interface: /certs (serials), and the SDS secrets it has active
+// in /config_dump (the certificates, the CRLs, the leaf's chain).
 //
 // README: `go test ./test/trust/ -v -run . -count=1` (ENVOY_BIN, or
 // .venv/bin/envoy from `make envoy`) runs these in about four minutes;
