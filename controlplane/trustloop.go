@@ -581,6 +581,9 @@ func newTrustManager(cfg Config, p parts, srv *server.Server, iss *issuer.Server
 			t.log.Warn("the roster of the proxies connected before cannot be read; gates wait the whole warm-up", "err", err, "warmup", t.warmup)
 		}
 		t.expected, t.known = nodes, known && err == nil
+		if t.known && len(t.expected) == 0 {
+			t.warm = true // no proxy was connected before: none to wait for
+		}
 	}
 	if !t.warm {
 		t.log.Info("trust evidence warming up: gates wait for the proxies connected before the start", "known", t.known,
