@@ -14,9 +14,10 @@
 // its admin interface: /certs (serials), and the SDS secrets it has active
 // in /config_dump (the certificates, the CRLs, the leaf's chain).
 //
-// README: `go test ./test/trust/ -v -run . -count=1` (ENVOY_BIN, or
-// .venv/bin/envoy from `make envoy`) runs these in about four minutes;
-// the figures they measure are the t.Log lines that start "MEASURED:".
+// README: `go test ./test/trust/ -v -count=1` (ENVOY_BIN, or
+// .venv/bin/envoy from `make envoy`) runs these in about a minute and a
+// half on two cores; the figures they measure are the t.Log lines that
+// start "MEASURED:".
 // go test -short (the unit tier) leaves them out by design and builds
 // nothing; without -short a missing Envoy fails them, never skips.
 package trust

@@ -184,7 +184,7 @@ func (w *workload) admin() string {
 // topology goes through. Everything is stopped when the test ends.
 func startMesh(t *testing.T, opt options) *mesh {
 	t.Helper()
-	m := &mesh{t: t, opt: opt, envoyBin: envoytest.Bin(t), dir: t.TempDir(), octet: 100 + int(nextOctet.Add(1))}
+	m := &mesh{t: t, opt: opt, envoyBin: envoytest.Bin(t), dir: t.TempDir(), octet: 100 + int(nextOctet.Add(1))%150}
 	if bulwarkBin == "" {
 		t.Fatal("the bulwark binary was not built (TestMain)")
 	}
