@@ -34,26 +34,10 @@ func TestRevokeWorkload(t *testing.T) {
 	t.Logf("bulwark ca revoke --workload %s (%s):\n%s", api.key(), took.Round(time.Millisecond), out)
 
 	// Every new connection to or from api-1 is refused, by frontend-1
-	// (api-1 as a server) and by backend-1 (api-1 as a client).
-	const within = 10 * time.Second
-	refusedBy := map[string]time.Time{}
-	deadline := revoked.Add(within)
-	for len(refusedBy) < 2 && time.Now().Before(deadline) {
-		for _, p := range m.pairs() {
-			if !p.involves(api) {
-				continue
-			}
-			s := tr.stream(p, fresh)
-			if _, ok := refusedBy[s.String()]; ok {
-				continue
-			}
-			if rs := s.between(revoked, time.Now()); refusedSince(rs) {
-				refusedBy[s.String()] = time.Now()
-			}
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	// Watch a while longer, for the kept-alive connections.
+	// (api-1 as a server) and by backend-1 (api-1 as a client), within
+	// seconds (the bound) and from then on. The kept-alive
+	// connections are watched for the whole observation.
+	const within = 5 * time.Second
 	const observe = 8 * time.Second
 	time.Sleep(time.Until(revoked.Add(observe)))
 	end := time.Now()
@@ -72,8 +56,8 @@ func TestRevokeWorkload(t *testing.T) {
 			measured = append(measured, fmt.Sprintf("%s: %d of %d requests refused from the revoke's start to %s after it returned; first refused at %s, last success at %s; e.g. %v",
 				s, nf, len(rs), observe, first, lastOK, example))
 			if k == fresh {
-				if nf == 0 {
-					t.Errorf("%s: no new connection was refused in the %s after %s was revoked", s, observe, api.key())
+				if rs := s.between(revoking, revoked.Add(within)); !refusedSince(rs) {
+					t.Errorf("%s: new connections are not refused within %s of the revoke", s, within)
 				} else if !refusedSince(s.between(revoked, end)) {
 					t.Errorf("%s: a new connection succeeded after the first refusal", s)
 				}
@@ -120,7 +104,7 @@ func TestRevokeWorkload(t *testing.T) {
 	unrevoked := time.Now()
 	t.Logf("bulwark ca unrevoke --workload %s (%s):\n%s", api.key(), took.Round(time.Millisecond), out)
 	passAgain := map[string]time.Duration{}
-	deadline = unrevoked.Add(within)
+	deadline := unrevoked.Add(within)
 	for {
 		for _, p := range m.pairs() {
 			s := tr.stream(p, fresh)
