@@ -3,6 +3,8 @@ package trust
 import (
 	"fmt"
 	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 // DrainDeadline is how long a drain waits for every proxy to acknowledge
@@ -63,11 +65,34 @@ func DrainDue(s *State, ev Evidence, now time.Time) bool {
 		return false
 	}
 	for _, p := range ev.Proxies {
+		if s.refused(p) {
+			// The revoked proxy itself: nothing of it is waited for (its
+			// agent gets no bundle any more), its peers refuse it.
+			continue
+		}
 		if !p.Reported || p.ProxySeq < s.DrainPending {
 			return false
 		}
 	}
 	return true
+}
+
+// refused reports whether the bundle refuses proxy p: its workload is
+// revoked, or a leaf it presents is revoked or was signed by an authority
+// out of the bundle.
+func (s *State) refused(p ProxyAck) bool {
+	if _, ok := s.Revoked("", spiffeid.ID{}, p.Node); ok {
+		return true
+	}
+	for _, l := range p.Leaves {
+		if _, ok := s.Revoked(l.Serial, spiffeid.ID{}, ""); ok {
+			return true
+		}
+		if a := s.Get(l.Issuer); a != nil && (a.Phase == Removed || a.Revoked) {
+			return true
+		}
+	}
+	return false
 }
 
 // OrderDrain moves RevocationEpoch to the pending drain: every proxy then

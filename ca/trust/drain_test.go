@@ -40,6 +40,13 @@ func TestADrainFollowsWhatTheBundleNewlyRefuses(t *testing.T) {
 	if !DrainDue(s, allAt(pending, "default/bad", "default/good"), now) {
 		t.Error("drain not due once every proxy holds the bundle")
 	}
+	// The revoked workload's own proxy gets no bundle any more: nothing
+	// waits for it.
+	lagging := allAt(pending, "default/good")
+	lagging.Proxies = append(lagging.Proxies, ProxyAck{Node: "default/bad", Reported: true, AgentSeq: pending - 1, ProxySeq: pending - 1})
+	if !DrainDue(s, lagging, now) {
+		t.Error("drain waits for the revoked workload's own proxy")
+	}
 	if !DrainDue(s, allAt(pending-1, "default/bad"), t0.Add(2*time.Minute+DrainDeadline)) {
 		t.Error("drain not due at the deadline")
 	}
