@@ -16,7 +16,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 SBOM ?= bin/bulwark.cdx.json
 MESH ?= examples/local/mesh.yaml
 # Test packages that run without Envoy or root; run again under -race.
-RACE_PKGS := ./model/... ./source/... ./xds/... ./authz/... ./identity/... ./sidecar/agent/...
+RACE_PKGS := ./model/... ./source/... ./xds/... ./authz/... ./identity/... ./sidecar/agent/... ./ca/... ./sds/... ./controlplane/...
 # How much each fuzz target runs in `make test`, in executions: a duration
 # races the Go 1.26 fuzz coordinator's deadline and fails at random with
 # "context deadline exceeded" (golang/go#75804, fixed in Go 1.27); a count
@@ -110,7 +110,8 @@ test-race:
 # Fuzz the policy and mesh file parser, SPIFFE identities and path patterns,
 # and what crosses a trust boundary: ADS requests (node ID, type URLs,
 # resource names, NACKs), the CA service's requests (CSR, workload,
-# credential), join tokens and policy custom resources, from the seed
+# credential), join tokens, policy custom resources and the stored trust
+# state (a CA directory or Secret someone else can write), from the seed
 # corpora in the tests. Minimizing is kept to one pass: with large YAML
 # inputs the default minimization stalls the fuzzer. The counts keep each
 # target to seconds (about a minute for the four trust-boundary targets
@@ -127,6 +128,7 @@ fuzz: envoy
 	$(GO) test -run '^$$' -fuzz '^FuzzSignCertificate$$' -fuzztime $$((20000 * $(FUZZ_SCALE)))x -fuzzminimizetime 1x ./identity/issuer
 	$(GO) test -run '^$$' -fuzz '^FuzzRedeem$$' -fuzztime $$((30000 * $(FUZZ_SCALE)))x -fuzzminimizetime 1x ./identity/attest
 	$(GO) test -run '^$$' -fuzz '^FuzzPolicyObject$$' -fuzztime $$((40000 * $(FUZZ_SCALE)))x -fuzzminimizetime 1x ./source/kinds
+	$(GO) test -run '^$$' -fuzz '^FuzzUnmarshal$$' -fuzztime $$((20000 * $(FUZZ_SCALE)))x -fuzzminimizetime 1x ./ca/trust
 	$(GO) test -run '^$$' -fuzz '^FuzzQuote$$' -fuzztime $$((50000 * $(FUZZ_SCALE)))x -fuzzminimizetime 1x ./internal/bounded
 	ENVOY_BIN=$(abspath $(ENVOY)) BULWARK_PATH_CORPUS=$$((2000 * $(FUZZ_SCALE))) $(GO) test -count=1 -run '^TestExplainAgreesWithEnvoyOnPaths$$' ./test/e2e
 
