@@ -182,7 +182,7 @@ func WriteTrustStatus(out io.Writer, s *cav1.TrustStatus, now time.Time) {
 	} else {
 		fmt.Fprintln(out, "Revocations:")
 		for _, r := range s.GetRevocations() {
-			fmt.Fprintf(out, "  %s %s: %d serials, by %s %s ago, expires in %s: %s\n", r.GetKind(), name(r.GetValue()), len(r.GetSerials()),
+			fmt.Fprintf(out, "  %s %s: %d serials, by %s %s ago, expires %s: %s\n", r.GetKind(), name(r.GetValue()), len(r.GetSerials()),
 				name(r.GetBy()), ago(now, r.GetAt().AsTime()), until(r.GetExpires().AsTime(), now), text(r.GetReason()))
 		}
 	}

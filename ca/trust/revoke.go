@@ -75,7 +75,7 @@ func Revoke(s *State, r Revocation, op Operation) error {
 	entry.Expires = expires(entry)
 	return s.apply(func(c *State) error {
 		c.Revocations = append(c.Revocations, entry)
-		return c.commit(op, "revoke", "", fmt.Sprintf("%s %s revoked (%d certificates known): %s", entry.Kind, entry.Value, len(entry.Serials), reason), false)
+		return c.commit(op, "revoke", "", fmt.Sprintf("%s %s revoked (certificates known: %d): %s", entry.Kind, entry.Value, len(entry.Serials), reason), false)
 	})
 }
 
