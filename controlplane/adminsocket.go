@@ -14,8 +14,10 @@ import (
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/peer"
 
+	cav1 "github.com/bulwarkmesh/bulwark/api/ca/v1"
 	"github.com/bulwarkmesh/bulwark/internal/bounded"
 	"github.com/bulwarkmesh/bulwark/internal/peercred"
 )
@@ -173,4 +175,17 @@ func serveAdmin(ctx context.Context, g *errgroup.Group, s *grpc.Server, lis net.
 		s.Stop() // closing the listener unlinks the socket file
 		return nil
 	})
+}
+
+// DialAdmin returns a client of the trust admin service on the Unix
+// socket at path (what `bulwark ca` talks to). The connection carries no
+// credential: the control plane asks the kernel who is calling. Close
+// the returned connection when done.
+func DialAdmin(path string, opts ...grpc.DialOption) (cav1.TrustAdminClient, *grpc.ClientConn, error) {
+	opts = append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, opts...)
+	conn, err := grpc.NewClient("unix:"+path, opts...)
+	if err != nil {
+		return nil, nil, fmt.Errorf("admin socket %s: %w", path, err)
+	}
+	return cav1.NewTrustAdminClient(conn), conn, nil
 }

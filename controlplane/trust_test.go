@@ -26,7 +26,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
@@ -79,12 +78,12 @@ func adminClient(t *testing.T, cp *controlplane.ControlPlane) cav1.TrustAdminCli
 	if cp.AdminAddr == "" {
 		t.Fatal("the control plane serves no admin socket")
 	}
-	conn, err := grpc.NewClient("unix:"+cp.AdminAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	c, conn, err := controlplane.DialAdmin(cp.AdminAddr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return cav1.NewTrustAdminClient(conn)
+	return c
 }
 
 func ctx10(t *testing.T) context.Context {

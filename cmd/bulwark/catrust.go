@@ -13,7 +13,6 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
@@ -63,12 +62,11 @@ func dialAdmin(path string) (cav1.TrustAdminClient, func(), error) {
 	// Calls wait for the control plane (within --timeout) rather than
 	// fail at once: one restarting, killed in the middle of a rotation
 	// say, answers again in a moment.
-	conn, err := grpc.NewClient("unix:"+path, grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.WaitForReady(true)))
+	c, conn, err := controlplane.DialAdmin(path, grpc.WithDefaultCallOptions(grpc.WaitForReady(true)))
 	if err != nil {
-		return nil, nil, fmt.Errorf("admin socket %s: %w", path, err)
+		return nil, nil, err
 	}
-	return cav1.NewTrustAdminClient(conn), func() { conn.Close() }, nil
+	return c, func() { conn.Close() }, nil
 }
 
 // parseInterspersed parses args into fs, allowing flags after the

@@ -16,8 +16,6 @@ import (
 
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -925,12 +923,12 @@ func adminClient(t *testing.T, cp *controlplane.ControlPlane) cav1.TrustAdminCli
 	if cp.AdminAddr == "" {
 		t.Fatal("the control plane serves no admin socket")
 	}
-	conn, err := grpc.NewClient("unix:"+cp.AdminAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	c, conn, err := controlplane.DialAdmin(cp.AdminAddr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return cav1.NewTrustAdminClient(conn)
+	return c
 }
 
 // gateRefusal is the gate's refusal carried by an admin call's error.

@@ -8,12 +8,11 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	cav1 "github.com/bulwarkmesh/bulwark/api/ca/v1"
 	"github.com/bulwarkmesh/bulwark/ca/trust"
+	"github.com/bulwarkmesh/bulwark/controlplane"
 )
 
 // ca runs `bulwark ca SUB --socket <the mesh's admin socket> ARGS...` and
@@ -151,14 +150,14 @@ func (w *watcher) stop() []string {
 // adminStatus asks the admin socket for the status; nil if it does not
 // answer within a second.
 func adminStatus(ctx context.Context, socket string) *cav1.TrustStatus {
-	conn, err := grpc.NewClient("unix:"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	c, conn, err := controlplane.DialAdmin(socket)
 	if err != nil {
 		return nil
 	}
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
-	st, err := cav1.NewTrustAdminClient(conn).Status(ctx, &cav1.StatusRequest{})
+	st, err := c.Status(ctx, &cav1.StatusRequest{})
 	if err != nil {
 		return nil
 	}
