@@ -146,6 +146,10 @@ func kubeSources(ctx context.Context, cfg *Config, store *model.Store, reg prome
 // cfg.Trust; its leader keeps the roots ConfigMaps equal to the bundle's
 // roots, so the source publishes none. With an embedder's cfg.Trust, the
 // source publishes the Secret's roots file as before.
+// The Kubernetes coordinator keeps each replica's roster in its evidence
+// ConfigMap.
+var _ RosterKeeper = (*incluster.Coordinator)(nil)
+
 func kubeCA(ctx context.Context, cfg *Config, client kubernetes.Interface, td spiffeid.TrustDomain) ([]byte, func() error, error) {
 	if cfg.CA != nil {
 		return pemutil.EncodeCerts(cfg.CA.Roots()), nil, nil

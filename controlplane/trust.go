@@ -63,9 +63,10 @@ func (DirCoordinator) Changed() <-chan struct{} { return nil }
 // process. A control plane that has just started knows nothing of the
 // proxies until they reconnect: with no evidence, every gate would pass.
 // So until its evidence is complete, each gate refuses (Evidence.Missing
-// says why): with a roster, until every proxy on it is back (or
-// Config.EvidenceWarmup has passed); without one, for the whole of
-// Config.EvidenceWarmup.
+// says why): with a roster, until every proxy on it is back, connected
+// to this replica or reported by another (or Config.EvidenceWarmup has
+// passed); without one, for the whole of Config.EvidenceWarmup. A
+// roster that is known and empty waits for nothing.
 type RosterKeeper interface {
 	// Roster returns the proxies (namespace/name) last saved; known is
 	// false when none was ever saved.

@@ -187,7 +187,7 @@ func (t *trustManager) warming(ev trust.Evidence) string {
 
 // saveRoster records the proxies connected here now, once the warm-up is
 // over (before, the set is partial), when it changed.
-func (t *trustManager) saveRoster(acks []trust.ProxyAck) {
+func (t *trustManager) saveRoster(ctx context.Context, acks []trust.ProxyAck) {
 	if t.roster == nil {
 		return
 	}
@@ -195,7 +195,7 @@ func (t *trustManager) saveRoster(acks []trust.ProxyAck) {
 	for _, a := range acks {
 		nodes = append(nodes, a.Node)
 	}
-	t.warming(trust.Evidence{Proxies: acks}) // the warm-up ends on its own clock too, gates asked or not
+	t.endWarmup(ctx, acks)
 	t.mu.Lock()
 	skip := !t.warm || (t.saved != nil && slices.Equal(nodes, t.saved))
 	t.mu.Unlock()
@@ -209,6 +209,24 @@ func (t *trustManager) saveRoster(acks []trust.ProxyAck) {
 	t.mu.Lock()
 	t.saved = nodes
 	t.mu.Unlock()
+}
+
+// endWarmup ends the warm-up, gates asked or not (a replica that does not
+// lead may be asked none): on its own clock, or once every proxy on the
+// roster is back, connected here or reported by another replica (a proxy
+// of this replica may have reconnected to another while it was away).
+// The others' evidence is read only while the warm-up waits on a roster.
+func (t *trustManager) endWarmup(ctx context.Context, acks []trust.ProxyAck) {
+	t.mu.Lock()
+	waiting := !t.warm && t.known
+	t.mu.Unlock()
+	ev := trust.Evidence{Proxies: acks}
+	if waiting {
+		if others, _, err := t.coord.Others(ctx); err == nil {
+			ev.Proxies = append(slices.Clone(acks), others...)
+		}
+	}
+	t.warming(ev)
 }
 
 // run keeps the State current and, while this replica leads, drives it,
@@ -226,7 +244,7 @@ func (t *trustManager) run(ctx context.Context) error {
 		if err := t.coord.Publish(ctx, acks); err != nil && ctx.Err() == nil {
 			t.log.Warn("cannot publish this replica's trust evidence", "err", err)
 		}
-		t.saveRoster(acks)
+		t.saveRoster(ctx, acks)
 		select {
 		case <-ctx.Done():
 			return nil

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -51,9 +52,11 @@ type CoordinatorConfig struct {
 // Coordinator is the trust lifecycle's Kubernetes side for one replica:
 // the State in the CA Secret (Store), the Lease that elects the replica
 // driving rotations (Leading), each replica's evidence of its proxies in
-// a ConfigMap (Publish, Others), a watch on the Secret (Changed), and,
-// while leading, the trust anchors of every mesh namespace kept equal to
-// the bundle's roots. Its methods are safe for concurrent use.
+// a ConfigMap (Publish, Others) beside the roster of the proxies it had
+// connected, for its restart (Roster, SaveRoster), a watch on the Secret
+// (Changed), and, while leading, the trust anchors of every mesh
+// namespace kept equal to the bundle's roots. Its methods are safe for
+// concurrent use.
 type Coordinator struct {
 	cfg      CoordinatorConfig
 	log      *slog.Logger
@@ -69,6 +72,9 @@ type Coordinator struct {
 
 	mu      sync.Mutex
 	changed chan struct{}
+
+	// roster is this replica's roster as read by Start, before announce.
+	roster *rosterRead
 
 	// decoded is the last Secret decoded for its roots; touched only by
 	// loop.
@@ -170,6 +176,37 @@ func (c *Coordinator) Others(ctx context.Context) ([]trust.ProxyAck, []string, e
 	return c.evidence.Others(ctx)
 }
 
+// Roster returns the proxies (namespace/name) connected to this replica
+// when it last saved its roster, as Start read them from its evidence
+// ConfigMap: known and empty when there was no ConfigMap (a replica of
+// this name never ran, or left and was forgotten); unknown when it holds
+// no roster or a truncated one, or cannot be read (err says why). A
+// replica's roster names only its own proxies: the others' are in their
+// evidence. Before Start it is unknown, with an error.
+func (c *Coordinator) Roster() (nodes []string, known bool, err error) {
+	c.mu.Lock()
+	r := c.roster
+	c.mu.Unlock()
+	if r == nil {
+		return nil, false, errors.New("kube: the roster is read when the trust coordinator starts")
+	}
+	return slices.Clone(r.nodes), r.known, r.err
+}
+
+// SaveRoster records nodes, the proxies connected to this replica now,
+// in its evidence ConfigMap under RosterKey, when they differ from the
+// roster it holds. Past MaxProxies the roster is saved truncated, and a
+// restart waits the whole warm-up.
+func (c *Coordinator) SaveRoster(nodes []string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), rosterTimeout)
+	defer cancel()
+	return c.evidence.saveRoster(ctx, nodes)
+}
+
+// rosterTimeout bounds a save of the roster, which RosterKeeper calls
+// without a context.
+const rosterTimeout = 10 * time.Second
+
 // Changed returns a channel closed the next time the Secret may have
 // changed (an event of the watch on it); a new channel after each close.
 // Take it before Load, so no change between the two goes unnoticed.
@@ -194,13 +231,18 @@ func (c *Coordinator) poke() {
 	}
 }
 
-// Start announces this replica (its evidence ConfigMap, pending: the
-// other replicas' gates wait for its first Publish), starts the watches
+// Start reads this replica's roster (Roster), announces this replica
+// (its evidence ConfigMap, pending: the other replicas' gates wait for
+// its first Publish), starts the watches
 // and waits for them to sync, then campaigns for the Lease in the
 // background. Call it before serving proxies. When ctx ends, the
 // Coordinator releases the Lease if held and says in its evidence that
 // it left; Wait returns then.
 func (c *Coordinator) Start(ctx context.Context) error {
+	r := c.evidence.readRoster(ctx)
+	c.mu.Lock()
+	c.roster = &r
+	c.mu.Unlock()
 	if err := c.evidence.announce(ctx); err != nil {
 		return err
 	}

@@ -12,7 +12,9 @@
 //     that drives rotations;
 //   - each replica publishes what its proxies hold in a ConfigMap of its
 //     own (Evidence), which the leader's gates read, a stale or missing
-//     one named;
+//     one named; beside it, the roster of the proxies it had connected,
+//     which it waits for after a restart (or for another replica to
+//     report them) before its gates pass;
 //   - the leader keeps the trust anchors agents start from (the root
 //     ConfigMap of every mesh namespace) equal to the bundle's roots.
 //

@@ -82,6 +82,9 @@ type Evidence struct {
 		at      time.Time
 		doc     bool // false: the last one written was not a Publish
 	}
+	// roster is the roster (RosterKey) the ConfigMap holds, as read or
+	// last written: an unchanged one is not written again.
+	roster []byte
 }
 
 // evidenceDoc is the JSON kept under EvidenceKey.
@@ -233,6 +236,8 @@ func held(a trust.ProxyAck) uint64 {
 	return min(a.AgentSeq, a.ProxySeq)
 }
 
+// write stores d under EvidenceKey in this replica's ConfigMap, leaving
+// the roster beside it as it is. The caller holds e.mu.
 func (e *Evidence) write(ctx context.Context, d *evidenceDoc) error {
 	data, err := json.Marshal(d)
 	for err == nil && len(data) > maxEvidenceBytes && len(d.Proxies) > 0 {
@@ -251,9 +256,16 @@ func (e *Evidence) write(ctx context.Context, d *evidenceDoc) error {
 				Labels: map[string]string{EvidenceLabel: "true", "app.kubernetes.io/part-of": "bulwark"}},
 			Data: map[string]string{EvidenceKey: string(data)},
 		}, metav1.CreateOptions{})
+		if err == nil {
+			e.roster = nil // made anew, without one: the next roster is written
+		}
 	case err == nil:
+		// The roster beside it stays: it is written only when it changes.
 		cm = cm.DeepCopy()
-		cm.Data = map[string]string{EvidenceKey: string(data)}
+		if cm.Data == nil {
+			cm.Data = map[string]string{}
+		}
+		cm.Data[EvidenceKey] = string(data)
 		if cm.Labels == nil {
 			cm.Labels = map[string]string{}
 		}

@@ -44,6 +44,16 @@ func sign(t *testing.T, cp *controlplane.ControlPlane, workload, token string) (
 // to retry.
 func signRetrying(t *testing.T, cp *controlplane.ControlPlane, workload, token string, retry time.Duration) (*x509.Certificate, error) {
 	t.Helper()
+	chain, _, err := signChain(t, cp, workload, token, retry)
+	if err != nil {
+		return nil, err
+	}
+	return chain[0], nil
+}
+
+// signChain is signRetrying, returning the whole chain and the key.
+func signChain(t *testing.T, cp *controlplane.ControlPlane, workload, token string, retry time.Duration) ([]*x509.Certificate, *ecdsa.PrivateKey, error) {
+	t.Helper()
 	tc := spiffetls.ClientConfig(nil, x509svidBundle(cp), cp.Identity)
 	conn, err := grpc.NewClient(cp.XDSAddr.String(), grpc.WithTransportCredentials(credentials.NewTLS(tc)))
 	if err != nil {
@@ -63,9 +73,17 @@ func signRetrying(t *testing.T, cp *controlplane.ControlPlane, workload, token s
 		}
 	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return x509.ParseCertificate(resp.GetCertChain()[0])
+	var chain []*x509.Certificate
+	for _, der := range resp.GetCertChain() {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return nil, nil, err
+		}
+		chain = append(chain, c)
+	}
+	return chain, key, nil
 }
 
 // expiredToken forges what the API server itself would have issued for
