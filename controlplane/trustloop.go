@@ -131,12 +131,29 @@ func (t *trustManager) evidence(ctx context.Context, st *trust.State) trust.Evid
 	if err != nil {
 		missing = append(missing, "the other replicas' evidence: "+err.Error())
 	}
-	ev.Proxies = append(ev.Proxies, others...)
+	ev.Proxies = withoutSplitHalves(append(ev.Proxies, others...))
 	ev.Missing = missing
 	if m := t.warming(ev); m != "" {
 		ev.Missing = append(ev.Missing, m)
 	}
 	return ev
+}
+
+// withoutSplitHalves drops the entries that only say a proxy's Envoy is
+// connected over ADS (Reported false) when some replica has its agent's
+// report: a sidecar's Envoy and agent hold two connections to the
+// control plane's Service, which may reach two replicas, and the agent's
+// report says what that Envoy loaded. Without this, such a proxy would
+// hold every gate for as long as its two connections stay apart. A proxy
+// no replica has a report of stays a laggard.
+func withoutSplitHalves(acks []trust.ProxyAck) []trust.ProxyAck {
+	reported := map[string]bool{}
+	for _, a := range acks {
+		if a.Reported {
+			reported[a.Node] = true
+		}
+	}
+	return slices.DeleteFunc(acks, func(a trust.ProxyAck) bool { return !a.Reported && reported[a.Node] })
 }
 
 // warming says why the evidence is not complete yet after a start, or ""

@@ -283,7 +283,8 @@ func (e *Evidence) write(ctx context.Context, d *evidenceDoc) error {
 
 // Others returns the proxies every other known replica reports, and the
 // replicas whose evidence cannot be counted, by name with the reason:
-// stale (older than StaleAfter), pending (started, not reported yet),
+// stale (older than StaleAfter), from the future (published more than
+// StaleAfter ahead of this replica's clock), pending (started, not reported yet),
 // truncated, leaving (for StaleAfter after it shut down), or unreadable.
 // The ConfigMap of a replica silent for ForgetAfter, or gone for
 // StaleAfter after it said it was leaving, is deleted, and that replica
@@ -323,6 +324,12 @@ func (e *Evidence) Others(ctx context.Context) (acks []trust.ProxyAck, missing [
 			missing = append(missing, fmt.Sprintf("replica %s: shut down %s ago; its proxies are reconnecting to the others", holder, age.Round(time.Second)))
 		case age > e.cfg.StaleAfter:
 			missing = append(missing, fmt.Sprintf("replica %s: trust evidence %s old (stale after %s)", holder, age.Round(time.Second), e.cfg.StaleAfter))
+		case -age > e.cfg.StaleAfter:
+			// Its clock is ahead of ours: judged on our clock, the
+			// document would stay fresh for as long as the skew, whether
+			// or not its replica still publishes.
+			missing = append(missing, fmt.Sprintf("replica %s: trust evidence published %s ahead of this replica's clock (more than the %s tolerated); fix the clocks",
+				holder, (-age).Round(time.Second), e.cfg.StaleAfter))
 		case d.Pending:
 			missing = append(missing, fmt.Sprintf("replica %s: has not reported its proxies yet", holder))
 		case d.Truncated:

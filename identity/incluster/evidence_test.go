@@ -188,3 +188,32 @@ func TestPublishWritesChangesAtOnceAndTheSameEveryPeriod(t *testing.T) {
 		}
 	}
 }
+
+// TestEvidenceFromAheadIsMissing: a replica whose clock is ahead stamps
+// its evidence in this replica's future. Staleness is judged on this
+// replica's clock, so such a document would count as fresh for as long
+// as the clocks disagree, whether or not its replica still publishes: it
+// is missing instead, naming the skew.
+func TestEvidenceFromAheadIsMissing(t *testing.T) {
+	ctx := context.Background()
+	c := fake.NewClientset()
+	clock := newClock()
+	ahead := newClock()
+	ahead.add(time.Hour)
+	a := evidenceFor(t, c, clock, "replica-a", 10)
+	if err := evidenceFor(t, c, ahead, "replica-b", 10).Publish(ctx, []trust.ProxyAck{ackOf("ns/b", 1)}); err != nil {
+		t.Fatal(err)
+	}
+	acks, missing, err := a.Others(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(acks) != 0 || len(missing) != 1 || !strings.Contains(missing[0], "replica-b: trust evidence published 1h0m0s ahead of this replica's clock") {
+		t.Errorf("Others = %v, missing %q; want no proxy and replica-b missing for its clock", acks, missing)
+	}
+	// Within the stale period the skew is tolerated.
+	clock.add(time.Hour - 10*time.Second)
+	if acks, missing, _ := a.Others(ctx); len(acks) != 1 || len(missing) != 0 {
+		t.Errorf("10s of skew: Others = %v, missing %q; want replica-b's proxy counted", acks, missing)
+	}
+}

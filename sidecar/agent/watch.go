@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -187,6 +188,15 @@ func (a *Agent) takeBundle(m *cav1.TrustBundle, svid *x509svid.SVID) error {
 		a.renewSoon(0)
 		return nil
 	}
+	if !crlCovers(current, roots, m.GetCrls()) {
+		// Its authority was revoked (or removed by force while its root
+		// stays): every peer refuses the leaf now, so waiting within the
+		// re-issue window would only prolong the outage.
+		a.log.Warn("the trust bundle carries no CRL of the certificate's issuer, so every peer refuses it; renewing now",
+			"sequence", m.GetSequence(), "serial", leaf.SerialNumber.Text(16))
+		a.renewSoon(0)
+		return nil
+	}
 	if signing == nil || scheduled || issuedBy(leaf, signing) {
 		return nil
 	}
@@ -222,6 +232,35 @@ func chainsTo(svid *x509svid.SVID, roots []*x509.Certificate) bool {
 	_, err := svid.Certificates[0].Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter,
 		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}, CurrentTime: at.Add(time.Second)})
 	return err == nil
+}
+
+// crlCovers says whether a proxy holding crls accepts the certificate's
+// issuer: with no CRL at all, yes; otherwise only if one of crls is
+// signed by the key that signed the leaf (Envoy, with
+// only_verify_leaf_cert_crl, refuses a leaf whose issuer has no CRL).
+// An issuer that cannot be found counts as covered: chainsTo decides
+// about those.
+func crlCovers(svid *x509svid.SVID, roots []*x509.Certificate, crls [][]byte) bool {
+	if len(crls) == 0 {
+		return true
+	}
+	leaf := svid.Certificates[0]
+	var issuer *x509.Certificate
+	for _, c := range append(slices.Clone(svid.Certificates[1:]), roots...) {
+		if leaf.CheckSignatureFrom(c) == nil {
+			issuer = c
+			break
+		}
+	}
+	if issuer == nil {
+		return true
+	}
+	for _, der := range crls {
+		if rl, err := x509.ParseRevocationList(der); err == nil && rl.CheckSignatureFrom(issuer) == nil {
+			return true
+		}
+	}
+	return false
 }
 
 // issuedBy says whether signing issued leaf: by key identifier when both

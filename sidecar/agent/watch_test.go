@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -35,6 +36,7 @@ import (
 	cav1 "github.com/bulwarkmesh/bulwark/api/ca/v1"
 	"github.com/bulwarkmesh/bulwark/ca"
 	"github.com/bulwarkmesh/bulwark/internal/envoy/envoytest"
+	"github.com/bulwarkmesh/bulwark/internal/pemutil"
 	"github.com/bulwarkmesh/bulwark/internal/spiffetls"
 	"github.com/bulwarkmesh/bulwark/internal/testlog"
 	"github.com/bulwarkmesh/bulwark/sidecar/contract"
@@ -210,14 +212,16 @@ type pushEnv struct {
 	clock    *manualClock
 	cas      []*ca.CA
 	signing  []*x509.Certificate // each CA's signing certificate
+	keys     []crypto.Signer     // and its key
 	sock     string
 	runErr   chan error
 	cancel   context.CancelFunc
 	logLines func() []string
 }
 
-// newCA makes a CA of its own root in trust domain td.
-func newCA(t *testing.T, td spiffeid.TrustDomain) (*ca.CA, *x509.Certificate) {
+// newCA makes a CA of its own root in trust domain td, and returns its
+// signing certificate and key too.
+func newCA(t *testing.T, td spiffeid.TrustDomain) (*ca.CA, *x509.Certificate, crypto.Signer) {
 	t.Helper()
 	dir := t.TempDir()
 	if err := ca.Init(ca.InitConfig{Dir: dir, TrustDomain: td}); err != nil {
@@ -232,7 +236,15 @@ func newCA(t *testing.T, td spiffeid.TrustDomain) (*ca.CA, *x509.Certificate) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return c, chain[1]
+	keyPEM, err := os.ReadFile(filepath.Join(dir, ca.KeyFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := pemutil.ParseKey(keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, chain[1], signer
 }
 
 func rawCerts(cs ...*x509.Certificate) [][]byte {
@@ -256,8 +268,8 @@ func startPushWith(t *testing.T, cfg func(*Config), first func(e *pushEnv) *cav1
 	td := spiffeid.RequireTrustDomainFromString("cluster.local")
 	e := &pushEnv{clock: &manualClock{now: time.Now()}}
 	for range 2 {
-		c, signing := newCA(t, td)
-		e.cas, e.signing = append(e.cas, c), append(e.signing, signing)
+		c, signing, key := newCA(t, td)
+		e.cas, e.signing, e.keys = append(e.cas, c), append(e.signing, signing), append(e.keys, key)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	e.cancel = cancel
@@ -416,20 +428,6 @@ func parsePEMCRLs(data []byte) [][]byte {
 	}
 }
 
-// crlOf is a CRL the CA's signing key would sign; for this test only
-// its bytes matter, but the agent checks that it parses.
-func crlOf(t *testing.T, number int64) []byte {
-	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	issuer := &x509.Certificate{SerialNumber: big.NewInt(1), SubjectKeyId: []byte{1}, KeyUsage: x509.KeyUsageCRLSign}
-	tmpl := &x509.RevocationList{Number: big.NewInt(number), ThisUpdate: time.Now().Add(-time.Minute), NextUpdate: time.Now().Add(time.Hour)}
-	der, err := x509.CreateRevocationList(rand.Reader, tmpl, issuer, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return der
-}
-
 // TestPushedBundleReachesSDSAndIsAcked: a pushed bundle is installed in
 // the SDS trust bundle with its CRL, the agent acks it at once, and acks
 // again when Envoy has loaded it; an older bundle is ignored.
@@ -442,7 +440,7 @@ func TestPushedBundleReachesSDSAndIsAcked(t *testing.T) {
 	envoy := startFakeEnvoy(t, e.sock)
 	e.cp.waitAck(t, &cav1.TrustBundleAck{Sequence: 4, ProxySequence: 4})
 
-	crl := crlOf(t, 5)
+	crl := signedCRL(t, e, 0, 5)
 	e.cp.push(&cav1.TrustBundle{Sequence: 5, Roots: rawCerts(e.cas[0].Roots()...), Crls: [][]byte{crl}})
 	vc := envoy.waitCRL(t, crl)
 	if !vc.GetOnlyVerifyLeafCertCrl() {
@@ -458,12 +456,12 @@ func TestPushedBundleReachesSDSAndIsAcked(t *testing.T) {
 
 	// An older bundle (a lagging replica) changes nothing.
 	answers := envoy.answers()
-	e.cp.push(&cav1.TrustBundle{Sequence: 3, Roots: rawCerts(e.cas[1].Roots()...), Crls: [][]byte{crlOf(t, 3)}})
+	e.cp.push(&cav1.TrustBundle{Sequence: 3, Roots: rawCerts(e.cas[1].Roots()...), Crls: [][]byte{signedCRL(t, e, 0, 3)}})
 	waitLog(t, e, "trust bundle older than the one held, ignored")
 	if agentSeq, proxySeq := e.a.BundleSequence(); agentSeq != 5 || proxySeq != 5 {
 		t.Errorf("after an older bundle: BundleSequence = %d, %d; want 5, 5", agentSeq, proxySeq)
 	}
-	crl6 := crlOf(t, 6)
+	crl6 := signedCRL(t, e, 0, 6)
 	e.cp.push(&cav1.TrustBundle{Sequence: 6, Roots: rawCerts(e.cas[0].Roots()...), Crls: [][]byte{crl6}})
 	envoy.waitCRL(t, crl6)
 	envoy.mu.Lock()
@@ -619,6 +617,44 @@ func TestLeafOutsideTheNewRootsRenewsAtOnce(t *testing.T) {
 	waitLeaf(t, e, "after the renewal the leaf is authority 0's", e.signing[0])
 }
 
+// signedCRL is an empty CRL signed by authority i of e, as the control
+// plane publishes one for each authority neither removed nor revoked.
+func signedCRL(t *testing.T, e *pushEnv, i int, number int64) []byte {
+	t.Helper()
+	tmpl := &x509.RevocationList{Number: big.NewInt(number), ThisUpdate: time.Now().Add(-time.Minute), NextUpdate: time.Now().Add(time.Hour)}
+	der, err := x509.CreateRevocationList(rand.Reader, tmpl, e.signing[i], e.keys[i])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return der
+}
+
+// TestLeafOfARevokedAuthorityRenewsAtOnce: when the authority that
+// signed the leaf is revoked, its CRL leaves the bundle while its root
+// may stay, and every peer refuses the leaf from then on (Envoy refuses
+// a leaf whose issuer has no CRL). The agent renews at once, not at a
+// random moment of the re-issue window, which is for an ordinary
+// activation where the old leaf stays good.
+func TestLeafOfARevokedAuthorityRenewsAtOnce(t *testing.T) {
+	const window = 10 * time.Minute
+	e := startPush(t, func(e *pushEnv) *cav1.TrustBundle {
+		return &cav1.TrustBundle{Sequence: 1, Roots: rawCerts(append(e.cas[0].Roots(), e.cas[1].Roots()...)...), SigningCa: e.signing[0].Raw,
+			Crls: [][]byte{signedCRL(t, e, 0, 1), signedCRL(t, e, 1, 1)}}
+	})
+	e.cp.waitAck(t, &cav1.TrustBundleAck{Sequence: 1})
+	waitSigned(t, e, 1)
+	_, i := waitWait(t, e, 0, "the first renewal", func(d time.Duration) bool { return d > time.Hour })
+
+	// Authority 0 is revoked: authority 1 signs, and only its CRL is in
+	// the bundle; both roots stay.
+	e.cp.signWith(e.cas[1])
+	e.cp.push(&cav1.TrustBundle{Sequence: 2, Roots: rawCerts(append(e.cas[0].Roots(), e.cas[1].Roots()...)...), SigningCa: e.signing[1].Raw,
+		Crls: [][]byte{signedCRL(t, e, 1, 2)}, ReissueWithinMs: window.Milliseconds()})
+	waitWait(t, e, i+1, "an immediate renewal", func(d time.Duration) bool { return d <= 0 })
+	waitSigned(t, e, 2)
+	waitLeaf(t, e, "after the renewal the leaf is authority 1's", e.signing[1])
+}
+
 // TestPushedBundleReachesTheRealEnvoy: the agent runs the real Envoy; a
 // pushed bundle's CRL is in the trust bundle Envoy loaded (its admin
 // config_dump), and the agent reports it only once Envoy acknowledged it.
@@ -651,7 +687,7 @@ func TestPushedBundleReachesTheRealEnvoy(t *testing.T) {
 	if err := syscall.Kill(e.a.Envoy().PID(), syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
-	crl := crlOf(t, 2)
+	crl := signedCRL(t, e, 0, 2)
 	e.cp.push(&cav1.TrustBundle{Sequence: 2, Roots: rawCerts(append(e.cas[0].Roots(), e.cas[1].Roots()...)...), Crls: [][]byte{crl}})
 	e.cp.waitAck(t, &cav1.TrustBundleAck{Sequence: 2, ProxySequence: 1})
 	time.Sleep(300 * time.Millisecond)
@@ -740,6 +776,6 @@ func TestBundleWithACRLOutOfTimeIsKept(t *testing.T) {
 		}
 	}
 	// A valid one goes in.
-	e.cp.push(&cav1.TrustBundle{Sequence: 4, Roots: rawCerts(e.cas[0].Roots()...), Crls: [][]byte{crlOf(t, 4)}})
+	e.cp.push(&cav1.TrustBundle{Sequence: 4, Roots: rawCerts(e.cas[0].Roots()...), Crls: [][]byte{signedCRL(t, e, 0, 4)}})
 	e.cp.waitAck(t, &cav1.TrustBundleAck{Sequence: 4})
 }
