@@ -265,7 +265,7 @@ func serve(ctx context.Context, cfg Config, p parts) (*ControlPlane, error) {
 	icfg := issuer.Config{CA: p.ca, Store: p.store, Tokens: redeemer, ServiceAccounts: p.src.reviewer,
 		Reserved: []spiffeid.ID{p.id}, Synced: p.src.synced, Logger: cfg.Logger, Registerer: p.reg, RateLimit: cfg.Limits.Issuance}
 	if r, ok := p.ca.(*rotatingAuthority); ok {
-		icfg.Bundles, icfg.Revoked = r, r.Revoked
+		icfg.Bundles, icfg.Revoked, icfg.Vouches = r, r.Revoked, r.Vouches
 	}
 	iss, err := issuer.New(icfg)
 	if err != nil {

@@ -142,6 +142,26 @@ func (r *rotatingAuthority) Revoked(serial string, id spiffeid.ID, workload stri
 	return fmt.Sprintf("%s %s revoked at %s by %s: %s", rev.Kind, rev.Value, rev.At.UTC().Format(time.RFC3339), rev.By, rev.Reason), true
 }
 
+// Vouches accepts a certificate as a credential only when an authority
+// of the State that is neither revoked nor removed signed it: the TLS
+// handshake checked the chain against the roots only, and a revoked
+// intermediate under a root still trusted would otherwise let whoever
+// holds its key renew as any workload.
+func (r *rotatingAuthority) Vouches(leaf *x509.Certificate) error {
+	st := r.State()
+	id := st.IssuerOf(leaf)
+	a := st.Get(id)
+	switch {
+	case id == "" || a == nil:
+		return errors.New("no authority of the trust state signed it")
+	case a.Revoked:
+		return fmt.Errorf("authority %s, which signed it, was revoked at %s: %s", a.ID, a.RevokedAt.UTC().Format(time.RFC3339), a.RevokedReason)
+	case a.Phase == trust.Removed:
+		return fmt.Errorf("authority %s, which signed it, was removed from the trust bundle", a.ID)
+	}
+	return nil
+}
+
 // SignSVID signs with the active authority.
 func (r *rotatingAuthority) SignSVID(pub crypto.PublicKey, id spiffeid.ID, ttl time.Duration) ([]*x509.Certificate, error) {
 	return r.current().SignSVID(pub, id, ttl)

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -944,5 +945,72 @@ func TestWarmupWithoutRoster(t *testing.T) {
 	// From then on the roster is kept (empty: nothing is connected).
 	if b, err := os.ReadFile(filepath.Join(dir, controlplane.RosterFile)); err != nil || !strings.Contains(string(b), `"nodes": []`) {
 		t.Errorf("roster after the warm-up: %q, %v", b, err)
+	}
+}
+
+// TestARevokedAuthorityVouchesForNobody: once the intermediate that
+// signed a workload's certificate is revoked, that certificate is no
+// credential: it renews nothing and watches no bundle. Whoever holds the
+// revoked key can mint a leaf naming any workload, and the handshake
+// (which checks the chain against the roots, still trusted) lets it
+// through; only the issuer's check stops it.
+func TestARevokedAuthorityVouchesForNobody(t *testing.T) {
+	dir := newCADir(t)
+	cp := startOn(t, dir, nil)
+	admin := adminClient(t, cp)
+	tc := workloadTLS(t, cp, "demo/api-1")
+	if err := signWith(t, cp, tc, "demo/api-1"); err != nil {
+		t.Fatalf("renewal before the revocation: %v", err)
+	}
+	old := load(t, dir).Active()
+	if _, err := admin.Prepare(ctx10(t), &cav1.PrepareRequest{Kind: "intermediate"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.Revoke(ctx10(t), &cav1.RevokeRequest{Kind: "serial", Value: old.Signing().SerialNumber.Text(16),
+		Operator: &cav1.Operator{Reason: "intermediate key leaked", Force: true}}); err != nil {
+		t.Fatal(err)
+	}
+	if st := load(t, dir); !st.Get(old.ID).Revoked || st.Active().ID == old.ID {
+		t.Fatalf("authority %s not revoked and replaced", old.ID)
+	}
+
+	err := signWith(t, cp, tc, "demo/api-1")
+	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "no credential") || !strings.Contains(err.Error(), old.ID) {
+		t.Errorf("renewal with a leaf of the revoked authority: %v, want PermissionDenied naming %s", err, old.ID)
+	}
+
+	// A leaf forged with the leaked key, for another workload.
+	leaked, err := ca.New(ca.Config{TrustDomain: meshTD, Roots: []*x509.Certificate{old.Root}, Chain: old.Chain, Signer: old.Key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	dbID := spiffeid.RequireFromPath(meshTD, "/ns/demo/sa/db")
+	chain, err := leaked.SignWorkloadSVID(key.Public(), dbID, ca.Workload{Namespace: "demo", Name: "db-1"}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged := spiffetls.ClientConfig(&x509svid.SVID{ID: dbID, Certificates: chain, PrivateKey: key},
+		x509bundle.FromX509Authorities(meshTD, cp.CA.Roots()), cp.Identity)
+	if err := signWith(t, cp, forged, "demo/db-1"); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "no credential") {
+		t.Errorf("renewal with a leaf forged under the revoked authority: %v, want PermissionDenied", err)
+	}
+	conn, err := grpc.NewClient(cp.XDSAddr.String(), grpc.WithTransportCredentials(credentials.NewTLS(forged)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	stream, err := cav1.NewCertificateServiceClient(conn).WatchTrustBundle(ctx10(t))
+	if err == nil {
+		_, err = stream.Recv()
+	}
+	if status.Code(err) != codes.PermissionDenied {
+		t.Errorf("bundle watch with the forged leaf: %v, want PermissionDenied", err)
+	}
+
+	// The workloads attest again and carry on under the new authority.
+	fresh := workloadTLS(t, cp, "demo/db-1")
+	if err := signWith(t, cp, fresh, "demo/db-1"); err != nil {
+		t.Errorf("renewal with a leaf of the new authority: %v", err)
 	}
 }

@@ -100,6 +100,10 @@ type Config struct {
 	// certificate, whatever its credential, and the trust bundle stream.
 	// Nil: nothing is revoked.
 	Revoked RevokedFunc
+	// Vouches checks the authority behind a certificate presented as a
+	// credential (renewal, bundle watch); nil accepts every certificate
+	// that chains to the bundle's roots.
+	Vouches VouchFunc
 	// MaxBundleWatchers caps the open WatchTrustBundle streams; zero
 	// means DefaultMaxBundleWatchers, negative no limit. (Each workload
 	// has at most MaxBundleWatchesPerWorkload.)
@@ -302,6 +306,9 @@ func (s *Server) sign(ctx context.Context, req *cav1.SignCertificateRequest, met
 	case perr == nil:
 		*method = "certificate"
 		if err := revokedWorkload(); err != nil {
+			return nil, "", err
+		}
+		if err := s.checkVouched(peerLeaf(ctx)); err != nil {
 			return nil, "", err
 		}
 		peerID = pid

@@ -90,6 +90,28 @@ func (s *Server) checkRevoked(serial string, id spiffeid.ID, workload string) er
 	return errRevoked{status.Newf(codes.PermissionDenied, "%s: revoked: %s", what, bounded.Text(reason, bounded.Message))}
 }
 
+// VouchFunc says whether the authority that signed a caller's
+// certificate may still vouch for it: nil if so. A certificate signed by
+// an authority that was revoked (its key may be in other hands, who can
+// mint a leaf for any workload) or removed from the bundle is no
+// credential, whatever it names. Quick and safe for concurrent use.
+type VouchFunc func(leaf *x509.Certificate) error
+
+// checkVouched refuses a caller whose certificate's authority may no
+// longer vouch for it.
+func (s *Server) checkVouched(leaf *x509.Certificate) error {
+	if s.cfg.Vouches == nil || leaf == nil {
+		return nil
+	}
+	err := s.cfg.Vouches(leaf)
+	if err == nil {
+		return nil
+	}
+	return errRevoked{status.Newf(codes.PermissionDenied,
+		"certificate %s is no credential any more: %s; get a new one with a ServiceAccount token or a new join token",
+		leaf.SerialNumber.Text(16), bounded.Text(err.Error(), bounded.Message))}
+}
+
 // watchers counts the open WatchTrustBundle streams and keeps the
 // reports.
 type watchers struct {
@@ -246,6 +268,9 @@ func (s *Server) watchTrustBundle(ctx context.Context, stream cav1.CertificateSe
 	if err := s.checkRevoked(serial, id, *workload); err != nil {
 		return err
 	}
+	if err := s.checkVouched(leaf); err != nil {
+		return err
+	}
 	now := s.cfg.Now()
 	if !now.Before(leaf.NotAfter) {
 		return status.Errorf(codes.Unauthenticated, "your certificate %s expired at %s", serial, leaf.NotAfter.Format(time.RFC3339))
@@ -291,6 +316,9 @@ func (s *Server) watchTrustBundle(ctx context.Context, stream cav1.CertificateSe
 			if !first {
 				// A change of the bundle may be a revocation.
 				if err := s.checkRevoked(serial, id, *workload); err != nil {
+					return err
+				}
+				if err := s.checkVouched(leaf); err != nil {
 					return err
 				}
 			}

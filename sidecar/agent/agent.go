@@ -278,6 +278,15 @@ func (a *Agent) Run(ctx context.Context) error {
 		case <-a.cfg.After(max(renewAt.Sub(a.cfg.Now()), 0)):
 		}
 		next, nbundle, err := a.fetch(ctx, svid)
+		if status.Code(err) == codes.PermissionDenied && a.cfg.ServiceAccountTokenFile != "" {
+			// The certificate is no credential any more (its authority
+			// was revoked or removed): prove the identity again with the
+			// pod's token, as for the first certificate. (A join token
+			// works once; without a token file the operator hands the
+			// workload a new one.)
+			a.log.Warn("renewal with the current certificate refused; attesting again with the ServiceAccount token", "err", err)
+			next, nbundle, err = a.fetch(ctx, nil)
+		}
 		if err != nil {
 			// Back off, but retry at least ten times in what is left of
 			// the certificate's life (and at least once a minute), unless

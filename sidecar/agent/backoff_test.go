@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -114,6 +116,9 @@ type scriptedCA struct {
 	mu      sync.Mutex
 	answers []error
 	done    func()
+	// creds records, per call, the authorization metadata it carried
+	// ("" for a call that presented a certificate instead).
+	creds []string
 }
 
 // WatchTrustBundle holds the stream open and sends nothing: this test is
@@ -123,8 +128,10 @@ func (s *scriptedCA) WatchTrustBundle(stream cav1.CertificateService_WatchTrustB
 	return nil
 }
 
-func (s *scriptedCA) SignCertificate(_ context.Context, req *cav1.SignCertificateRequest) (*cav1.SignCertificateResponse, error) {
+func (s *scriptedCA) SignCertificate(ctx context.Context, req *cav1.SignCertificateRequest) (*cav1.SignCertificateResponse, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
 	s.mu.Lock()
+	s.creds = append(s.creds, strings.Join(md.Get(contract.AuthorizationKey), ","))
 	if len(s.answers) == 0 {
 		s.mu.Unlock()
 		s.done()
