@@ -62,8 +62,10 @@ type trustManager struct {
 	// revocations by ID.
 	nodesOf func(id string) []string
 	// setEpoch hands the State's revocation epoch to the ADS server,
-	// which drains the proxies' mutual TLS connections when it moves.
+	// which drains the proxies' mutual TLS connections when it moves;
+	// epoch is the one handed last (see handEpoch).
 	setEpoch func(uint64)
+	epoch    uint64
 	mint     func(now time.Time) func(kind string, old *trust.Authority) (*trust.Authority, error)
 	log      *slog.Logger
 	m        *trustMetrics
@@ -282,7 +284,7 @@ func (t *trustManager) reload(ctx context.Context) *trust.State {
 		_, err = t.auth.install(st)
 	}
 	if err == nil {
-		t.setEpoch(st.RevocationEpoch)
+		t.handEpoch(st.RevocationEpoch)
 	}
 	if err != nil {
 		if ctx.Err() != nil {
@@ -389,7 +391,7 @@ func (t *trustManager) drive(ctx context.Context) {
 	if _, err := t.auth.install(st); err != nil {
 		t.log.Error("the trust state just saved cannot be used; the last good one stays in use", "err", err)
 	} else {
-		t.setEpoch(st.RevocationEpoch)
+		t.handEpoch(st.RevocationEpoch)
 	}
 }
 
@@ -642,8 +644,23 @@ func newTrustManager(cfg Config, p parts, srv *server.Server, iss *issuer.Server
 	p.reg.MustRegister(trustCollector{t})
 	// Before the ADS server runs: proxies reconnecting after a restart
 	// get what they hold, and nothing is drained again.
-	t.setEpoch(auth.State().RevocationEpoch)
+	t.epoch = auth.State().RevocationEpoch
+	t.setEpoch(t.epoch)
 	return t
+}
+
+// handEpoch gives the ADS server the State's revocation epoch when it
+// moved since the last one handed: the loop reloads every second, and an
+// epoch set otherwise (a test, an embedder) is not overwritten with the
+// same stored value each time.
+func (t *trustManager) handEpoch(e uint64) {
+	t.mu.Lock()
+	moved := e != t.epoch
+	t.epoch = e
+	t.mu.Unlock()
+	if moved {
+		t.setEpoch(e)
+	}
 }
 
 // kick wakes the trust loop now (a rotation just started), instead of at
