@@ -12,6 +12,9 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"github.com/bulwarkmesh/bulwark/ca/trust"
 	"github.com/bulwarkmesh/bulwark/identity/issuer"
 	"github.com/bulwarkmesh/bulwark/xds/server"
@@ -283,6 +286,7 @@ func (t *trustManager) run(ctx context.Context) error {
 // the file and field) and counted, and the last good one stays in use;
 // nil is returned then.
 func (t *trustManager) reload(ctx context.Context) *trust.State {
+	inUse := t.auth.State()
 	st, err := t.coord.Store().Load(ctx)
 	if err == nil {
 		_, err = t.auth.install(st)
@@ -290,9 +294,18 @@ func (t *trustManager) reload(ctx context.Context) *trust.State {
 	if err == nil {
 		t.setEpoch(st.RevocationEpoch)
 	}
+	if errors.Is(err, errSequenceBack) && t.auth.State() != inUse {
+		// Read before a save of this process (an admin step) that was
+		// installed meanwhile: not a store gone back. The next tick reads
+		// the new one.
+		return nil
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
+		}
+		if errors.Is(err, errSequenceBack) {
+			err = fmt.Errorf("%s: %w", storeName(t.coord.Store()), err)
 		}
 		t.m.loadErrors.Inc()
 		t.mu.Lock()
@@ -302,8 +315,11 @@ func (t *trustManager) reload(ctx context.Context) *trust.State {
 		}
 		t.mu.Unlock()
 		if !again {
-			t.log.Error("the stored trust state cannot be used; the last good one stays in use", "err", err,
-				"sequence_in_use", t.auth.State().Sequence)
+			args := []any{"err", err, "sequence_in_use", t.auth.State().Sequence}
+			if st != nil {
+				args = append(args, "stored_sequence", st.Sequence, "store", storeName(t.coord.Store()))
+			}
+			t.log.Error("the stored trust state cannot be used; the last good one stays in use", args...)
 		}
 		return nil
 	}
@@ -314,6 +330,44 @@ func (t *trustManager) reload(ctx context.Context) *trust.State {
 	t.loadErr = ""
 	t.mu.Unlock()
 	return st
+}
+
+// storeName names where the State is stored, for an operator: the state
+// file's path, or what the store says it is.
+func storeName(s trust.Store) string {
+	switch x := s.(type) {
+	case interface{ Path() string }:
+		return x.Path()
+	case fmt.Stringer:
+		return x.String()
+	}
+	return fmt.Sprintf("the trust state store (%T)", s)
+}
+
+// wentBack returns an error when the stored State st is below the one in
+// use (errSequenceBack, which reload logs and counts): no step is taken
+// on it, since what it would save would not be used either.
+func (t *trustManager) wentBack(st *trust.State) error {
+	if inUse := t.auth.State(); inUse != nil && st.Sequence < inUse.Sequence {
+		return fmt.Errorf("%s: %w: the stored trust state is at bundle sequence %d, below the %d in use; see the control plane's log",
+			storeName(t.coord.Store()), errSequenceBack, st.Sequence, inUse.Sequence)
+	}
+	return nil
+}
+
+// installSaved installs a State this process just saved, and says
+// whether it did. One below the State in use is not an error: another
+// writer saved after it and that newer State is installed already.
+func (t *trustManager) installSaved(st *trust.State) bool {
+	_, err := t.auth.install(st)
+	switch {
+	case errors.Is(err, errSequenceBack):
+		return false
+	case err != nil:
+		t.log.Error("the trust state just saved cannot be used; the last good one stays in use", "err", err)
+		return false
+	}
+	return true
 }
 
 // drive takes the automatic steps on the State as stored now (loaded
@@ -327,7 +381,7 @@ func (t *trustManager) reload(ctx context.Context) *trust.State {
 // rotation that names it, in one save).
 func (t *trustManager) drive(ctx context.Context) {
 	st, err := t.coord.Store().Load(ctx)
-	if err != nil {
+	if err != nil || t.wentBack(st) != nil {
 		return // reload logs it
 	}
 	now := t.now()
@@ -392,9 +446,7 @@ func (t *trustManager) drive(ctx context.Context) {
 		return
 	}
 	t.audit(newEvents(st, last))
-	if _, err := t.auth.install(st); err != nil {
-		t.log.Error("the trust state just saved cannot be used; the last good one stays in use", "err", err)
-	} else {
+	if t.installSaved(st) {
 		t.setEpoch(st.RevocationEpoch)
 	}
 }
@@ -440,7 +492,7 @@ func (t *trustManager) learnHere(ctx context.Context, installed *trust.State) {
 		return
 	}
 	st, err := t.coord.Store().Load(ctx)
-	if err != nil {
+	if err != nil || t.wentBack(st) != nil {
 		return // reload logs it
 	}
 	last := lastEvent(st)
@@ -456,9 +508,7 @@ func (t *trustManager) learnHere(ctx context.Context, installed *trust.State) {
 		return
 	}
 	t.audit(newEvents(st, last))
-	if _, err := t.auth.install(st); err != nil {
-		t.log.Error("the trust state just saved cannot be used; the last good one stays in use", "err", err)
-	}
+	t.installSaved(st)
 }
 
 // leavesOf returns the leaves of the workloads a revocation names (a
@@ -605,6 +655,9 @@ func (t *trustManager) mutate(ctx context.Context, step func(st *trust.State, ev
 		if err != nil {
 			return nil, nil, fmt.Errorf("load the trust state: %w", err)
 		}
+		if err := t.wentBack(st); err != nil {
+			return nil, nil, status.Error(codes.FailedPrecondition, err.Error())
+		}
 		last := lastEvent(st)
 		if err := step(st, t.evidence(ctx, st)); err != nil {
 			return nil, nil, err
@@ -618,9 +671,7 @@ func (t *trustManager) mutate(ctx context.Context, step func(st *trust.State, ev
 		}
 		events := newEvents(st, last)
 		t.audit(events)
-		if _, err := t.auth.install(st); err != nil {
-			t.log.Error("the trust state just saved cannot be used; the last good one stays in use", "err", err)
-		}
+		t.installSaved(st)
 		return st, events, nil
 	}
 	return nil, nil, fmt.Errorf("the trust state changed under every one of %d attempts; try again", maxSaveAttempts)
