@@ -297,7 +297,7 @@ func (s *adminService) Revoke(ctx context.Context, req *cav1.RevokeRequest) (*ca
 		// The leaves the revoked workloads present now go on the CRLs at
 		// once; the trust loop adds any it learns of later.
 		r := trust.Revocation{Kind: kind, Value: req.GetValue(), Reason: req.GetOperator().GetReason(),
-			Leaves: s.t.leavesOf(kind, strings.TrimSpace(req.GetValue()), ev, nil)}
+			Leaves: s.t.leavesOf(st, kind, strings.TrimSpace(req.GetValue()), ev, nil)}
 		return "", trust.Revoke(st, r, op)
 	})
 }

@@ -56,15 +56,29 @@ func newRotatingAuthority(st *trust.State, caCfg ca.Config, reissue time.Duratio
 	return r, nil
 }
 
+// errSequenceBack refuses a State whose bundle sequence is below the
+// one in use.
+var errSequenceBack = errors.New("the trust bundle sequence went back")
+
 // install makes st the State in use, if it can sign: a State whose active
 // authority cannot be built into a CA is refused and the one before stays
-// in use. It reports whether what workloads are handed changed.
+// in use. So is a State whose bundle sequence is below the one in use (a
+// CA directory or Secret restored from a backup): agents ignore a bundle
+// older than the one they hold, so nothing it carries (a CRL) would reach
+// them (errSequenceBack). It reports whether what workloads are handed
+// changed.
 func (r *rotatingAuthority) install(st *trust.State) (bool, error) {
 	if st.TrustDomain != r.td {
 		return false, fmt.Errorf("the trust state is for trust domain %s, not %s", st.TrustDomain, r.td)
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.st != nil && st.Sequence < r.st.Sequence {
+		return false, fmt.Errorf("%w: the stored trust state is at bundle sequence %d, below the %d in use (restored from a backup?); "+
+			"agents ignore a bundle older than the one they hold, so its CRLs would never reach them. "+
+			"To use it, raise its sequence above %d (the highest any agent may hold) and save it again",
+			errSequenceBack, st.Sequence, r.st.Sequence, r.st.Sequence)
+	}
 	if r.st != nil && r.st.Revision == st.Revision && r.st.Sequence == st.Sequence {
 		r.st = st
 		return false, nil

@@ -1,6 +1,7 @@
 package controlplane
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
 	"errors"
@@ -10,6 +11,9 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/bulwarkmesh/bulwark/ca/trust"
 	"github.com/bulwarkmesh/bulwark/identity/issuer"
@@ -56,8 +60,9 @@ type trustManager struct {
 	// connected over ADS and the agents' bundle reports.
 	proxies func() []server.ProxyStatus
 	reports func() []bundleReport
-	// issued is the latest certificate issued here to each workload.
-	issued func() []issuer.Issued
+	// issuedTo returns the certificates issued here to a workload that
+	// may still be valid (issuer.Server.IssuedTo).
+	issuedTo func(workload string) []issuer.IssuedCert
 	// nodesOf returns the workloads (namespace/name) with a SPIFFE ID, for
 	// revocations by ID.
 	nodesOf func(id string) []string
@@ -254,9 +259,13 @@ func (t *trustManager) run(ctx context.Context) error {
 	tick := time.NewTicker(t.poll)
 	defer tick.Stop()
 	for {
-		if t.reload(ctx) != nil && t.coord.Leading() {
+		switch st := t.reload(ctx); {
+		case st != nil && t.coord.Leading():
 			t.drive(ctx)
-		} else {
+		case st != nil:
+			t.setWaiting(nil)
+			t.learnHere(ctx, st)
+		default:
 			t.setWaiting(nil)
 		}
 		acks := t.localAcks(t.auth.State())
@@ -279,6 +288,7 @@ func (t *trustManager) run(ctx context.Context) error {
 // the file and field) and counted, and the last good one stays in use;
 // nil is returned then.
 func (t *trustManager) reload(ctx context.Context) *trust.State {
+	inUse := t.auth.State()
 	st, err := t.coord.Store().Load(ctx)
 	if err == nil {
 		_, err = t.auth.install(st)
@@ -286,9 +296,18 @@ func (t *trustManager) reload(ctx context.Context) *trust.State {
 	if err == nil {
 		t.handEpoch(st.RevocationEpoch)
 	}
+	if errors.Is(err, errSequenceBack) && t.auth.State() != inUse {
+		// Read before a save of this process (an admin step) that was
+		// installed meanwhile: not a store gone back. The next tick reads
+		// the new one.
+		return nil
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
+		}
+		if errors.Is(err, errSequenceBack) {
+			err = fmt.Errorf("%s: %w", storeName(t.coord.Store()), err)
 		}
 		t.m.loadErrors.Inc()
 		t.mu.Lock()
@@ -298,8 +317,11 @@ func (t *trustManager) reload(ctx context.Context) *trust.State {
 		}
 		t.mu.Unlock()
 		if !again {
-			t.log.Error("the stored trust state cannot be used; the last good one stays in use", "err", err,
-				"sequence_in_use", t.auth.State().Sequence)
+			args := []any{"err", err, "sequence_in_use", t.auth.State().Sequence}
+			if st != nil {
+				args = append(args, "stored_sequence", st.Sequence, "store", storeName(t.coord.Store()))
+			}
+			t.log.Error("the stored trust state cannot be used; the last good one stays in use", args...)
 		}
 		return nil
 	}
@@ -310,6 +332,44 @@ func (t *trustManager) reload(ctx context.Context) *trust.State {
 	t.loadErr = ""
 	t.mu.Unlock()
 	return st
+}
+
+// storeName names where the State is stored, for an operator: the state
+// file's path, or what the store says it is.
+func storeName(s trust.Store) string {
+	switch x := s.(type) {
+	case interface{ Path() string }:
+		return x.Path()
+	case fmt.Stringer:
+		return x.String()
+	}
+	return fmt.Sprintf("the trust state store (%T)", s)
+}
+
+// wentBack returns an error when the stored State st is below the one in
+// use (errSequenceBack, which reload logs and counts): no step is taken
+// on it, since what it would save would not be used either.
+func (t *trustManager) wentBack(st *trust.State) error {
+	if inUse := t.auth.State(); inUse != nil && st.Sequence < inUse.Sequence {
+		return fmt.Errorf("%s: %w: the stored trust state is at bundle sequence %d, below the %d in use; see the control plane's log",
+			storeName(t.coord.Store()), errSequenceBack, st.Sequence, inUse.Sequence)
+	}
+	return nil
+}
+
+// installSaved installs a State this process just saved, and says
+// whether it did. One below the State in use is not an error: another
+// writer saved after it and that newer State is installed already.
+func (t *trustManager) installSaved(st *trust.State) bool {
+	_, err := t.auth.install(st)
+	switch {
+	case errors.Is(err, errSequenceBack):
+		return false
+	case err != nil:
+		t.log.Error("the trust state just saved cannot be used; the last good one stays in use", "err", err)
+		return false
+	}
+	return true
 }
 
 // drive takes the automatic steps on the State as stored now (loaded
@@ -323,7 +383,7 @@ func (t *trustManager) reload(ctx context.Context) *trust.State {
 // rotation that names it, in one save).
 func (t *trustManager) drive(ctx context.Context) {
 	st, err := t.coord.Store().Load(ctx)
-	if err != nil {
+	if err != nil || t.wentBack(st) != nil {
 		return // reload logs it
 	}
 	now := t.now()
@@ -388,9 +448,7 @@ func (t *trustManager) drive(ctx context.Context) {
 		return
 	}
 	t.audit(newEvents(st, last))
-	if _, err := t.auth.install(st); err != nil {
-		t.log.Error("the trust state just saved cannot be used; the last good one stays in use", "err", err)
-	} else {
+	if t.installSaved(st) {
 		t.handEpoch(st.RevocationEpoch)
 	}
 }
@@ -404,17 +462,62 @@ func (t *trustManager) learnSerials(st *trust.State, ev trust.Evidence, op trust
 		if r.Kind == trust.BySerial {
 			continue
 		}
-		if leaves := t.leavesOf(r.Kind, r.Value, ev, r.Serials); len(leaves) > 0 && trust.AddSerials(st, r.Kind, r.Value, leaves, op) {
+		if leaves := t.leavesOf(st, r.Kind, r.Value, ev, r.Serials); len(leaves) > 0 && trust.AddSerials(st, r.Kind, r.Value, leaves, op) {
 			changed = true
 		}
 	}
 	return changed
 }
 
-// leavesOf returns the leaves that the evidence shows the workloads a
-// revocation names present (a workload; or every workload with a SPIFFE
-// ID), leaving out the serials already known.
-func (t *trustManager) leavesOf(kind trust.RevocationKind, value string, ev trust.Evidence, known []string) []trust.LeafInfo {
+// learnHere is what a replica that does not lead does of the automatic
+// steps: it adds to the revocations the serials only it knows (the
+// certificates it issued, the leaves its agents present). Only the leader
+// drives the State, but it learns those only while the workload is
+// connected to it, so without this a certificate issued by another
+// replica before the revocation would stay off the CRLs. The save is
+// compare-and-swap and AddSerials adds only what is new, so it cannot
+// undo the leader's work: a conflict is dropped and tried again at the
+// next tick. installed is the State in use (shared: only read here).
+func (t *trustManager) learnHere(ctx context.Context, installed *trust.State) {
+	ev := trust.Evidence{Proxies: t.localAcks(installed)}
+	now := t.now()
+	news := false
+	for _, r := range installed.Revocations {
+		if r.Kind == trust.BySerial {
+			continue
+		}
+		for _, l := range t.leavesOf(installed, r.Kind, r.Value, ev, r.Serials) {
+			news = news || l.NotAfter.IsZero() || l.NotAfter.After(now)
+		}
+	}
+	if !news {
+		return
+	}
+	st, err := t.coord.Store().Load(ctx)
+	if err != nil || t.wentBack(st) != nil {
+		return // reload logs it
+	}
+	last := lastEvent(st)
+	if !t.learnSerials(st, ev, trust.Operation{Who: "bulwark (automatic)", Now: now}) {
+		return
+	}
+	if err := t.coord.Store().Save(ctx, st); err != nil {
+		if errors.Is(err, trust.ErrConflict) {
+			t.m.conflicts.Inc()
+		} else if ctx.Err() == nil {
+			t.logWait("cannot save the serials this replica knows of revoked workloads", err)
+		}
+		return
+	}
+	t.audit(newEvents(st, last))
+	t.installSaved(st)
+}
+
+// leavesOf returns the leaves of the workloads a revocation names (a
+// workload; or every workload with a SPIFFE ID): those the evidence shows
+// them present, and every certificate issued to them here that may still
+// be valid, leaving out the serials already known.
+func (t *trustManager) leavesOf(st *trust.State, kind trust.RevocationKind, value string, ev trust.Evidence, known []string) []trust.LeafInfo {
 	var nodes []string
 	switch kind {
 	case trust.ByWorkload:
@@ -439,17 +542,36 @@ func (t *trustManager) leavesOf(kind trust.RevocationKind, value string, ev trus
 			}
 		}
 	}
-	// The certificates issued here last: a workload whose agent keeps no
-	// bundle stream (an old agent) presents one of them. Their issuer is
-	// not recorded, so they go on every authority's CRL.
-	if t.issued != nil {
-		for _, c := range t.issued() {
-			if slices.Contains(nodes, c.Workload) {
-				add(trust.LeafInfo{Serial: c.Serial, NotAfter: c.Expires})
+	// Every certificate issued here that may still be valid, not only the
+	// one presented now: a key stolen before the workload's last renewal
+	// came with a certificate that peers accept until it expires.
+	if t.issuedTo != nil {
+		for _, n := range nodes {
+			for _, c := range t.issuedTo(n) {
+				add(trust.LeafInfo{Serial: c.Serial, Issuer: issuerByKeyID(st, c.AuthorityKeyID), NotAfter: c.NotAfter})
 			}
 		}
 	}
 	return leaves
+}
+
+// issuerByKeyID returns the ID of the one authority whose signing
+// certificate has the subject key identifier aki, or "" when none or
+// several have (the serial then goes on every authority's CRL).
+func issuerByKeyID(st *trust.State, aki []byte) string {
+	if st == nil || len(aki) == 0 {
+		return ""
+	}
+	id := ""
+	for _, a := range st.Authorities {
+		if bytes.Equal(a.Signing().SubjectKeyId, aki) {
+			if id != "" {
+				return ""
+			}
+			id = a.ID
+		}
+	}
+	return id
 }
 
 // setWaiting records what the rotation waits for (nil: nothing), and
@@ -535,6 +657,9 @@ func (t *trustManager) mutate(ctx context.Context, step func(st *trust.State, ev
 		if err != nil {
 			return nil, nil, fmt.Errorf("load the trust state: %w", err)
 		}
+		if err := t.wentBack(st); err != nil {
+			return nil, nil, status.Error(codes.FailedPrecondition, err.Error())
+		}
 		last := lastEvent(st)
 		if err := step(st, t.evidence(ctx, st)); err != nil {
 			return nil, nil, err
@@ -548,9 +673,7 @@ func (t *trustManager) mutate(ctx context.Context, step func(st *trust.State, ev
 		}
 		events := newEvents(st, last)
 		t.audit(events)
-		if _, err := t.auth.install(st); err != nil {
-			t.log.Error("the trust state just saved cannot be used; the last good one stays in use", "err", err)
-		}
+		t.installSaved(st)
 		return st, events, nil
 	}
 	return nil, nil, fmt.Errorf("the trust state changed under every one of %d attempts; try again", maxSaveAttempts)
@@ -606,7 +729,7 @@ func newTrustManager(cfg Config, p parts, srv *server.Server, iss *issuer.Server
 	}
 	td := p.src.td.String()
 	store := p.store
-	t := &trustManager{coord: p.coord, auth: auth, proxies: srv.Proxies, reports: issuerReports(iss), issued: iss.Certificates,
+	t := &trustManager{coord: p.coord, auth: auth, proxies: srv.Proxies, reports: issuerReports(iss), issuedTo: iss.IssuedTo,
 		setEpoch: srv.SetRevocationEpoch,
 		nodesOf: func(id string) []string {
 			var out []string

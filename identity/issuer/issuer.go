@@ -124,6 +124,8 @@ type Server struct {
 	mu      sync.Mutex
 	issued  map[string]Issued // the latest certificate per workload
 	pruneAt int               // prune workloads gone from the mesh past this many records
+
+	history issuedHistory // every certificate per workload still valid (IssuedTo)
 }
 
 // Issued describes the latest certificate this server issued to a
@@ -248,6 +250,7 @@ func (s *Server) SignCertificate(ctx context.Context, req *cav1.SignCertificateR
 		"serial", leaf.SerialNumber.Text(16), "expires", leaf.NotAfter.Format(time.RFC3339))
 	s.record(Issued{Workload: req.GetWorkload(), ID: id, Serial: leaf.SerialNumber.Text(16),
 		Method: method, IssuedAt: s.cfg.Now(), Expires: leaf.NotAfter})
+	s.history.add(s.cfg.Store, req.GetWorkload(), leaf, s.cfg.Now())
 	return resp, nil
 }
 

@@ -96,15 +96,20 @@ func (a *Agent) watchOnce(ctx context.Context) (delivered bool, err error) {
 		}
 	}()
 
-	// highest is the highest sequence the control plane sent on this
-	// stream: acks never go beyond it (it refuses those). An agent that
-	// holds a newer bundle than a lagging replica sends says it holds
-	// that replica's latest, which a newer bundle supersedes.
-	var highest uint64
+	// held is the highest sequence sent on this stream whose bundle the
+	// agent holds (installed from it, or held already with the same
+	// sequence and content): acks never go beyond it. A bundle the agent
+	// did not take (older than the one held: a lagging replica, or one
+	// whose stored state was restored from a backup; or refused) is not
+	// acknowledged, so the replica sees the proxy as behind rather than
+	// holding a bundle, and the CRLs in it, that it never installed. (A
+	// replica that lags catches up within its next poll and sends the
+	// sequence the agent holds.)
+	var held uint64
 	var lastAck *cav1.TrustBundleAck
 	ack := func() error {
 		agentSeq, proxySeq := a.BundleSequence()
-		m := &cav1.TrustBundleAck{Sequence: min(agentSeq, highest), ProxySequence: min(proxySeq, highest)}
+		m := &cav1.TrustBundleAck{Sequence: min(agentSeq, held), ProxySequence: min(proxySeq, held)}
 		if lastAck != nil && m.GetSequence() == lastAck.GetSequence() && m.GetProxySequence() == lastAck.GetProxySequence() {
 			return nil
 		}
@@ -130,10 +135,13 @@ func (a *Agent) watchOnce(ctx context.Context) (delivered bool, err error) {
 			}
 		case b := <-bundles:
 			delivered = true
-			highest = max(highest, b.GetSequence())
 			if err := a.takeBundle(b, svid); err != nil {
-				// Not installed: the ack says the bundle still held.
+				// Not installed: the ack says what this stream sent that
+				// is still held.
 				a.log.Error("trust bundle refused", "sequence", b.GetSequence(), "err", err)
+			}
+			if a.holds(b) {
+				held = max(held, b.GetSequence())
 			}
 			if err := ack(); err != nil {
 				return delivered, err
@@ -209,6 +217,29 @@ func (a *Agent) takeBundle(m *cav1.TrustBundle, svid *x509svid.SVID) error {
 		"window", window, "serial", leaf.SerialNumber.Text(16))
 	a.renewSoon(delay)
 	return nil
+}
+
+// holds says whether the bundle the agent holds is m: the same sequence,
+// roots and CRLs. The same sequence alone is not enough: a control plane
+// whose stored state was restored from a backup numbers another bundle
+// with a sequence an agent may hold already.
+func (a *Agent) holds(m *cav1.TrustBundle) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.bundleSeq != m.GetSequence() || len(a.bundle) != len(m.GetRoots()) || len(a.crls) != len(m.GetCrls()) {
+		return false
+	}
+	for i, r := range a.bundle {
+		if !bytes.Equal(r.Raw, m.GetRoots()[i]) {
+			return false
+		}
+	}
+	for i, c := range a.crls {
+		if !bytes.Equal(c, m.GetCrls()[i]) {
+			return false
+		}
+	}
+	return true
 }
 
 // chainsTo says whether the certificate's chain leads to one of roots,

@@ -779,3 +779,44 @@ func TestBundleWithACRLOutOfTimeIsKept(t *testing.T) {
 	e.cp.push(&cav1.TrustBundle{Sequence: 4, Roots: rawCerts(e.cas[0].Roots()...), Crls: [][]byte{signedCRL(t, e, 0, 4)}})
 	e.cp.waitAck(t, &cav1.TrustBundleAck{Sequence: 4})
 }
+
+// TestOlderBundleIsNotAcked: an agent that holds bundle 6 and watches a
+// replica that sends older ones (its stored state restored from a
+// backup, or lagging) does not install them, and does not ack them
+// either: the replica must see its proxy as behind, not as holding
+// bundles and CRLs it never installed. Once the replica sends a bundle
+// the agent takes, the ack says so.
+func TestOlderBundleIsNotAcked(t *testing.T) {
+	e := startPush(t, func(e *pushEnv) *cav1.TrustBundle {
+		return &cav1.TrustBundle{Sequence: 6, Roots: rawCerts(append(e.cas[0].Roots(), e.cas[1].Roots()...)...), SigningCa: e.signing[0].Raw}
+	})
+	e.cp.waitAck(t, &cav1.TrustBundleAck{Sequence: 6})
+	first, _ := waitWait(t, e, 0, "the first renewal", func(d time.Duration) bool { return d > time.Hour })
+
+	// The replica goes back to sequence 4; the renewal opens a new stream
+	// to it, which starts with 4.
+	e.cp.push(&cav1.TrustBundle{Sequence: 4, Roots: rawCerts(append(e.cas[0].Roots(), e.cas[1].Roots()...)...), SigningCa: e.signing[0].Raw})
+	e.clock.Advance(first)
+	waitSigned(t, e, 2)
+	e.cp.waitAck(t, &cav1.TrustBundleAck{Sequence: 0, ProxySequence: 0})
+	e.cp.mu.Lock()
+	from := len(e.cp.acks)
+	e.cp.mu.Unlock()
+	// It revokes something at 5: the agent holds 6, so 5 is not taken.
+	e.cp.push(&cav1.TrustBundle{Sequence: 5, Roots: rawCerts(append(e.cas[0].Roots(), e.cas[1].Roots()...)...), SigningCa: e.signing[0].Raw,
+		Crls: [][]byte{signedCRL(t, e, 0, 5)}})
+	waitLog(t, e, "sequence=5 held=6")
+	// And then moves past what the agent holds.
+	e.cp.push(&cav1.TrustBundle{Sequence: 7, Roots: rawCerts(append(e.cas[0].Roots(), e.cas[1].Roots()...)...), SigningCa: e.signing[0].Raw})
+	e.cp.waitAck(t, &cav1.TrustBundleAck{Sequence: 7})
+	e.cp.mu.Lock()
+	defer e.cp.mu.Unlock()
+	for _, a := range e.cp.acks[from:] {
+		if a.GetSequence() == 4 || a.GetSequence() == 5 || a.GetProxySequence() == 4 || a.GetProxySequence() == 5 {
+			t.Errorf("ack %v: the agent acknowledged a bundle older than the 6 it holds, which it never installed", a)
+		}
+	}
+	if agentSeq, _ := e.a.BundleSequence(); agentSeq != 7 {
+		t.Errorf("agent holds %d, want 7", agentSeq)
+	}
+}
