@@ -25,6 +25,18 @@ import (
 // the new leaf.
 func renew(t *testing.T, cp *controlplane.ControlPlane, tc *tls.Config, workload string) (*tls.Config, *x509.Certificate) {
 	t.Helper()
+	next, leaf, err := requestCert(t, cp, tc, workload)
+	if err != nil {
+		t.Fatalf("renewal of %s: %v", workload, err)
+	}
+	return next, leaf
+}
+
+// requestCert asks cp for a certificate for workload over tc (presenting
+// the certificate in tc, if any) and returns the configuration with the
+// new certificate and the new leaf, or the refusal.
+func requestCert(t *testing.T, cp *controlplane.ControlPlane, tc *tls.Config, workload string) (*tls.Config, *x509.Certificate, error) {
+	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -40,7 +52,7 @@ func renew(t *testing.T, cp *controlplane.ControlPlane, tc *tls.Config, workload
 	defer conn.Close()
 	resp, err := cav1.NewCertificateServiceClient(conn).SignCertificate(ctx10(t), &cav1.SignCertificateRequest{Csr: csr, Workload: workload})
 	if err != nil {
-		t.Fatalf("renewal of %s: %v", workload, err)
+		return nil, nil, err
 	}
 	var chain []*x509.Certificate
 	for _, der := range resp.GetCertChain() {
@@ -55,7 +67,7 @@ func renew(t *testing.T, cp *controlplane.ControlPlane, tc *tls.Config, workload
 		t.Fatal(err)
 	}
 	svid := &x509svid.SVID{ID: id, Certificates: chain, PrivateKey: key}
-	return spiffetls.ClientConfig(svid, x509bundle.FromX509Authorities(meshTD, cp.CA.Roots()), cp.Identity), chain[0]
+	return spiffetls.ClientConfig(svid, x509bundle.FromX509Authorities(meshTD, cp.CA.Roots()), cp.Identity), chain[0], nil
 }
 
 // presented returns the leaf tc presents.

@@ -643,20 +643,7 @@ func TestStatusOutput(t *testing.T) {
 // certificate in tc renews it.
 func signWith(t *testing.T, cp *controlplane.ControlPlane, tc *tls.Config, workload string) error {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn, err := grpc.NewClient(cp.XDSAddr.String(), grpc.WithTransportCredentials(credentials.NewTLS(tc)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	_, err = cav1.NewCertificateServiceClient(conn).SignCertificate(ctx10(t), &cav1.SignCertificateRequest{Csr: csr, Workload: workload})
+	_, _, err := requestCert(t, cp, tc, workload)
 	return err
 }
 

@@ -161,10 +161,13 @@ func (s *scriptedCA) SignCertificate(ctx context.Context, req *cav1.SignCertific
 	return resp, nil
 }
 
-// TestAgentBacksOffWhenTheCAIsAtItsLimit: refused with a retry hint, the
-// agent comes back no earlier than the hint, for its first certificate
-// and for a renewal; without a hint it backs off exponentially.
-func TestAgentBacksOffWhenTheCAIsAtItsLimit(t *testing.T) {
+// serveScript serves script as the CA service on loopback, with a CA
+// made for the test (script.ca) signing as spiffe://cluster.local/ns/
+// demo/sa/frontend (script.id), until the script runs out: then the
+// returned context ends. It returns that context, the address, the CA
+// and the control plane's ID the server presents.
+func serveScript(t *testing.T, script *scriptedCA) (context.Context, string, *ca.CA, spiffeid.ID) {
+	t.Helper()
 	td := spiffeid.RequireTrustDomainFromString("cluster.local")
 	dir := t.TempDir()
 	if err := ca.Init(ca.InitConfig{Dir: dir, TrustDomain: td}); err != nil {
@@ -175,16 +178,13 @@ func TestAgentBacksOffWhenTheCAIsAtItsLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	t.Cleanup(cancel)
 	cpID := contract.ControlPlaneID(td)
 	own, err := authority.NewSource(ctx, cpID, time.Hour, testlog.New(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	script := &scriptedCA{ca: authority, id: spiffeid.RequireFromPath(td, "/ns/demo/sa/frontend"), done: cancel, answers: []error{
-		exhausted(3 * time.Second), exhausted(3 * time.Second), status.Error(codes.Unavailable, "restarting"), nil, // the first certificate
-		exhausted(30 * time.Second), exhausted(30 * time.Second), nil, // a renewal
-	}}
+	script.ca, script.id, script.done = authority, spiffeid.RequireFromPath(td, "/ns/demo/sa/frontend"), cancel
 	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(spiffetls.ServerConfig(own, own, td))))
 	cav1.RegisterCertificateServiceServer(g, script)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
@@ -192,7 +192,19 @@ func TestAgentBacksOffWhenTheCAIsAtItsLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 	go func() { _ = g.Serve(lis) }()
-	defer g.Stop()
+	t.Cleanup(g.Stop)
+	return ctx, lis.Addr().String(), authority, cpID
+}
+
+// TestAgentBacksOffWhenTheCAIsAtItsLimit: refused with a retry hint, the
+// agent comes back no earlier than the hint, for its first certificate
+// and for a renewal; without a hint it backs off exponentially.
+func TestAgentBacksOffWhenTheCAIsAtItsLimit(t *testing.T) {
+	script := &scriptedCA{answers: []error{
+		exhausted(3 * time.Second), exhausted(3 * time.Second), status.Error(codes.Unavailable, "restarting"), nil, // the first certificate
+		exhausted(30 * time.Second), exhausted(30 * time.Second), nil, // a renewal
+	}}
+	ctx, addr, authority, cpID := serveScript(t, script)
 
 	sock, err := os.MkdirTemp("", "bwag-")
 	if err != nil {
@@ -201,7 +213,7 @@ func TestAgentBacksOffWhenTheCAIsAtItsLimit(t *testing.T) {
 	defer os.RemoveAll(sock)
 	start := time.Now()
 	clock := &fakeClock{now: start}
-	a, err := New(Config{Workload: "demo/frontend-1", ControlPlane: lis.Addr().String(), ControlPlaneID: cpID,
+	a, err := New(Config{Workload: "demo/frontend-1", ControlPlane: addr, ControlPlaneID: cpID,
 		TrustBundle: authority.Roots(), JoinToken: "bwjt_test", SDSSocket: filepath.Join(sock, "sds.sock"),
 		Logger: testlog.New(t), Now: clock.Now, After: clock.After})
 	if err != nil {

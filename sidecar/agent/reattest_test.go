@@ -1,22 +1,14 @@
 package agent
 
 import (
-	"context"
-	"net"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
-	cav1 "github.com/bulwarkmesh/bulwark/api/ca/v1"
-	"github.com/bulwarkmesh/bulwark/ca"
-	"github.com/bulwarkmesh/bulwark/internal/spiffetls"
 	"github.com/bulwarkmesh/bulwark/internal/testlog"
 	"github.com/bulwarkmesh/bulwark/sidecar/contract"
 )
@@ -27,35 +19,12 @@ import (
 // proves its identity again with the token, at once, instead of retrying
 // the refused certificate until it expires.
 func TestRenewalRefusedAttestsAgainWithTheServiceAccountToken(t *testing.T) {
-	td := spiffeid.RequireTrustDomainFromString("cluster.local")
-	dir := t.TempDir()
-	if err := ca.Init(ca.InitConfig{Dir: dir, TrustDomain: td}); err != nil {
-		t.Fatal(err)
-	}
-	authority, err := ca.Load(ca.LoadConfig{Dir: dir, Config: ca.Config{TrustDomain: td}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	cpID := contract.ControlPlaneID(td)
-	own, err := authority.NewSource(ctx, cpID, time.Hour, testlog.New(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	script := &scriptedCA{ca: authority, id: spiffeid.RequireFromPath(td, "/ns/demo/sa/frontend"), done: cancel, answers: []error{
+	script := &scriptedCA{answers: []error{
 		nil, // the first certificate, with the token
 		status.Error(codes.PermissionDenied, "certificate 1f is no credential any more: authority 3a revoked"),
 		nil, // the same renewal, with the token
 	}}
-	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(spiffetls.ServerConfig(own, own, td))))
-	cav1.RegisterCertificateServiceServer(g, script)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = g.Serve(lis) }()
-	defer g.Stop()
+	ctx, addr, authority, cpID := serveScript(t, script)
 
 	sock, err := os.MkdirTemp("", "bwag-")
 	if err != nil {
@@ -67,7 +36,7 @@ func TestRenewalRefusedAttestsAgainWithTheServiceAccountToken(t *testing.T) {
 		t.Fatal(err)
 	}
 	clock := &fakeClock{now: time.Now()}
-	a, err := New(Config{Workload: "demo/frontend-1", ControlPlane: lis.Addr().String(), ControlPlaneID: cpID,
+	a, err := New(Config{Workload: "demo/frontend-1", ControlPlane: addr, ControlPlaneID: cpID,
 		TrustBundle: authority.Roots(), ServiceAccountTokenFile: tokenFile, SDSSocket: filepath.Join(sock, "sds.sock"),
 		Logger: testlog.New(t), Now: clock.Now, After: clock.After})
 	if err != nil {
