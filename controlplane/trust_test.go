@@ -937,18 +937,23 @@ func TestWarmupWithoutRoster(t *testing.T) {
 
 // TestARevokedAuthorityVouchesForNobody: once the intermediate that
 // signed a workload's certificate is revoked, that certificate is no
-// credential: it renews nothing and watches no bundle. Whoever holds the
-// revoked key can mint a leaf naming any workload, and the handshake
-// (which checks the chain against the roots, still trusted) lets it
-// through; only the issuer's check stops it.
+// credential (it renews nothing and watches no bundle) unless this
+// control plane issued exactly it. Whoever holds the revoked key can
+// mint a leaf naming any workload, and the handshake (which checks the
+// chain against the roots, still trusted) lets it through; only the
+// issuer's check stops it. A certificate issued by an earlier process
+// (before a restart) is no credential either: the workload attests
+// again.
 func TestARevokedAuthorityVouchesForNobody(t *testing.T) {
 	dir := newCADir(t)
+	before := startOn(t, dir, nil)
+	tcDB := workloadTLS(t, before, "demo/db-1")
+	if err := before.Stop(); err != nil {
+		t.Fatal(err)
+	}
 	cp := startOn(t, dir, nil)
 	admin := adminClient(t, cp)
 	tc := workloadTLS(t, cp, "demo/api-1")
-	if err := signWith(t, cp, tc, "demo/api-1"); err != nil {
-		t.Fatalf("renewal before the revocation: %v", err)
-	}
 	old := load(t, dir).Active()
 	if _, err := admin.Prepare(ctx10(t), &cav1.PrepareRequest{Kind: "intermediate"}); err != nil {
 		t.Fatal(err)
@@ -957,13 +962,22 @@ func TestARevokedAuthorityVouchesForNobody(t *testing.T) {
 		Operator: &cav1.Operator{Reason: "intermediate key leaked", Force: true}}); err != nil {
 		t.Fatal(err)
 	}
-	if st := load(t, dir); !st.Get(old.ID).Revoked || st.Active().ID == old.ID {
+	st := load(t, dir)
+	if !st.Get(old.ID).Revoked || st.Active().ID == old.ID {
 		t.Fatalf("authority %s not revoked and replaced", old.ID)
 	}
 
-	err := signWith(t, cp, tc, "demo/api-1")
+	// This process issued api-1's certificate itself: it renews, onto
+	// the new authority.
+	if _, leaf, err := requestCert(t, cp, tc, "demo/api-1"); err != nil {
+		t.Errorf("renewal with a certificate this control plane issued: %v", err)
+	} else if got := st.IssuerOf(leaf); got != st.Active().ID {
+		t.Errorf("renewed under %s, want the new authority %s", got, st.Active().ID)
+	}
+	// db-1's came from the process before the restart.
+	err := signWith(t, cp, tcDB, "demo/db-1")
 	if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "no credential") || !strings.Contains(err.Error(), old.ID) {
-		t.Errorf("renewal with a leaf of the revoked authority: %v, want PermissionDenied naming %s", err, old.ID)
+		t.Errorf("renewal with a leaf of the revoked authority issued before a restart: %v, want PermissionDenied naming %s", err, old.ID)
 	}
 
 	// A leaf forged with the leaked key, for another workload.
@@ -995,7 +1009,7 @@ func TestARevokedAuthorityVouchesForNobody(t *testing.T) {
 		t.Errorf("bundle watch with the forged leaf: %v, want PermissionDenied", err)
 	}
 
-	// The workloads attest again and carry on under the new authority.
+	// db-1 attests again and carries on under the new authority.
 	fresh := workloadTLS(t, cp, "demo/db-1")
 	if err := signWith(t, cp, fresh, "demo/db-1"); err != nil {
 		t.Errorf("renewal with a leaf of the new authority: %v", err)

@@ -1,6 +1,7 @@
 package issuer
 
 import (
+	"crypto/sha256"
 	"crypto/x509"
 	"slices"
 	"strings"
@@ -28,6 +29,9 @@ type IssuedCert struct {
 	// authority's CRL the serial belongs on. Nil when the leaf has none.
 	AuthorityKeyID []byte
 	NotAfter       time.Time
+	// Digest is the SHA-256 of the leaf's DER: presented again with
+	// proof of its key, it is this very certificate (see issuedExactly).
+	Digest [sha256.Size]byte
 }
 
 // issuedHistory keeps, per workload, the certificates issued to it that
@@ -48,7 +52,8 @@ func (h *issuedHistory) add(store *model.Store, workload string, leaf *x509.Cert
 	if leaf == nil {
 		return
 	}
-	c := IssuedCert{Serial: leaf.SerialNumber.Text(16), AuthorityKeyID: slices.Clone(leaf.AuthorityKeyId), NotAfter: leaf.NotAfter}
+	c := IssuedCert{Serial: leaf.SerialNumber.Text(16), AuthorityKeyID: slices.Clone(leaf.AuthorityKeyId), NotAfter: leaf.NotAfter,
+		Digest: sha256.Sum256(leaf.Raw)}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.by == nil {
@@ -76,6 +81,21 @@ func (h *issuedHistory) get(workload string, now time.Time) []IssuedCert {
 	}
 	h.by[workload] = list
 	return slices.Clone(list)
+}
+
+// issuedExactly reports whether this server issued leaf itself, byte for
+// byte, to workload and it has not expired at now. A certificate is
+// public, but a caller presenting it proved in the handshake that it
+// holds the key in it: the workload's own key, which no one could put in
+// a certificate of this server's making but this server.
+func (h *issuedHistory) issuedExactly(workload string, leaf *x509.Certificate, now time.Time) bool {
+	d := sha256.Sum256(leaf.Raw)
+	for _, c := range h.get(workload, now) {
+		if c.Digest == d {
+			return true
+		}
+	}
+	return false
 }
 
 // pruneLocked drops the workloads gone from the mesh and the expired

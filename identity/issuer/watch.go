@@ -107,6 +107,18 @@ func (s *Server) checkVouched(leaf *x509.Certificate) error {
 	if err == nil {
 		return nil
 	}
+	// A certificate this server issued itself, byte for byte, still
+	// proves its workload: whoever holds a revoked authority's key can
+	// mint a certificate naming the workload, but not this one, whose
+	// key is the workload's. So after an emergency rotation the
+	// workloads renew onto the new authority by themselves, as long as
+	// the replica that issued their certificate still runs; the others
+	// attest again.
+	if w, ok := ca.WorkloadOf(leaf); ok && s.history.issuedExactly(w.String(), leaf, s.cfg.Now()) {
+		s.log.Info("certificate of an authority that may no longer vouch accepted: this control plane issued exactly it",
+			"workload", w.String(), "serial", leaf.SerialNumber.Text(16), "why", err.Error())
+		return nil
+	}
 	return errRevoked{status.Newf(codes.PermissionDenied,
 		"certificate %s is no credential any more: %s; get a new one with a ServiceAccount token or a new join token",
 		leaf.SerialNumber.Text(16), bounded.Text(err.Error(), bounded.Message))}
