@@ -2,7 +2,8 @@
 // real Envoys under continuous traffic: root and intermediate rotation,
 // the activate gate held by a disconnected proxy, an authority removed too
 // early (refused, then forced to show what it breaks), a rotation that
-// survives the control plane being SIGKILLed, and revoking a workload.
+// survives the control plane being SIGKILLed, revoking a workload, and
+// revoking the active intermediate (the runbook's stolen key).
 //
 // The control plane is a separate `bulwark serve` process (built once per
 // test binary) so that a test can kill and restart it; each workload is a

@@ -84,30 +84,44 @@ func (w *workload) sdsCertificate(ctx context.Context) (*x509svid.SVID, error) {
 // exactly as its agent renews: authenticated by the certificate it holds
 // now. The new certificate is thrown away; only the answer matters.
 func (w *workload) renew() error {
-	ctx := context.Background()
-	svid, err := w.sdsCertificate(ctx)
+	svid, err := w.sdsCertificate(context.Background())
 	if err != nil {
 		return fmt.Errorf("the current certificate of %s: %w", w.name, err)
 	}
+	_, err = w.renewWith(svid)
+	return err
+}
+
+// renewWith asks the control plane's CA service for a new certificate for
+// w as its agent renews, authenticated by svid (w's certificate of some
+// time, or one made by someone else), and returns the new leaf.
+func (w *workload) renewWith(svid *x509svid.SVID) (*x509.Certificate, error) {
+	ctx := context.Background()
 	// The control plane is verified with what the workload's Envoy trusts.
 	roots := w.trust().Roots
 	td := spiffeid.RequireTrustDomainFromString(trustDomain)
 	tlsCfg := spiffetls.ClientConfig(svid, x509bundle.FromX509Authorities(td, roots), contract.ControlPlaneID(td))
 	conn, err := grpc.NewClient(w.m.cpAddr, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer conn.Close()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	_, err = cav1.NewCertificateServiceClient(conn).SignCertificate(ctx, &cav1.SignCertificateRequest{Csr: csr, Workload: w.key()})
-	return err
+	resp, err := cav1.NewCertificateServiceClient(conn).SignCertificate(ctx, &cav1.SignCertificateRequest{Csr: csr, Workload: w.key()})
+	if err != nil {
+		return nil, err
+	}
+	if len(resp.GetCertChain()) == 0 {
+		return nil, fmt.Errorf("renewal of %s: an answer without a certificate", w.name)
+	}
+	return x509.ParseCertificate(resp.GetCertChain()[0])
 }
