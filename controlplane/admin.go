@@ -296,8 +296,12 @@ func (s *adminService) Revoke(ctx context.Context, req *cav1.RevokeRequest) (*ca
 	return s.step(ctx, req.GetOperator(), func(st *trust.State, ev trust.Evidence, op trust.Operation) (string, error) {
 		// The leaves the revoked workloads present now go on the CRLs at
 		// once; the trust loop adds any it learns of later.
-		r := trust.Revocation{Kind: kind, Value: req.GetValue(), Reason: req.GetOperator().GetReason(),
-			Leaves: s.t.leavesOf(st, kind, strings.TrimSpace(req.GetValue()), ev, nil)}
+		kind, value, err := authoritySerial(st, kind, req.GetValue())
+		if err != nil {
+			return "", err
+		}
+		r := trust.Revocation{Kind: kind, Value: value, Reason: req.GetOperator().GetReason(),
+			Leaves: s.t.leavesOf(st, kind, strings.TrimSpace(value), ev, nil)}
 		return "", trust.Revoke(st, r, op)
 	})
 }
@@ -309,19 +313,41 @@ func (s *adminService) Unrevoke(ctx context.Context, req *cav1.UnrevokeRequest) 
 		return nil, err
 	}
 	return s.step(ctx, req.GetOperator(), func(st *trust.State, _ trust.Evidence, op trust.Operation) (string, error) {
-		return "", trust.Unrevoke(st, kind, req.GetValue(), op)
+		kind, value, err := authoritySerial(st, kind, req.GetValue())
+		if err != nil {
+			return "", err
+		}
+		return "", trust.Unrevoke(st, kind, value, op)
 	})
 }
 
 func revocationKind(kind, value string) (trust.RevocationKind, error) {
 	switch k := trust.RevocationKind(kind); k {
-	case trust.BySerial, trust.ByWorkload, trust.ByID:
+	case trust.BySerial, trust.ByWorkload, trust.ByID, byAuthority:
 		if strings.TrimSpace(value) == "" {
 			return "", status.Errorf(codes.InvalidArgument, "revoke: the %s to revoke is empty", kind)
 		}
 		return k, nil
 	}
-	return "", status.Errorf(codes.InvalidArgument, "revoke: kind %s: want serial, workload or id", bounded.Quote(kind, bounded.Name))
+	return "", status.Errorf(codes.InvalidArgument, "revoke: kind %s: want serial, workload, id or authority", bounded.Quote(kind, bounded.Name))
+}
+
+// byAuthority names an authority by its ID (or a prefix of it) in a
+// revocation: the revocation of its signing certificate's serial, which
+// an operator would otherwise have to dig out of the certificate.
+const byAuthority trust.RevocationKind = "authority"
+
+// authoritySerial turns a revocation by authority into the one by serial
+// it stands for, in st; any other kind is returned as it is.
+func authoritySerial(st *trust.State, kind trust.RevocationKind, value string) (trust.RevocationKind, string, error) {
+	if kind != byAuthority {
+		return kind, value, nil
+	}
+	a := st.Get(strings.TrimSpace(value))
+	if a == nil {
+		return "", "", fmt.Errorf("%w: %s (see bulwark ca status)", trust.ErrNotFound, bounded.Quote(value, bounded.Name))
+	}
+	return trust.BySerial, a.Signing().SerialNumber.Text(16), nil
 }
 
 // ImportCRL takes an organisation's own CRL.

@@ -1015,3 +1015,32 @@ func TestARevokedAuthorityVouchesForNobody(t *testing.T) {
 		t.Errorf("renewal with a leaf of the new authority: %v", err)
 	}
 }
+
+// TestRevokeByAuthority: an authority is revoked by its ID (a prefix
+// will do, as everywhere), without digging its signing certificate's
+// serial out first; an unknown ID is NotFound; unrevoke takes it back.
+func TestRevokeByAuthority(t *testing.T) {
+	dir := newCADir(t)
+	cp := startOn(t, dir, nil)
+	admin := adminClient(t, cp)
+	old := load(t, dir).Active()
+	if _, err := admin.Prepare(ctx10(t), &cav1.PrepareRequest{Kind: "intermediate"}); err != nil {
+		t.Fatal(err)
+	}
+	op := &cav1.Operator{Reason: "intermediate key leaked"}
+	if _, err := admin.Revoke(ctx10(t), &cav1.RevokeRequest{Kind: "authority", Value: "ffff0000", Operator: op}); status.Code(err) != codes.NotFound {
+		t.Errorf("revoking an unknown authority: %v, want NotFound", err)
+	}
+	if _, err := admin.Revoke(ctx10(t), &cav1.RevokeRequest{Kind: "authority", Value: old.ID[:6], Operator: op}); err != nil {
+		t.Fatal(err)
+	}
+	if st := load(t, dir); !st.Get(old.ID).Revoked || st.Active().ID == old.ID {
+		t.Fatalf("authority %s not revoked and replaced after a revocation by its ID", old.ID)
+	}
+	if _, err := admin.Unrevoke(ctx10(t), &cav1.UnrevokeRequest{Kind: "authority", Value: old.ID}); err != nil {
+		t.Fatal(err)
+	}
+	if load(t, dir).Get(old.ID).Revoked {
+		t.Errorf("authority %s still revoked after unrevoke by its ID", old.ID)
+	}
+}

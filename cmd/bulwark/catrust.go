@@ -423,9 +423,9 @@ func followRotation(ctx context.Context, c cav1.TrustAdminClient, r *cav1.TrustR
 
 func runCARevoke(unrevoke bool) func(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	name := "revoke"
-	synopsis := "--workload NAMESPACE/NAME | --id SPIFFE-ID | --serial HEX --reason TEXT"
+	synopsis := "--workload NAMESPACE/NAME | --id SPIFFE-ID | --serial HEX | --authority ID --reason TEXT"
 	if unrevoke {
-		name, synopsis = "unrevoke", "--workload NAMESPACE/NAME | --id SPIFFE-ID | --serial HEX"
+		name, synopsis = "unrevoke", "--workload NAMESPACE/NAME | --id SPIFFE-ID | --serial HEX | --authority ID"
 	}
 	return func(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fs := newFlags("ca "+name, synopsis, stderr)
@@ -433,13 +433,14 @@ func runCARevoke(unrevoke bool) func(ctx context.Context, args []string, stdout,
 		workload := fs.String("workload", "", "every certificate of a workload, namespace/name")
 		id := fs.String("id", "", "every certificate with a SPIFFE ID")
 		serial := fs.String("serial", "", "one certificate, by serial number (hex); an authority's signing certificate revokes the authority")
+		authority := fs.String("authority", "", "an authority (its ID, as bulwark ca status shows it): every certificate it signed; another takes over at once")
 		reason := fs.String("reason", "", "why (required to revoke; kept in the audit trail)")
 		if err := parse(fs, args); err != nil {
 			return err
 		}
 		var kind, value string
 		n := 0
-		for _, f := range []struct{ k, v string }{{"workload", *workload}, {"id", *id}, {"serial", *serial}} {
+		for _, f := range []struct{ k, v string }{{"workload", *workload}, {"id", *id}, {"serial", *serial}, {"authority", *authority}} {
 			if f.v != "" {
 				kind, value = f.k, f.v
 				n++
