@@ -25,6 +25,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/bulwarkmesh/bulwark/ca"
+	"github.com/bulwarkmesh/bulwark/ca/trust"
 	"github.com/bulwarkmesh/bulwark/controlplane"
 	"github.com/bulwarkmesh/bulwark/internal/envoy"
 	"github.com/bulwarkmesh/bulwark/localmesh/demoapp"
@@ -476,7 +477,7 @@ func ensureCA(ctx context.Context, dir string, meshPaths []string) error {
 	if err != nil {
 		return err
 	}
-	if err := ca.Init(ca.InitConfig{Dir: dir, TrustDomain: td}); err != nil {
+	if err := trust.Init(ca.InitConfig{Dir: dir, TrustDomain: td}, "bulwark up (a new CA for the local mesh)"); err != nil {
 		return err
 	}
 	// A new CA: no proxy was ever connected, so none to wait for.

@@ -78,10 +78,8 @@ func runCAInit(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := ca.Init(ca.InitConfig{Dir: *dir, TrustDomain: td, RootTTL: *rootTTL, IntermediateTTL: *intTTL}); err != nil {
-		return err
-	}
-	if err := storeInitState(*dir, td); err != nil {
+	who := peercred.Describe(uint32(os.Getuid())) + " (bulwark ca init)"
+	if err := trust.Init(ca.InitConfig{Dir: *dir, TrustDomain: td, RootTTL: *rootTTL, IntermediateTTL: *intTTL}, who); err != nil {
 		return err
 	}
 	// No proxy was ever connected to this CA: a control plane started on
@@ -92,24 +90,6 @@ func runCAInit(args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, "CA for %s created in %s: %s (trust anchor), %s and %s (signing), %s (keep it offline if you can)\n",
 		td, *dir, ca.RootCertFile, ca.CertFile, ca.KeyFile, ca.RootKeyFile)
 	return nil
-}
-
-// storeInitState records the CA just made as the trust State's first
-// authority (Origin "init", sequence 1), so that the trust lifecycle
-// starts from it and the audit trail from who made it.
-func storeInitState(dir string, td spiffeid.TrustDomain) error {
-	store := trust.NewDirStore(dir, td)
-	legacy, err := store.Load(context.Background())
-	if err != nil {
-		return err
-	}
-	l := legacy.Active()
-	a, err := trust.NewAuthority(l.Root, l.RootKey, l.Chain, l.Key, "init")
-	if err != nil {
-		return err
-	}
-	st := trust.New(td, a, trust.Operation{Who: peercred.Describe(uint32(os.Getuid())) + " (bulwark ca init)"})
-	return store.Save(context.Background(), st)
 }
 
 // runCAIssue issues a certificate offline, for a gateway or a person
