@@ -196,6 +196,28 @@ func serveScript(t *testing.T, script *scriptedCA) (context.Context, string, *ca
 	return ctx, lis.Addr().String(), authority, cpID
 }
 
+// runScript runs an agent with cfg until the scripted CA it talks to has
+// run out of answers (ctx, from serveScript, ends), failing t if that
+// takes 30 s of real time or the agent fails. It returns the agent.
+func runScript(t *testing.T, ctx context.Context, cfg Config) *Agent {
+	t.Helper()
+	a, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runErr := make(chan error, 1)
+	go func() { runErr <- a.Run(ctx) }()
+	select {
+	case err := <-runErr:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the agent did not get through the script in 30s of real time")
+	}
+	return a
+}
+
 // TestAgentBacksOffWhenTheCAIsAtItsLimit: refused with a retry hint, the
 // agent comes back no earlier than the hint, for its first certificate
 // and for a renewal; without a hint it backs off exponentially.
@@ -213,22 +235,9 @@ func TestAgentBacksOffWhenTheCAIsAtItsLimit(t *testing.T) {
 	defer os.RemoveAll(sock)
 	start := time.Now()
 	clock := &fakeClock{now: start}
-	a, err := New(Config{Workload: "demo/frontend-1", ControlPlane: addr, ControlPlaneID: cpID,
+	a := runScript(t, ctx, Config{Workload: "demo/frontend-1", ControlPlane: addr, ControlPlaneID: cpID,
 		TrustBundle: authority.Roots(), JoinToken: "bwjt_test", SDSSocket: filepath.Join(sock, "sds.sock"),
 		Logger: testlog.New(t), Now: clock.Now, After: clock.After})
-	if err != nil {
-		t.Fatal(err)
-	}
-	runErr := make(chan error, 1)
-	go func() { runErr <- a.Run(ctx) }()
-	select {
-	case err := <-runErr:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("the agent did not get through the script in 30s of real time")
-	}
 
 	clock.mu.Lock()
 	waits := clock.waits

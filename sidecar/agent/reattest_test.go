@@ -36,22 +36,9 @@ func TestRenewalRefusedAttestsAgainWithTheServiceAccountToken(t *testing.T) {
 		t.Fatal(err)
 	}
 	clock := &fakeClock{now: time.Now()}
-	a, err := New(Config{Workload: "demo/frontend-1", ControlPlane: addr, ControlPlaneID: cpID,
+	runScript(t, ctx, Config{Workload: "demo/frontend-1", ControlPlane: addr, ControlPlaneID: cpID,
 		TrustBundle: authority.Roots(), ServiceAccountTokenFile: tokenFile, SDSSocket: filepath.Join(sock, "sds.sock"),
 		Logger: testlog.New(t), Now: clock.Now, After: clock.After})
-	if err != nil {
-		t.Fatal(err)
-	}
-	runErr := make(chan error, 1)
-	go func() { runErr <- a.Run(ctx) }()
-	select {
-	case err := <-runErr:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("the agent did not get through the script in 30s of real time")
-	}
 	script.mu.Lock()
 	creds := script.creds
 	script.mu.Unlock()
