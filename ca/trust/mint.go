@@ -33,35 +33,7 @@ func MintRoot(td spiffeid.TrustDomain, ttl time.Duration, now time.Time) (*x509.
 	if td.IsZero() || ttl <= 0 {
 		return nil, nil, fmt.Errorf("%w: a root needs a trust domain and a positive lifetime", ErrInvalid)
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, err
-	}
-	ski, err := keyID(key.Public())
-	if err != nil {
-		return nil, nil, err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: serial(),
-		Subject: pkix.Name{Organization: []string{"Bulwark"},
-			CommonName: fmt.Sprintf("Bulwark root CA %s %x", td, ski[:4])},
-		NotBefore:             now.Add(-backdate),
-		NotAfter:              now.Add(ttl),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		SubjectKeyId:          ski,
-		URIs:                  []*url.URL{td.ID().URL()},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		return nil, nil, fmt.Errorf("trust: root: %w", err)
-	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, nil, fmt.Errorf("trust: root: %w", err)
-	}
-	return c, key, nil
+	return mintCA(td, "root", now.Add(ttl), nil, nil, now)
 }
 
 // MintIntermediate makes a new intermediate under root, signed with
@@ -77,6 +49,22 @@ func MintIntermediate(td spiffeid.TrustDomain, root *x509.Certificate, rootKey c
 	if err := namesOnly(td, root); err != nil {
 		return nil, nil, err
 	}
+	notAfter := now.Add(ttl)
+	if notAfter.After(root.NotAfter) {
+		notAfter = root.NotAfter
+	}
+	if !notAfter.After(now) {
+		return nil, nil, fmt.Errorf("%w: root %q expired at %s", ErrInvalid, root.Subject.CommonName, root.NotAfter.UTC().Format(time.RFC3339))
+	}
+	return mintCA(td, "intermediate", notAfter, root, rootKey, now)
+}
+
+// mintCA makes a CA certificate of the profile of ca.Init for td, a root
+// (parent nil: self-signed) or an intermediate under parent (path length
+// zero), valid from 30 seconds before now until notAfter, with a new
+// ECDSA P-256 key. Its subject names the generation: the first 8 hex
+// digits of its key identifier.
+func mintCA(td spiffeid.TrustDomain, kind string, notAfter time.Time, parent *x509.Certificate, parentKey crypto.Signer, now time.Time) (*x509.Certificate, crypto.Signer, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, nil, err
@@ -85,33 +73,29 @@ func MintIntermediate(td spiffeid.TrustDomain, root *x509.Certificate, rootKey c
 	if err != nil {
 		return nil, nil, err
 	}
-	notAfter := now.Add(ttl)
-	if notAfter.After(root.NotAfter) {
-		notAfter = root.NotAfter
-	}
-	if !notAfter.After(now) {
-		return nil, nil, fmt.Errorf("%w: root %q expired at %s", ErrInvalid, root.Subject.CommonName, root.NotAfter.UTC().Format(time.RFC3339))
-	}
 	tmpl := &x509.Certificate{
 		SerialNumber: serial(),
 		Subject: pkix.Name{Organization: []string{"Bulwark"},
-			CommonName: fmt.Sprintf("Bulwark intermediate CA %s %x", td, ski[:4])},
+			CommonName: fmt.Sprintf("Bulwark %s CA %s %x", kind, td, ski[:4])},
 		NotBefore:             now.Add(-backdate),
 		NotAfter:              notAfter,
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
 		BasicConstraintsValid: true,
 		IsCA:                  true,
-		MaxPathLenZero:        true,
+		MaxPathLenZero:        parent != nil,
 		SubjectKeyId:          ski,
 		URIs:                  []*url.URL{td.ID().URL()},
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, root, key.Public(), rootKey)
+	if parent == nil {
+		parent, parentKey = tmpl, key
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, key.Public(), parentKey)
 	if err != nil {
-		return nil, nil, fmt.Errorf("trust: intermediate: %w", err)
+		return nil, nil, fmt.Errorf("trust: %s: %w", kind, err)
 	}
 	c, err := x509.ParseCertificate(der)
 	if err != nil {
-		return nil, nil, fmt.Errorf("trust: intermediate: %w", err)
+		return nil, nil, fmt.Errorf("trust: %s: %w", kind, err)
 	}
 	return c, key, nil
 }
