@@ -34,53 +34,78 @@ type IssuedCert struct {
 	Digest [sha256.Size]byte
 }
 
-// issuedHistory keeps, per workload, the certificates issued to it that
-// have not expired: at most MaxIssuedPerWorkload, the oldest dropped
-// first. Expired ones are dropped when the workload's list is touched;
-// workloads gone from the mesh when the lists have doubled since the
-// last pruning (as Server.record does), so neither leaf churn nor pod
-// churn grows it without bound. Its zero value is ready to use; it is
-// safe for concurrent use.
+// issuedHistory is this server's one record of what it issued: per
+// workload, the certificates still valid, at most MaxIssuedPerWorkload,
+// the oldest dropped first, and always the latest, even expired (what
+// Certificates reports: a workload whose latest certificate expired is
+// not renewing, which an operator must see). Expired ones go when the
+// workload's list is touched; workloads gone from the mesh when the lists
+// have doubled since the last pruning and whenever Certificates is read,
+// so neither leaf churn nor pod churn grows it without bound. Its zero
+// value is ready to use; it is safe for concurrent use.
 type issuedHistory struct {
 	mu      sync.Mutex
-	by      map[string][]IssuedCert
+	by      map[string][]issuedEntry
 	pruneAt int
 }
 
-// add records leaf as issued to workload at now.
-func (h *issuedHistory) add(store *model.Store, workload string, leaf *x509.Certificate, now time.Time) {
-	if leaf == nil {
-		return
-	}
-	c := IssuedCert{Serial: leaf.SerialNumber.Text(16), AuthorityKeyID: slices.Clone(leaf.AuthorityKeyId), NotAfter: leaf.NotAfter,
-		Digest: sha256.Sum256(leaf.Raw)}
+// issuedEntry is one certificate issued: as reported (Certificates) and
+// as revocation needs it (IssuedTo).
+type issuedEntry struct {
+	rec  Issued
+	cert IssuedCert
+}
+
+// add records leaf as issued, as rec says.
+func (h *issuedHistory) add(store *model.Store, rec Issued, leaf *x509.Certificate, now time.Time) {
+	e := issuedEntry{rec: rec, cert: IssuedCert{Serial: leaf.SerialNumber.Text(16), AuthorityKeyID: slices.Clone(leaf.AuthorityKeyId),
+		NotAfter: leaf.NotAfter, Digest: sha256.Sum256(leaf.Raw)}}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.by == nil {
-		h.by = map[string][]IssuedCert{}
+		h.by = map[string][]issuedEntry{}
 	}
-	list := append(unexpired(h.by[workload], now), c)
+	list := append(unexpired(h.by[rec.Workload], now), e)
 	if n := len(list) - MaxIssuedPerWorkload; n > 0 {
 		list = slices.Delete(list, 0, n)
 	}
-	h.by[workload] = list
+	h.by[rec.Workload] = list
 	if len(h.by) > h.pruneAt {
 		h.pruneLocked(store, now)
 	}
 }
 
-// get returns a copy of the certificates of workload not expired at now,
-// oldest first.
+// get returns the certificates of workload not expired at now, oldest
+// first; the slice is the caller's.
 func (h *issuedHistory) get(workload string, now time.Time) []IssuedCert {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	list := unexpired(h.by[workload], now)
-	if len(list) == 0 {
-		delete(h.by, workload)
+	list, ok := h.by[workload]
+	if !ok {
 		return nil
 	}
+	list = unexpired(list, now)
 	h.by[workload] = list
-	return slices.Clone(list)
+	var out []IssuedCert
+	for _, e := range list {
+		if now.Before(e.cert.NotAfter) {
+			out = append(out, e.cert)
+		}
+	}
+	return out
+}
+
+// latest returns the latest certificate of every workload still in the
+// mesh.
+func (h *issuedHistory) latest(store *model.Store, now time.Time) []Issued {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.pruneLocked(store, now)
+	out := make([]Issued, 0, len(h.by))
+	for _, list := range h.by {
+		out = append(out, list[len(list)-1].rec)
+	}
+	return out
 }
 
 // issuedExactly reports whether this server issued leaf itself, byte for
@@ -99,24 +124,30 @@ func (h *issuedHistory) issuedExactly(workload string, leaf *x509.Certificate, n
 }
 
 // pruneLocked drops the workloads gone from the mesh and the expired
-// certificates of the others.
+// certificates of the others (but their latest).
 func (h *issuedHistory) pruneLocked(store *model.Store, now time.Time) {
 	snap := store.Snapshot()
 	for key, list := range h.by {
 		ns, name, _ := strings.Cut(key, "/")
-		if list = unexpired(list, now); len(list) == 0 || snap.Workload(ns, name) == nil {
+		if snap.Workload(ns, name) == nil {
 			delete(h.by, key)
 			continue
 		}
-		h.by[key] = list
+		h.by[key] = unexpired(list, now)
 	}
 	h.pruneAt = max(64, 2*len(h.by))
 }
 
-// unexpired returns list without the certificates expired at now (in
-// place: list is the caller's to replace).
-func unexpired(list []IssuedCert, now time.Time) []IssuedCert {
-	return slices.DeleteFunc(list, func(c IssuedCert) bool { return !now.Before(c.NotAfter) })
+// unexpired returns list without the certificates expired at now, but
+// for the latest, which is kept whatever its expiry (in place: list is
+// the caller's to replace).
+func unexpired(list []issuedEntry, now time.Time) []issuedEntry {
+	if len(list) == 0 {
+		return list
+	}
+	last := list[len(list)-1]
+	list = slices.DeleteFunc(list[:len(list)-1], func(e issuedEntry) bool { return !now.Before(e.cert.NotAfter) })
+	return append(list, last)
 }
 
 // IssuedTo returns the certificates this server issued to workload

@@ -31,7 +31,7 @@ func TestIssuedHistoryBounds(t *testing.T) {
 	}
 	var h issuedHistory
 	for i := range int64(20) {
-		h.add(store, "demo/web-1", leaf(i+1, time.Hour), now)
+		h.add(store, Issued{Workload: "demo/web-1"}, leaf(i+1, time.Hour), now)
 	}
 	got := h.get("demo/web-1", now)
 	if len(got) != MaxIssuedPerWorkload || got[0].Serial != "5" || got[len(got)-1].Serial != "14" {
@@ -42,16 +42,25 @@ func TestIssuedHistoryBounds(t *testing.T) {
 	}
 
 	// Expired ones go.
-	h.add(store, "demo/web-1", leaf(100, 3*time.Hour), now)
+	h.add(store, Issued{Workload: "demo/web-1", Serial: "64"}, leaf(100, 3*time.Hour), now)
 	if got := h.get("demo/web-1", now.Add(2*time.Hour)); len(got) != 1 || got[0].Serial != "64" {
 		t.Errorf("two hours later: %+v, want only the certificate still valid", got)
+	}
+	// Expired, the latest is no certificate to revoke any more, but it is
+	// still what Certificates reports: a workload that stopped renewing.
+	later := now.Add(4 * time.Hour)
+	if got := h.get("demo/web-1", later); len(got) != 0 {
+		t.Errorf("four hours later, still valid: %+v, want none", got)
+	}
+	if got := h.latest(store, later); len(got) != 1 || got[0].Serial != "64" {
+		t.Errorf("four hours later, latest: %+v, want the expired 64", got)
 	}
 
 	// Workloads gone from the mesh go, with pod churn and nobody reading.
 	for i := range 1000 {
 		name := fmt.Sprintf("pod-%d", i)
 		mesh(name)
-		h.add(store, "demo/"+name, leaf(int64(i), time.Hour), now)
+		h.add(store, Issued{Workload: "demo/" + name}, leaf(int64(i), time.Hour), now)
 		if n := len(h.by); n > 65 {
 			t.Fatalf("after %d pods, %d workloads kept for a mesh of one", i+1, n)
 		}

@@ -19,7 +19,6 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -121,11 +120,9 @@ type Server struct {
 	bundles          BundleSource
 	watch            *watchers
 
-	mu      sync.Mutex
-	issued  map[string]Issued // the latest certificate per workload
-	pruneAt int               // prune workloads gone from the mesh past this many records
-
-	history issuedHistory // every certificate per workload still valid (IssuedTo)
+	// history is what this server issued: the latest certificate per
+	// workload (Certificates) and every one still valid (IssuedTo).
+	history issuedHistory
 }
 
 // Issued describes the latest certificate this server issued to a
@@ -147,38 +144,9 @@ type Issued struct {
 // Certificates returns the latest certificate issued to each workload
 // still in the model, sorted by workload.
 func (s *Server) Certificates() []Issued {
-	s.mu.Lock()
-	s.pruneLocked()
-	out := make([]Issued, 0, len(s.issued))
-	for _, c := range s.issued {
-		out = append(out, c)
-	}
-	s.mu.Unlock()
+	out := s.history.latest(s.cfg.Store, s.cfg.Now())
 	slices.SortFunc(out, func(a, b Issued) int { return strings.Compare(a.Workload, b.Workload) })
 	return out
-}
-
-// record notes a certificate issued. Workloads that left the mesh are
-// dropped when the records have doubled since the last pruning, so pod
-// churn cannot grow them without bound even if nobody reads them.
-func (s *Server) record(c Issued) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.issued[c.Workload] = c
-	if len(s.issued) > s.pruneAt {
-		s.pruneLocked()
-	}
-}
-
-func (s *Server) pruneLocked() {
-	snap := s.cfg.Store.Snapshot()
-	for key := range s.issued {
-		ns, name, _ := strings.Cut(key, "/")
-		if snap.Workload(ns, name) == nil {
-			delete(s.issued, key)
-		}
-	}
-	s.pruneAt = max(64, 2*len(s.issued))
 }
 
 // New returns a Server.
@@ -192,7 +160,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger.With("component", "issuer"), issued: map[string]Issued{},
+	s := &Server{cfg: cfg, log: cfg.Logger.With("component", "issuer"),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "bulwark_issuer_requests_total",
 			Help: "CA service requests: certificate signing requests by how the caller authenticated (method) and the result " +
@@ -248,9 +216,8 @@ func (s *Server) SignCertificate(ctx context.Context, req *cav1.SignCertificateR
 	// Issued: the workload is a valid node ID, short and plain.
 	s.log.Info("certificate issued", "workload", req.GetWorkload(), "id", id, "method", method,
 		"serial", leaf.SerialNumber.Text(16), "expires", leaf.NotAfter.Format(time.RFC3339))
-	s.record(Issued{Workload: req.GetWorkload(), ID: id, Serial: leaf.SerialNumber.Text(16),
-		Method: method, IssuedAt: s.cfg.Now(), Expires: leaf.NotAfter})
-	s.history.add(s.cfg.Store, req.GetWorkload(), leaf, s.cfg.Now())
+	s.history.add(s.cfg.Store, Issued{Workload: req.GetWorkload(), ID: id, Serial: leaf.SerialNumber.Text(16),
+		Method: method, IssuedAt: s.cfg.Now(), Expires: leaf.NotAfter}, leaf, s.cfg.Now())
 	return resp, nil
 }
 

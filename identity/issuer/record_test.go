@@ -1,7 +1,9 @@
 package issuer
 
 import (
+	"crypto/x509"
 	"fmt"
+	"math/big"
 	"testing"
 	"time"
 
@@ -13,7 +15,7 @@ import (
 func TestRecordsOfDeletedWorkloadsDoNotAccumulate(t *testing.T) {
 	store := model.NewStore()
 	// Only the bookkeeping is under test: no CA, no gRPC.
-	s := &Server{cfg: Config{Store: store}, issued: map[string]Issued{}}
+	s := &Server{cfg: Config{Store: store, Now: time.Now}}
 	for i := range 1000 {
 		name := fmt.Sprintf("web-%d", i)
 		// Only the current pod is in the mesh.
@@ -22,8 +24,9 @@ func TestRecordsOfDeletedWorkloadsDoNotAccumulate(t *testing.T) {
 		if _, err := store.ReplaceState(st); err != nil {
 			t.Fatal(err)
 		}
-		s.record(Issued{Workload: "demo/" + name, Expires: time.Now().Add(time.Hour)})
-		if n := len(s.issued); n > 65 {
+		leaf := &x509.Certificate{SerialNumber: big.NewInt(int64(i + 1)), NotAfter: time.Now().Add(time.Hour)}
+		s.history.add(store, Issued{Workload: "demo/" + name, Expires: leaf.NotAfter}, leaf, time.Now())
+		if n := len(s.history.by); n > 65 {
 			t.Fatalf("after %d pods, %d records kept for a mesh of one workload", i+1, n)
 		}
 	}

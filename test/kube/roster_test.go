@@ -5,7 +5,6 @@ import (
 	"crypto/ecdsa"
 	"crypto/x509"
 	"encoding/json"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -22,7 +21,6 @@ import (
 	"github.com/bulwarkmesh/bulwark/identity/incluster"
 	"github.com/bulwarkmesh/bulwark/internal/adstest"
 	"github.com/bulwarkmesh/bulwark/internal/spiffetls"
-	"github.com/bulwarkmesh/bulwark/internal/testlog"
 	"github.com/bulwarkmesh/bulwark/internal/testwait"
 )
 
@@ -42,18 +40,7 @@ func TestTrustRestartedReplicaWaitsForItsRoster(t *testing.T) {
 	web := pod(t, c, ns, "web-1", "web", "10.46.0.1", nil)
 	workload := ns + "/" + web.Name
 	sockets := t.TempDir()
-	replica := func(holder string) *controlplane.ControlPlane {
-		cp, err := controlplane.Start(ctx, controlplane.Config{
-			Kube:       &controlplane.KubeConfig{Rest: api.admin(), Namespace: sys, Holder: holder},
-			XDSAddress: "127.0.0.1:0", AdminSocket: filepath.Join(sockets, holder+".sock"),
-			Logger: testlog.New(t).With("replica", holder), Debounce: 20 * time.Millisecond,
-		})
-		if err != nil {
-			t.Fatalf("%s: %v", holder, err)
-		}
-		t.Cleanup(func() { _ = cp.Stop() })
-		return cp
-	}
+	replica := func(holder string) *controlplane.ControlPlane { return startReplica(t, ctx, sys, sockets, holder) }
 	rosterOf := func(holder string) []string {
 		cm, err := c.CoreV1().ConfigMaps(sys).Get(ctx, incluster.EvidenceConfigMapName(holder), metav1.GetOptions{})
 		if err != nil {

@@ -803,18 +803,7 @@ func TestTrustTwoReplicasRotateThroughOne(t *testing.T) {
 	namespace(t, c, ns, true)
 	web := pod(t, c, ns, "web-1", "web", "10.45.0.1", nil)
 	sockets := t.TempDir()
-	replica := func(holder string) *controlplane.ControlPlane {
-		cp, err := controlplane.Start(ctx, controlplane.Config{
-			Kube:       &controlplane.KubeConfig{Rest: api.admin(), Namespace: sys, Holder: holder},
-			XDSAddress: "127.0.0.1:0", AdminSocket: filepath.Join(sockets, holder+".sock"),
-			Logger: testlog.New(t).With("replica", holder), Debounce: 20 * time.Millisecond,
-		})
-		if err != nil {
-			t.Fatalf("%s: %v", holder, err)
-		}
-		t.Cleanup(func() { _ = cp.Stop() })
-		return cp
-	}
+	replica := func(holder string) *controlplane.ControlPlane { return startReplica(t, ctx, sys, sockets, holder) }
 	cp1 := replica("ha-1")
 	admin1 := adminClient(t, cp1)
 	testwait.Until(t, "replica 1 to lead", 10*time.Second, func() bool {
@@ -939,4 +928,21 @@ func gateRefusal(err error) *cav1.GateRefusal {
 		}
 	}
 	return nil
+}
+
+// startReplica starts a control plane replica named holder against the
+// test API server, in control plane namespace sys, with its admin socket
+// in sockets; it is stopped when the test ends.
+func startReplica(t *testing.T, ctx context.Context, sys, sockets, holder string) *controlplane.ControlPlane {
+	t.Helper()
+	cp, err := controlplane.Start(ctx, controlplane.Config{
+		Kube:       &controlplane.KubeConfig{Rest: api.admin(), Namespace: sys, Holder: holder},
+		XDSAddress: "127.0.0.1:0", AdminSocket: filepath.Join(sockets, holder+".sock"),
+		Logger: testlog.New(t).With("replica", holder), Debounce: 20 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatalf("%s: %v", holder, err)
+	}
+	t.Cleanup(func() { _ = cp.Stop() })
+	return cp
 }
