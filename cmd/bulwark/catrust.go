@@ -19,6 +19,7 @@ import (
 	cav1 "github.com/bulwarkmesh/bulwark/api/ca/v1"
 	"github.com/bulwarkmesh/bulwark/ca/trust"
 	"github.com/bulwarkmesh/bulwark/controlplane"
+	"github.com/bulwarkmesh/bulwark/internal/pemutil"
 )
 
 // The trust lifecycle commands talk to a running control plane's admin
@@ -217,15 +218,25 @@ func runCAPrepare(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	req := &cav1.PrepareRequest{Operator: &cav1.Operator{As: *af.as}}
 	if handIn {
 		for _, f := range []struct {
-			path string
-			dst  *[]byte
-		}{{*cert, &req.CertPem}, {*key, &req.KeyPem}, {*chain, &req.ChainPem}, {*root, &req.RootPem}} {
+			flag, path string
+			dst        *[]byte
+		}{{"cert", *cert, &req.CertPem}, {"key", *key, &req.KeyPem}, {"chain", *chain, &req.ChainPem}, {"root", *root, &req.RootPem}} {
 			if f.path == "" {
 				continue
 			}
 			b, err := readBounded(f.path, 1<<20)
 			if err != nil {
 				return err
+			}
+			// Checked here too, so that a mistake names the file; the
+			// control plane checks everything again.
+			if f.flag == "key" {
+				_, err = pemutil.ParseKey(b)
+			} else {
+				_, err = pemutil.ParseCerts(b)
+			}
+			if err != nil {
+				return fmt.Errorf("--%s %s: %w", f.flag, f.path, err)
 			}
 			*f.dst = b
 		}

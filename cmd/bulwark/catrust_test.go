@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -147,5 +148,21 @@ func TestCACommandsWithoutAControlPlane(t *testing.T) {
 	code, _, errOut = runCLI(t, "ca", "status", "--socket", stale, "--timeout", "300ms")
 	if code != 1 || !strings.Contains(errOut, "does not answer on its admin socket") {
 		t.Errorf("stale socket: exit %d, stderr %q", code, errOut)
+	}
+}
+
+// TestCAPrepareNamesTheBadFile: a hand-in whose certificate or key does
+// not parse is refused naming the flag and the file, before anything is
+// sent.
+func TestCAPrepareNamesTheBadFile(t *testing.T) {
+	dir := t.TempDir()
+	junk := filepath.Join(dir, "next-int.pem")
+	if err := os.WriteFile(junk, []byte("not a certificate\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	socket := filepath.Join(dir, "admin.sock")
+	code, _, errOut := runCLI(t, "ca", "prepare", "--cert", junk, "--key", junk, "--socket", socket)
+	if code != 1 || !strings.Contains(errOut, "--cert "+junk) {
+		t.Errorf("bad certificate: exit %d, stderr %q, want it to name --cert %s", code, errOut, junk)
 	}
 }
