@@ -13,11 +13,13 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
 
 	cav1 "github.com/bulwarkmesh/bulwark/api/ca/v1"
 	"github.com/bulwarkmesh/bulwark/ca/trust"
 	"github.com/bulwarkmesh/bulwark/controlplane"
 	"github.com/bulwarkmesh/bulwark/internal/spiffetls"
+	"github.com/bulwarkmesh/bulwark/sidecar/contract"
 )
 
 // renew renews workload's certificate presenting the one in tc, as its
@@ -25,17 +27,18 @@ import (
 // the new leaf.
 func renew(t *testing.T, cp *controlplane.ControlPlane, tc *tls.Config, workload string) (*tls.Config, *x509.Certificate) {
 	t.Helper()
-	next, leaf, err := requestCert(t, cp, tc, workload)
+	next, leaf, err := requestCert(t, cp, tc, workload, "")
 	if err != nil {
 		t.Fatalf("renewal of %s: %v", workload, err)
 	}
 	return next, leaf
 }
 
-// requestCert asks cp for a certificate for workload over tc (presenting
-// the certificate in tc, if any) and returns the configuration with the
-// new certificate and the new leaf, or the refusal.
-func requestCert(t *testing.T, cp *controlplane.ControlPlane, tc *tls.Config, workload string) (*tls.Config, *x509.Certificate, error) {
+// requestCert asks cp for a certificate for workload over tc, presenting
+// the certificate in tc if there is one, or else the join token, and
+// returns the configuration with the new certificate (trusting cp's
+// roots) and the new leaf, or the refusal.
+func requestCert(t *testing.T, cp *controlplane.ControlPlane, tc *tls.Config, workload, joinToken string) (*tls.Config, *x509.Certificate, error) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -50,7 +53,11 @@ func requestCert(t *testing.T, cp *controlplane.ControlPlane, tc *tls.Config, wo
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	resp, err := cav1.NewCertificateServiceClient(conn).SignCertificate(ctx10(t), &cav1.SignCertificateRequest{Csr: csr, Workload: workload})
+	ctx := ctx10(t)
+	if joinToken != "" {
+		ctx = metadata.AppendToOutgoingContext(ctx, contract.AuthorizationKey, contract.JoinTokenScheme+" "+joinToken)
+	}
+	resp, err := cav1.NewCertificateServiceClient(conn).SignCertificate(ctx, &cav1.SignCertificateRequest{Csr: csr, Workload: workload})
 	if err != nil {
 		return nil, nil, err
 	}

@@ -112,36 +112,12 @@ func workloadTLS(t *testing.T, cp *controlplane.ControlPlane, workload string) *
 	if err != nil {
 		t.Fatal(err)
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	first := spiffetls.ClientConfig(nil, x509bundle.FromX509Authorities(meshTD, cp.CA.Roots()), cp.Identity)
+	tc, _, err := requestCert(t, cp, first, workload, tok)
 	if err != nil {
 		t.Fatal(err)
 	}
-	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	bundle := x509bundle.FromX509Authorities(meshTD, cp.CA.Roots())
-	conn, err := grpc.NewClient(cp.XDSAddr.String(), grpc.WithTransportCredentials(credentials.NewTLS(spiffetls.ClientConfig(nil, bundle, cp.Identity))))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ctx := metadata.AppendToOutgoingContext(ctx10(t), contract.AuthorizationKey, contract.JoinTokenScheme+" "+tok)
-	resp, err := cav1.NewCertificateServiceClient(conn).SignCertificate(ctx, &cav1.SignCertificateRequest{Csr: csr, Workload: workload})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var chain []*x509.Certificate
-	for _, der := range resp.GetCertChain() {
-		c, err := x509.ParseCertificate(der)
-		if err != nil {
-			t.Fatal(err)
-		}
-		chain = append(chain, c)
-	}
-	svid := &x509svid.SVID{ID: cp.Identity, Certificates: chain, PrivateKey: key}
-	svid.ID, _ = x509svid.IDFromCert(chain[0])
-	return spiffetls.ClientConfig(svid, bundle, cp.Identity)
+	return tc
 }
 
 // connectProxy opens an ADS stream as workload, as its Envoy would, and
@@ -648,7 +624,7 @@ func TestStatusOutput(t *testing.T) {
 // certificate in tc renews it.
 func signWith(t *testing.T, cp *controlplane.ControlPlane, tc *tls.Config, workload string) error {
 	t.Helper()
-	_, _, err := requestCert(t, cp, tc, workload)
+	_, _, err := requestCert(t, cp, tc, workload, "")
 	return err
 }
 
@@ -974,7 +950,7 @@ func TestARevokedAuthorityVouchesForNobody(t *testing.T) {
 
 	// This process issued api-1's certificate itself: it renews, onto
 	// the new authority.
-	if _, leaf, err := requestCert(t, cp, tc, "demo/api-1"); err != nil {
+	if _, leaf, err := requestCert(t, cp, tc, "demo/api-1", ""); err != nil {
 		t.Errorf("renewal with a certificate this control plane issued: %v", err)
 	} else if got := st.IssuerOf(leaf); got != st.Active().ID {
 		t.Errorf("renewed under %s, want the new authority %s", got, st.Active().ID)
